@@ -1,0 +1,46 @@
+"""Atomic writes: a reader sees the previous file or the complete new one, never half of one."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
+    """Yield a temporary path beside `path`; rename it onto `path` only if the block succeeds."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.replace(tmp, path)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+
+
+def write_parquet(df: pl.DataFrame, path: str | os.PathLike[str]) -> Path:
+    """Write `df` as Parquet (zstd) atomically and return the path."""
+    with atomic_path(path) as tmp:
+        df.write_parquet(tmp, compression="zstd")
+    return Path(path)
+
+
+def write_json(obj: Any, path: str | os.PathLike[str]) -> Path:
+    """Write `obj` as indented JSON atomically and return the path."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
+    return Path(path)
+
+
+def read_json(path: str | os.PathLike[str]) -> Any:
+    return json.loads(Path(path).read_text())
