@@ -37,16 +37,296 @@ def main(debug: bool, verbose: bool) -> None:
 # --- data: ingest, synth, stats ---------------------------------------------------------------
 
 
+def _ingested(path: Path, manifest: dict) -> None:
+    skipped, missing = manifest["skipped"], manifest["missing_item_ids"]
+    per_split = ", ".join(f"{name} {row['impressions']}" for name, row in manifest["splits"].items())
+    click.echo(
+        f"{path}: {manifest['items']} items, {manifest['impressions']} {manifest['kind']} ({per_split}); "
+        f"skipped {skipped['total']} rows; {missing['distinct']} item ids missing from items"
+    )
+
+
+@main.group()
+def ingest() -> None:
+    """Turn raw logs (MIND, or items + events) into a dataset directory."""
+
+
+@ingest.command("mind")
+@click.option("--train", "train", type=click.Path(exists=True, file_okay=False, path_type=Path), help="MIND train directory.")
+@click.option("--dev", "dev", type=click.Path(exists=True, file_okay=False, path_type=Path), help="MIND dev directory.")
+@click.option("--test", "test", type=click.Path(exists=True, file_okay=False, path_type=Path), help="MIND test directory (labels optional).")
+@click.option("--out", required=True, type=click.Path(path_type=Path), help="Dataset directory to write.")
+@click.option("--skip-bad-rows", is_flag=True, help="Skip and count bad rows (rejects.parquet) instead of stopping.")
+def ingest_mind(train: Path | None, dev: Path | None, test: Path | None, out: Path, skip_bad_rows: bool) -> None:
+    """Ingest MIND news.tsv/behaviors.tsv directories, one per split."""
+    from recsys.loaders import MindSource, load
+
+    splits = {name: d for name, d in (("train", train), ("dev", dev), ("test", test)) if d is not None}
+    result = load(MindSource(splits, "skip" if skip_bad_rows else "raise"), out)
+    _ingested(result.path, result.manifest)
+
+
+@ingest.command("events")
+@click.option("--items", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path), help="Items table (CSV/TSV/Parquet).")
+@click.option("--events", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path), help="Events log (CSV/TSV/Parquet).")
+@click.option("--out", required=True, type=click.Path(path_type=Path), help="Dataset directory to write.")
+@click.option("--session-gap", default=30.0, show_default=True, help="Minutes of silence that end an impression (no request_id).")
+@click.option("--dev-fraction", default=0.1, show_default=True, help="Latest share of impressions for dev (no split column).")
+@click.option("--max-history", default=50, show_default=True, help="Most recent clicks kept as history.")
+@click.option("--skip-bad-rows", is_flag=True, help="Skip and count bad rows (rejects.parquet) instead of stopping.")
+def ingest_events(items: Path, events: Path, out: Path, session_gap: float, dev_fraction: float, max_history: int, skip_bad_rows: bool) -> None:
+    """Ingest an items table and an events log (impression/click/purchase events)."""
+    from recsys.loaders import EventsConfig, EventsSource, load
+
+    cfg = EventsConfig(session_gap, dev_fraction, max_history, "skip" if skip_bad_rows else "raise")
+    result = load(EventsSource(items, events, cfg), out)
+    _ingested(result.path, result.manifest)
+
+
+@main.command()
+@click.argument("out", type=click.Path(path_type=Path))
+@click.option("--size", default="tiny", show_default=True, type=click.Choice(["tiny", "sample", "small", "medium", "large"]))
+@click.option("--seed", default=0, show_default=True, help="Random seed (same seed, same data).")
+@click.option("--format", "fmt", default="dataset", show_default=True, type=click.Choice(["dataset", "mind"]))
+@click.option("--test-fraction", default=0.0, show_default=True, help="Latest share of impressions held out unlabelled as test.")
+def synth(out: Path, size: str, seed: int, fmt: str, test_fraction: float) -> None:
+    """Generate a synthetic news log whose clicks depend on item text."""
+    from recsys.synth import SynthConfig, synthesize
+
+    ds = synthesize(SynthConfig.preset(size, seed, test_fraction=test_fraction), out, fmt)
+    click.echo(f"{out}: {ds.items.height} items, {ds.impressions.height} impressions ({fmt}, size {size}, seed {seed})")
+
+
+@main.command()
+@click.argument("dataset", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print the statistics as JSON.")
+def stats(dataset: Path, as_json: bool) -> None:
+    """Counts, time range, CTR, list lengths and id coverage of a dataset."""
+    from recsys.stats import compute_stats, render_stats
+
+    figures = compute_stats(dataset)
+    if as_json:
+        import json
+
+        click.echo(json.dumps(figures, indent=2, default=str))
+    else:
+        click.echo(render_stats(figures))
+
+
 # --- text model: train-encoder, encode ------------------------------------------------------------
+
+
+@main.command("train-encoder")
+@click.argument("dataset", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path), help="Text model directory to write.")
+@click.option("--encoder", type=click.Path(exists=True, file_okay=False), help="A local Hugging Face BERT directory (default: packaged all-MiniLM-L6-v2).")
+@click.option("--fields", default="title,abstract,category", show_default=True, help="Item columns the encoder reads, comma-separated.")
+@click.option("--max-tokens", default=48, show_default=True, help="Token budget per item text.")
+@click.option("--pooling", default="mean", show_default=True, type=click.Choice(["mean", "cls"]))
+@click.option("--projection-dim", type=int, help="Add a linear projection to this size.")
+@click.option("--user-pooling", default="attention", show_default=True, type=click.Choice(["attention", "mean"]))
+@click.option("--history-len", default=30, show_default=True, help="Most recent history items per user.")
+@click.option("--negatives", default=4, show_default=True, help="Non-clicked candidates per click (softmax over K+1).")
+@click.option("--batch-size", default=32, show_default=True)
+@click.option("--lr", default=3e-5, show_default=True, help="Encoder learning rate.")
+@click.option("--epochs", default=2, show_default=True)
+@click.option("--max-steps", type=int, help="Stop after this many optimiser steps.")
+@click.option("--freeze-layers", default=0, show_default=True, help="Freeze embeddings + the lowest N layers.")
+@click.option("--lora-rank", default=0, show_default=True, help="Train LoRA adapters of this rank instead (0 = full fine-tune).")
+@click.option("--accumulate", default=1, show_default=True, help="Gradient accumulation steps.")
+@click.option("--precision", default="auto", show_default=True, type=click.Choice(["auto", "bf16", "fp32"]))
+@click.option("--device", default="auto", show_default=True, type=click.Choice(["auto", "cpu", "cuda"]))
+@click.option("--val-fraction", default=0.1, show_default=True, help="Latest share of train impressions used for validation.")
+@click.option("--max-train-impressions", type=int, help="Fine-tune on a seeded sample of this many impressions.")
+@click.option("--seed", default=0, show_default=True)
+def train_encoder_cmd(dataset: Path, out: Path, fields: str, **options: object) -> None:
+    """Fine-tune the text encoder on DATASET's train split (best validation AUC kept)."""
+    from recsys.data import Split, load_dataset
+    from recsys.io import read_json
+    from recsys.text_model import TextConfig
+    from recsys.text_train import METRICS_FILE, train_text_model
+
+    cfg = TextConfig(fields=tuple(f.strip() for f in fields.split(",")), **options)  # type: ignore[arg-type]
+    ds = load_dataset(dataset)
+    train_text_model(ds.split(Split.TRAIN), ds.items, cfg, out)
+    metrics = read_json(out / METRICS_FILE)
+    first = next((h["val_auc"] for h in metrics["history"] if h["epoch"] == -1), None)
+    auc = f"validation AUC {first:.4f} -> {metrics['best_val_auc']:.4f} (epoch {metrics['best_epoch']}); " if first is not None else ""
+    click.echo(f"{out}: {auc}{metrics['train_samples']} clicks, {metrics['steps']} steps in {metrics['seconds']:.0f} s ({metrics['precision']})")
+
+
+@main.command("encode")
+@click.argument("dataset", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--model", "model_dir", type=click.Path(exists=True, file_okay=False, path_type=Path), help="Text model directory (default: the frozen pretrained encoder).")
+@click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path), help="Item vectors to write (Parquet).")
+@click.option("--batch-size", default=256, show_default=True, help="Items per forward pass.")
+@click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), help="Reuse vectors of an unchanged encoder and catalogue from here.")
+def encode_cmd(dataset: Path, model_dir: Path | None, out: Path, batch_size: int, cache_dir: Path | None) -> None:
+    """Encode every item of DATASET into a text vector."""
+    from recsys.data import load_dataset
+    from recsys.encode import encode_items
+    from recsys.text_train import load_text_model, pretrained_text_model
+
+    model = load_text_model(model_dir) if model_dir else pretrained_text_model()
+    vectors = encode_items(model, load_dataset(dataset).items, batch_size=batch_size, cache_dir=cache_dir)
+    vectors.save(out)
+    click.echo(f"{out}: {len(vectors.ids)} items x {vectors.dim} dims (encoder {vectors.fingerprint[:12]})")
 
 
 # --- features -----------------------------------------------------------------------------------
 
 
+@main.command("features")
+@click.argument("dataset", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path), help="Feature table to write (Parquet).")
+@click.option("--rows", type=click.Path(exists=True, dir_okay=False, path_type=Path), help="Impressions-format Parquet to featurise (default: the dataset's impressions).")
+@click.option("--text", "text", type=click.Path(exists=True, dir_okay=False, path_type=Path), help="Text features (Parquet) to join by (impression, candidate).")
+@click.option("--windows", default="1,6,24", show_default=True, help="Trailing windows of the item features, hours, comma-separated.")
+@click.option("--memory-limit", default="4GB", show_default=True, help="DuckDB memory limit; beyond it work spills to --temp-dir.")
+@click.option("--temp-dir", type=click.Path(file_okay=False, path_type=Path), help="Scratch directory (default: system temp).")
+@click.option("--threads", type=int, help="DuckDB threads (default: all cores).")
+def features_cmd(dataset: Path, out: Path, rows: Path | None, text: Path | None, windows: str, memory_limit: str,
+                 temp_dir: Path | None, threads: int | None) -> None:
+    """Build the point-in-time feature table of DATASET: one row per (impression, candidate)."""
+    from features.build import FeatureConfig, build_features
+
+    try:
+        cfg = FeatureConfig(windows_hours=tuple(int(h) for h in windows.split(",")), memory_limit=memory_limit,
+                            temp_dir=str(temp_dir) if temp_dir else None, threads=threads)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from exc
+    summary = build_features(dataset, out, cfg, rows=rows, text_features=text)
+    click.echo(f"wrote {summary.out}: {summary.rows} rows, {summary.impressions} impressions, "
+               f"{len(summary.features)} features in {summary.seconds:.1f} s")
+    nulls = {name: share for name, share in summary.null_shares.items() if share > 0}
+    if nulls:
+        click.echo("null shares: " + ", ".join(f"{name} {share:.1%}" for name, share in nulls.items()))
+
+
 # --- jobs: train, recommend, evaluate, export, demo ---------------------------------------------------
 
 
+def _text_config(encoder: str | None, epochs: int | None, max_train: int | None, max_tokens: int | None) -> object:
+    from recsys.text_model import TextConfig
+
+    overrides = {"encoder": encoder, "epochs": epochs, "max_train_impressions": max_train, "max_tokens": max_tokens}
+    return TextConfig(**{k: v for k, v in overrides.items() if v is not None})
+
+
+def _text_options(f):  # type: ignore[no-untyped-def]
+    f = click.option("--max-tokens", type=int, default=None, help="Token budget per item text.")(f)
+    f = click.option("--max-train-impressions", "max_train", type=int, default=None, help="Fine-tune on a sample of this many impressions.")(f)
+    f = click.option("--epochs", type=int, default=None, help="Encoder fine-tuning epochs.")(f)
+    f = click.option("--encoder", type=click.Path(exists=True, file_okay=False), default=None, help="A local Hugging Face BERT directory (default: packaged all-MiniLM-L6-v2).")(f)
+    return f
+
+
+@main.command("train")
+@click.argument("dataset", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--out", "out", required=True, type=click.Path(file_okay=False, path_type=Path), help="Model directory.")
+@click.option("--force", is_flag=True, help="Redo every stage even if its inputs are unchanged.")
+@_text_options
+def train_cmd(dataset: Path, out: Path, force: bool, encoder: str | None, epochs: int | None, max_train: int | None, max_tokens: int | None) -> None:
+    """Train text encoder, features and ranker on DATASET's train split."""
+    from recsys.pipeline import TrainConfig, train
+
+    summary = train(dataset, out, TrainConfig(text=_text_config(encoder, epochs, max_train, max_tokens)), force=force)  # type: ignore[arg-type]
+    for stage, seconds in summary["stage_seconds"].items():
+        click.echo(f"{stage:<16} {'up to date' if seconds == 0 else f'{seconds:8.1f} s'}")
+    click.echo(f"model written to {out}")
+
+
+@main.command("evaluate")
+@click.argument("model_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.argument("log", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--split", default="dev", show_default=True, help="Which split of LOG to replay.")
+@click.option("--report", "report_dir", type=click.Path(file_okay=False, path_type=Path), default=None, help="Report directory (default MODEL_DIR/report-SPLIT).")
+def evaluate_cmd(model_dir: Path, log: Path, split: str, report_dir: Path | None) -> None:
+    """Replay LOG's impressions through the model and its baselines; write a report."""
+    from recsys.replay import EvalConfig, evaluate
+
+    report_dir = report_dir or model_dir / f"report-{split}"
+    table = evaluate(model_dir, log, report_dir, EvalConfig(split=split))
+    click.echo(_format_table(table) if table else f"unlabelled split: predictions written to {report_dir / 'prediction.txt'}")
+    click.echo(f"report: {report_dir / 'report.md'}")
+
+
+def _format_table(table: dict[str, dict[str, float]]) -> str:
+    metrics = list(next(iter(table.values())))
+    lines = [f"{'':<16}" + "".join(f"{m:>11}" for m in metrics)]
+    lines += [f"{name:<16}" + "".join(f"{row.get(m, float('nan')):>11.4f}" for m in metrics) for name, row in table.items()]
+    return "\n".join(lines)
+
+
+@main.command("recommend")
+@click.argument("model_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.argument("requests", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--top-k", default=10, show_default=True, help="Items per list.")
+@click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path), help="Output Parquet file.")
+@click.option("--chunk-size", default=20_000, show_default=True, help="Requests per chunk (bounds memory).")
+def recommend_cmd(model_dir: Path, requests: Path, top_k: int, out: Path, chunk_size: int) -> None:
+    """Write top-k lists for REQUESTS (Parquet/JSONL/CSV: user_id, optional request_id, history, candidates, timestamp)."""
+    from recsys.recommend import RecommendConfig, recommend
+
+    summary = recommend(model_dir, requests, out, RecommendConfig(top_k=top_k, chunk_size=chunk_size))
+    click.echo(f"{summary['requests']} requests, {summary['rows']} rows written to {out} ({summary['short_lists']} lists shorter than {top_k})")
+
+
+@main.command("export")
+@click.argument("recs", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--to", "target", required=True, help="out.parquet | out.jsonl | out.csv | duckdb:///path.db?table=recs | postgresql://...?table=recs")
+def export_cmd(recs: Path, target: str) -> None:
+    """Export ranked lists to a file or database table, atomically (re-runs replace)."""
+    from recsys.export import write
+
+    summary = write(recs, target)
+    click.echo(f"exported {summary}")
+
+
+@main.command("demo")
+@click.option("--out", default=Path("runs/demo"), show_default=True, type=click.Path(file_okay=False, path_type=Path))
+@click.option("--force", is_flag=True, help="Retrain even if the model is up to date.")
+def demo_cmd(out: Path, force: bool) -> None:
+    """Train on the embedded sample, evaluate on its dev split, write ranked lists."""
+    from recsys.demo import demo
+
+    result = demo(out, force=force)
+    click.echo("\nReplay of the sample's dev split (per-impression means):\n")
+    click.echo(_format_table(result["table"]))
+    click.echo(f"\nreport:        {result['report']}")
+    click.echo(f"ranked lists:  {result['recs']['out']} ({result['recs']['rows']} rows)")
+    click.echo("wall time:     " + ", ".join(f"{k} {v:.0f} s" for k, v in result["seconds"].items()))
+
+
 # --- benchmark --------------------------------------------------------------------------------------
+
+
+@main.command("bench")
+@click.option("--quick", "mode", flag_value="quick", help="Smoke run on tiny data (a few minutes).")
+@click.option("--large", "mode", flag_value="large", help="Bigger sizes: sample, small, medium (about an hour on 2 cores).")
+@click.option("--amazon/--no-amazon", default=None, help="Train and evaluate on ../shared/data/amazon-scientific [default: on, except --quick].")
+@click.option("--amazon-dir", type=click.Path(file_okay=False, path_type=Path), help="Where the Amazon Scientific files are.")
+@click.option("--compare", type=click.Path(exists=True, dir_okay=False, path_type=Path), help="An older results JSON: print new/old per figure.")
+@click.option("--new", "new", type=click.Path(exists=True, dir_okay=False, path_type=Path), help="With --compare: compare this saved run instead of running.")
+@click.option("--save-baseline", is_flag=True, help="Also write benchmarks/results/baseline.json/.md.")
+@click.option("--results-dir", type=click.Path(file_okay=False, path_type=Path), help="Where results go [default: benchmarks/results].")
+@click.option("--work-dir", type=click.Path(file_okay=False, path_type=Path), help="Keep datasets, models and stage logs here [default: a temp dir].")
+def bench_cmd(mode: str | None, amazon: bool | None, amazon_dir: Path | None, compare: Path | None, new: Path | None,
+              save_baseline: bool, results_dir: Path | None, work_dir: Path | None) -> None:
+    """Benchmark quality, speed, memory and scaling; write benchmarks/results/<date>-<commit>.json/.md."""
+    from benchmarks.suite import BenchConfig, run_benchmarks
+    from benchmarks.tables import compare_files, to_markdown
+
+    if new is not None:
+        if compare is None:
+            raise click.UsageError("--new needs --compare OLD.json")
+        click.echo(compare_files(new, compare))
+        return
+    cfg = BenchConfig(mode=mode or "default", amazon=amazon, compare=compare, save_baseline=save_baseline, work_dir=work_dir,
+                      **({"amazon_dir": amazon_dir} if amazon_dir else {}), **({"results_dir": results_dir} if results_dir else {}))
+    results, written = run_benchmarks(cfg)
+    click.echo(to_markdown(results))
+    click.echo("wrote " + ", ".join(str(p) for p in written))
 
 
 if __name__ == "__main__":

@@ -1,0 +1,250 @@
+"""`recsys bench`: quality, speed, memory and scaling of the whole project in one run.
+
+For each synthetic size of the plan (smallest first) the run generates the data, trains the
+pipeline, redoes each pipeline stage alone (its time and peak memory), replays the dev split
+(the quality table against the baselines) and times the recommend job. At one size it then
+measures the speed figures against baselines of the same run (bf16 vs fp32 fine-tune, batched
+vs naive encode, DuckDB features vs pandas, vectorised vs looped metrics), optionally the real
+Amazon Scientific log, and finally how time and memory grew from size to size.
+
+Every stage runs in its own process (:func:`benchmarks.harness.run_stage`); a failed stage is
+recorded under ``errors`` and the run goes on.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tqdm.auto import tqdm
+
+from benchmarks.harness import REPO, RESULTS_DIR, git_state, now_iso, run_stage
+from recsys.errors import RecsysError
+
+log = logging.getLogger(__name__)
+
+AMAZON_DIR = REPO.parent / "shared" / "data" / "amazon-scientific"
+MODES = ("quick", "default", "large")
+# Pipeline stages redone alone, each in its own process, for their time and peak memory.
+REDO_STAGES = ("text_model", "encode", "encode_frozen", "text_features", "features", "ranker")
+SPEED_STAGES = 3  # encode (with the fine-tune step), features and metrics benchmarks
+
+
+@dataclass(frozen=True)
+class Plan:
+    """How much work each part of a run does."""
+
+    sizes: tuple[str, ...]  # synthetic sizes, smallest first (recsys.synth.SIZES)
+    speed_size: str  # the size the speed figures are measured at
+    text_steps: int  # cap of the text fine-tune in the pipeline runs (optimiser steps)
+    train_speed_steps: int  # timed fine-tune steps per precision (benchmarks.encode)
+    recommend_requests: int
+    feature_rows: int  # (impression, candidate) rows of the feature-builder benchmark
+    eval_impressions: int  # impressions of the metrics benchmark
+    amazon: bool  # real data on by default in this mode
+
+
+PLANS: dict[str, Plan] = {
+    "quick": Plan(("tiny",), "tiny", 3, 2, 40, 200_000, 20_000, False),
+    "default": Plan(("tiny", "sample", "small"), "sample", 60, 8, 400, 2_000_000, 200_000, True),
+    "large": Plan(("sample", "small", "medium"), "small", 200, 16, 2_000, 10_000_000, 1_000_000, True),
+}
+
+
+@dataclass
+class BenchConfig:
+    """Options of `recsys bench`.
+
+    Attributes:
+        mode: ``quick`` (a smoke run of a few minutes), ``default`` (< 20 min on 2 cores) or ``large``.
+        amazon: run the Amazon Scientific stage; None = the mode's default, when the data is there.
+        amazon_dir: where the Amazon Scientific files are.
+        results_dir: where ``<date>-<commit>.json/.md`` go.
+        work_dir: scratch space (datasets, models, stage logs); None = a temporary directory, removed after.
+        save_baseline: also write ``baseline.json/.md`` (the committed reference).
+        compare: an older results JSON to divide by.
+        stage_timeout_s: kill a stage after this long.
+    """
+
+    mode: str = "default"
+    amazon: bool | None = None
+    amazon_dir: Path = AMAZON_DIR
+    results_dir: Path = RESULTS_DIR
+    work_dir: Path | None = None
+    save_baseline: bool = False
+    compare: Path | None = None
+    stage_timeout_s: float = 1800.0
+    plan: Plan = field(init=False)
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise RecsysError(f"unknown benchmark mode {self.mode!r}; use one of {MODES}")
+        if self.compare is not None and not Path(self.compare).exists():
+            raise RecsysError(f"--compare {self.compare}: file not found")
+        self.plan = PLANS[self.mode]
+
+    @property
+    def run_amazon(self) -> bool:
+        wanted = self.plan.amazon if self.amazon is None else self.amazon
+        return wanted and (Path(self.amazon_dir) / "README.md").exists()
+
+
+class Recorder:
+    """Runs stages and collects their figures, times, memory and failures."""
+
+    def __init__(self, work: Path, timeout_s: float, total: int) -> None:
+        self.work, self.timeout_s = work, timeout_s
+        self.progress = tqdm(total=total, desc="bench", unit="stage")
+        self.stages: list[dict[str, Any]] = []
+        self.speed: list[dict[str, Any]] = []
+        self.quality: dict[str, Any] = {}
+        self.errors: list[dict[str, Any]] = []
+
+    def stage(self, name: str, target: str, kwargs: dict[str, Any], size: str | None = None, keep: bool = True) -> dict[str, Any] | None:
+        """Run one stage; record it (unless ``keep`` is False) and return its figures, or None when it failed."""
+        label = f"{name}@{size}" if size else name
+        self.progress.set_postfix_str(label)
+        result = run_stage(target, kwargs, self.work / "logs", label, self.timeout_s)
+        self.progress.update()
+        if "error" in result:
+            self.errors.append({"stage": label, **result})
+            return None
+        if keep:
+            self.stages.append({"stage": name, "size": size, **{k: v for k, v in result.items() if k != "figures"}, "figures": result["figures"]})
+        return dict(result["figures"])
+
+    def add_speed(self, figure: str, value: float, unit: str, *, size: str | None = None, baseline: str | None = None,
+                  baseline_value: float | None = None, device: str = "cpu") -> None:
+        ratio = round(value / baseline_value, 3) if baseline_value else None
+        self.speed.append({"figure": figure, "size": size, "value": value, "unit": unit, "baseline": baseline,
+                           "baseline_value": baseline_value, "ratio": ratio, "device": device})
+
+
+def _pipeline(rec: Recorder, size: str, plan: Plan, work: Path) -> None:
+    """Synthesize, train, redo each stage alone, evaluate and recommend at one size."""
+    data, model = work / size / "data", work / size / "model"
+    if rec.stage("synth", "benchmarks.quality:synth_stage", {"size": size, "out": str(data)}, size) is None:
+        return
+    full = rec.stage("train (all stages)", "benchmarks.quality:train_stage",
+                     {"dataset": str(data), "model_dir": str(model), "text_steps": plan.text_steps}, size)
+    if full is None:
+        return
+    for name in REDO_STAGES:
+        figures = rec.stage(name, "benchmarks.quality:train_stage",
+                            {"dataset": str(data), "model_dir": str(model), "text_steps": plan.text_steps, "redo": name}, size)
+        if figures is not None:
+            # The stage's own seconds, as the pipeline timed it: without process start and imports.
+            rec.stages[-1]["seconds"] = figures["stage_seconds"][name]
+    ranker = next((s for s in rec.stages if s["stage"] == "ranker" and s["size"] == size), None)
+    if ranker is not None:
+        rec.add_speed("ranker training, full + features-only (s)", ranker["seconds"], "s", size=size)
+    table = rec.stage("evaluate", "benchmarks.quality:evaluate_stage",
+                      {"model_dir": str(model), "dataset": str(data), "report_dir": str(work / size / "report")}, size)
+    if table is not None:
+        rec.quality[f"synth-{size}"] = table["table"]
+    recs = rec.stage("recommend", "benchmarks.speed:recommend_speed",
+                     {"model_dir": str(model), "dataset": str(data), "requests": plan.recommend_requests}, size)
+    if recs is not None:
+        rec.add_speed("recommend, end to end", recs["requests_per_s"], "requests/s", size=size)
+        rec.add_speed("recommend, marginal (model loaded)", recs["marginal_requests_per_s"], "requests/s", size=size)
+
+
+def _speed(rec: Recorder, plan: Plan, work: Path) -> None:
+    """The speed figures against baselines measured in this run."""
+    size, data = plan.speed_size, work / plan.speed_size / "data"
+    encode = rec.stage("encode bench", "benchmarks.speed:external",
+                       {"target": "benchmarks.encode:run",
+                        "offer": {"dataset": str(data), "train_steps": plan.train_speed_steps}}, size)
+    if encode is not None:
+        _encode_rows(rec, encode, size)
+    feats = rec.stage("features bench", "benchmarks.speed:external",
+                      {"target": "benchmarks.features:run", "offer": {"rows": plan.feature_rows, "workdir": str(work)}}, f"{plan.feature_rows} rows")
+    if feats is not None:
+        rec.add_speed("feature rows (all features, DuckDB)", feats["features"]["rows_per_s"], "rows/s", size=f"{plan.feature_rows} rows",
+                      baseline="pandas, 2 features", baseline_value=feats["pandas"]["rows_per_s"])
+        for part in ("generate", "features", "pandas"):
+            rec.stages.append({"stage": f"features bench: {part}", "size": f"{plan.feature_rows} rows", "seconds": feats[part].get("seconds"),
+                               "peak_rss_mib": feats[part].get("peak_rss_mb"), "figures": feats[part]})
+    metrics = rec.stage("metrics bench", "benchmarks.speed:external",
+                        {"target": "benchmarks.evaluation:run", "offer": {"n_impressions": plan.eval_impressions}}, f"{plan.eval_impressions} impressions")
+    if metrics is not None:
+        loop_rate = metrics["rows"] / metrics["loop_s_extrapolated"] if metrics.get("loop_s_extrapolated") else None
+        rec.add_speed("metric rows (vectorised AUC/MRR/nDCG)", metrics["vectorised_rows_per_s"], "rows/s",
+                      size=f"{plan.eval_impressions} impressions", baseline="per-impression loop", baseline_value=loop_rate)
+
+
+def _encode_rows(rec: Recorder, figures: dict[str, Any], size: str) -> None:
+    """Speed rows from :func:`benchmarks.encode.run`: encode paths vs the naive loop, bf16 vs fp32 fine-tune."""
+    device = f"{figures.get('device', 'cpu')} x{figures.get('threads', '?')}"
+    naive = figures.get("naive_items_per_s")
+    for key, label in (("batched_bf16", "bf16 weights (encode_items)"), ("batched_bf16_autocast", "bf16 autocast"), ("batched_fp32", "fp32")):
+        if f"{key}_items_per_s" in figures:
+            rec.add_speed(f"encode, batched {label}", figures[f"{key}_items_per_s"], "items/s", size=size,
+                          baseline="naive, item by item, fp32", baseline_value=naive, device=device)
+    if "train_bf16_samples_per_s" in figures:
+        rec.add_speed("text fine-tune, bf16 autocast", figures["train_bf16_samples_per_s"], "samples/s", size=size,
+                      baseline="fp32", baseline_value=figures.get("train_fp32_samples_per_s"), device=device)
+
+
+def _scaling(rec: Recorder, sizes: tuple[str, ...]) -> list[dict[str, Any]]:
+    """Time and memory growth of each stage between consecutive sizes, next to the data growth."""
+    impressions = {s["size"]: s["figures"].get("impressions") for s in rec.stages if s["stage"] == "synth"}
+    by_key = {(s["stage"], s["size"]): s for s in rec.stages}
+    rows = []
+    for small, big in zip(sizes, sizes[1:]):
+        if not impressions.get(small) or not impressions.get(big):
+            continue
+        for (stage, size), a in list(by_key.items()):
+            b = by_key.get((stage, big))
+            if size != small or b is None:
+                continue
+            rows.append({"stage": stage, "from": small, "to": big, "data_ratio": round(impressions[big] / impressions[small], 2),
+                         "time_ratio": round(b["seconds"] / a["seconds"], 2) if a.get("seconds") else None,
+                         "memory_ratio": round(b["peak_rss_mib"] / a["peak_rss_mib"], 2) if a.get("peak_rss_mib") else None})
+    return rows
+
+
+def run_benchmarks(cfg: BenchConfig) -> tuple[dict[str, Any], list[Path]]:
+    """Run the benchmark plan of ``cfg.mode`` and write the results.
+
+    Args:
+        cfg: what to run and where to write.
+
+    Returns:
+        The results (see :mod:`benchmarks.tables`) and the files written.
+
+    Raises:
+        RecsysError: a bad ``--compare`` file.
+    """
+    from benchmarks.tables import compare, load_results, write_results
+
+    old = load_results(cfg.compare) if cfg.compare else None
+    plan, started = cfg.plan, time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="recsys-bench-") as tmp:
+        work = Path(cfg.work_dir) if cfg.work_dir else Path(tmp)
+        # hardware + per size (synth, train, redone stages, evaluate, recommend) + speed stages + amazon
+        total = 1 + len(plan.sizes) * (4 + len(REDO_STAGES)) + SPEED_STAGES + int(cfg.run_amazon)
+        rec = Recorder(work, cfg.stage_timeout_s, total)
+        hardware = rec.stage("hardware", "benchmarks.harness:hardware_info", {}, keep=False) or {}
+        for size in plan.sizes:
+            _pipeline(rec, size, plan, work)
+        _speed(rec, plan, work)
+        if cfg.run_amazon:
+            amazon = rec.stage("amazon-scientific", "benchmarks.quality:amazon_stage",
+                               {"data_dir": str(cfg.amazon_dir), "work_dir": str(work / "amazon")})
+            if amazon is not None:
+                rec.quality["amazon-scientific"] = amazon["table"]
+        rec.progress.close()
+    results: dict[str, Any] = {
+        "meta": {**git_state(), "date": now_iso(), "mode": cfg.mode, "sizes": list(plan.sizes), "text_steps": plan.text_steps,
+                 "plan": asdict(plan), "argv": sys.argv[1:], "hardware": hardware, "total_seconds": round(time.perf_counter() - started, 1)},
+        "quality": rec.quality, "speed": rec.speed, "stages": rec.stages, "scaling": _scaling(rec, plan.sizes), "errors": rec.errors,
+    }
+    if old is not None:
+        results["compare"] = {"against": str(cfg.compare), "rows": compare(results, old)}
+    return results, write_results(results, cfg.results_dir, baseline=cfg.save_baseline)

@@ -1,0 +1,119 @@
+"""The feature registry: every column the feature builder writes, with its family, dtype and meaning.
+
+The ranker trains on ``feature_names(table.columns)`` and the evaluation report explains columns
+with :func:`describe`, so this module is the one place a feature is named. Every behavioural feature of
+an impression at time ``t`` is computed from log events strictly before ``t`` (point in time).
+
+Windowed item features exist once per trailing window of :class:`features.build.FeatureConfig`
+(``item_clicks_1h``, ``item_clicks_6h``, ...); :func:`registry` lists them for given windows and
+:func:`feature_names` recognises any window present in a table.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+import polars as pl
+
+DEFAULT_WINDOWS: tuple[int, ...] = (1, 6, 24)
+
+# Passed through from synthetic data: the true click probability of a candidate. Never a feature.
+CLICK_PROB = "click_prob"
+
+ITEM, USER, CONTEXT, TEXT = "item", "user", "context", "text"
+FAMILIES = (ITEM, USER, CONTEXT, TEXT)
+
+
+@dataclass(frozen=True)
+class Feature:
+    """One feature column.
+
+    Attributes:
+        name: column name in the feature table.
+        family: ``item``, ``user``, ``context`` or ``text``.
+        dtype: Polars dtype of the column.
+        description: what the value means, including what a null means.
+        needs_impressions: computed from non-clicked impressions too, so absent for an
+            interactions-only log (where every logged row is a click).
+    """
+
+    name: str
+    family: str
+    dtype: pl.DataType
+    description: str
+    needs_impressions: bool = False
+
+
+def _windowed(hours: Sequence[int]) -> list[Feature]:
+    spans = [(f"{h}h", f"in the {h} h before t") for h in hours] + [("all", "before t (all time)")]
+    out: list[Feature] = []
+    for suffix, span in spans:
+        out += [
+            Feature(f"item_impressions_{suffix}", ITEM, pl.Int32(), f"times the item was shown {span}", True),
+            Feature(f"item_clicks_{suffix}", ITEM, pl.Int32(), f"clicks on the item {span}"),
+            Feature(f"item_ctr_{suffix}", ITEM, pl.Float32(), f"smoothed CTR of the item {span}: (clicks + prior * weight) / (impressions + weight)", True),
+        ]
+    return out
+
+
+_ITEM_STATIC = (
+    Feature("item_hours_since_first_seen", ITEM, pl.Float32(), "hours since the item's first logged event before t; null if none"),
+    Feature("item_hours_since_published", ITEM, pl.Float32(), "hours since the item's publish time; null if unknown or the item is not in items.parquet"),
+    Feature("item_category_ctr", ITEM, pl.Float32(), "smoothed CTR of the item's category before t; null if the category is unknown", True),
+    Feature("item_subcategory_ctr", ITEM, pl.Float32(), "smoothed CTR of the item's subcategory before t; null if unknown", True),
+)
+
+_USER = (
+    Feature("user_history_len", USER, pl.Int32(), "length of the click history given with the impression"),
+    Feature("user_impressions_before", USER, pl.Int32(), "the user's logged impressions before t", True),
+    Feature("user_clicks_before", USER, pl.Int32(), "the user's logged clicks before t"),
+    Feature("user_hours_since_last_click", USER, pl.Float32(), "hours since the user's last logged click before t; null if none"),
+    Feature("user_category_share", USER, pl.Float32(), "share of the user's clicks (history list + log clicks before t) in the candidate's category; null without clicks or category"),
+    Feature("user_subcategory_share", USER, pl.Float32(), "share of the user's clicks (history list + log clicks before t) in the candidate's subcategory"),
+)
+
+_CONTEXT = (
+    Feature("ctx_n_candidates", CONTEXT, pl.Int32(), "number of candidates in the impression"),
+    Feature("ctx_hour", CONTEXT, pl.Int8(), "hour of day of the impression (0-23, timestamps' own zone)"),
+    Feature("ctx_popularity_rank", CONTEXT, pl.Int32(), "rank of the candidate's clicks in the longest window within its impression (1 = most clicked; ties share)"),
+    Feature("ctx_freshness_rank", CONTEXT, pl.Int32(), "rank of the candidate's age (publish time, else first seen) within its impression (1 = newest; never-seen items count as newest)"),
+)
+
+# Written by recsys/text_features.py (H-text), joined by (impression, candidate) when given.
+_TEXT = (
+    Feature("text_score", TEXT, pl.Float32(), "text model's interest score of the user in the candidate"),
+    Feature("text_max_sim", TEXT, pl.Float32(), "max cosine similarity of the candidate to the user's history items"),
+    Feature("text_mean_sim", TEXT, pl.Float32(), "mean cosine similarity of the candidate to the user's history items"),
+    Feature("text_recent_sim", TEXT, pl.Float32(), "similarity of the candidate to the user's most recent history items"),
+)
+TEXT_FEATURES: tuple[str, ...] = tuple(f.name for f in _TEXT)
+
+
+def registry(windows_hours: Sequence[int] = DEFAULT_WINDOWS) -> tuple[Feature, ...]:
+    """All features the builder can write for the given trailing windows, in table order."""
+    return (*_windowed(sorted(windows_hours)), *_ITEM_STATIC, *_USER, *_CONTEXT, *_TEXT)
+
+
+FEATURES: tuple[Feature, ...] = registry()
+
+_WINDOW_NAME = re.compile(r"^item_(?:impressions|clicks|ctr)_(\d+)h$")
+
+
+def _windows_in(columns: Iterable[str]) -> list[int]:
+    return sorted({int(m.group(1)) for c in columns if (m := _WINDOW_NAME.match(c))})
+
+
+def feature_names(columns: Iterable[str]) -> list[str]:
+    """The feature columns among `columns`, in registry order (keys, labels and pass-through columns excluded)."""
+    columns = list(columns)
+    present = set(columns)
+    return [f.name for f in registry(_windows_in(columns)) if f.name in present]
+
+
+def describe(columns: Iterable[str]) -> list[Feature]:
+    """The :class:`Feature` entries of the feature columns among `columns`, in registry order."""
+    columns = list(columns)
+    by_name = {f.name: f for f in registry(_windows_in(columns))}
+    return [by_name[name] for name in feature_names(columns)]

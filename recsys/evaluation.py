@@ -1,0 +1,394 @@
+"""Every offline metric of recsys, in one module.
+
+Two protocols:
+
+* **Impressions** (MIND style): each impression shows a list of candidates, some clicked. Per
+  impression we compute AUC, MRR, nDCG@5 and nDCG@10 exactly as MIND's official scorer does, then
+  average over impressions. Impressions with no click or no non-click are skipped for all metrics
+  (AUC is undefined there) and the count of used impressions is reported.
+* **Full catalogue** (interaction-only logs): each test interaction holds out one item; a model
+  scores every candidate item and we read the 1-based rank of the held-out one
+  (:func:`held_out_ranks`), then Recall@k, NDCG@k and MRR (:func:`rank_metrics`).
+
+Plus beyond-accuracy figures of top-k lists: catalogue coverage, intra-list diversity and
+popularity bias.
+
+**Ties.** A model that scores candidates equally must not look good because of the input order.
+Tied candidates therefore get the *expected* value over all orders of the tie: a tied group that
+occupies ranks a..b gives each member the mean discount over a..b (like scikit-learn's
+``ndcg_score(ignore_ties=False)``), AUC uses tie-averaged ranks (a tie counts half a pair). A
+constant score thus gets AUC 0.5 and the MRR/nDCG of a random order, on average.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import polars as pl
+
+from recsys.data import Col
+
+# Keys of the dicts returned here; report and tests use them.
+AUC, MRR, IMPRESSIONS = "auc", "mrr", "impressions"
+NDCG_KS = (5, 10)
+FULL_KS = (10, 20, 50)
+
+
+def ndcg_key(k: int) -> str:
+    return f"ndcg@{k}"
+
+
+def recall_key(k: int) -> str:
+    return f"recall@{k}"
+
+
+# --- impression protocol -------------------------------------------------------------------------
+
+
+def _cum_discount(n: int, k: int | None) -> np.ndarray:
+    """D[r] = sum of discounts of ranks 1..r (D[0] = 0); 1/rank for MRR (k None), 1/log2(rank+1) up to k."""
+    ranks = np.arange(1, n + 1, dtype=np.float64)
+    disc = 1.0 / ranks if k is None else np.where(ranks <= k, 1.0 / np.log2(ranks + 1.0), 0.0)
+    return np.concatenate([[0.0], np.cumsum(disc)])
+
+
+def _expected_discount(cum: np.ndarray, first: np.ndarray, last: np.ndarray) -> np.ndarray:
+    """Mean discount over ranks first..last: the expected discount of a member of a tied group."""
+    return (cum[last] - cum[first - 1]) / (last - first + 1)
+
+
+def per_impression(
+    df: pl.DataFrame,
+    score_col: str,
+    *,
+    group_col: str = Col.IMPRESSION,
+    label_col: str = Col.LABEL,
+    ks: Sequence[int] = NDCG_KS,
+    skip_degenerate: bool = True,
+) -> pl.DataFrame:
+    """AUC, MRR and nDCG@k of every impression (MIND definitions, tie-averaged).
+
+    Args:
+        df: Long format, one row per (impression, candidate).
+        score_col: Column with the model's scores (higher = better).
+        group_col: Column identifying the impression.
+        label_col: Column with the relevance label (0/1 clicks; graded labels work for MRR/nDCG).
+        ks: Cut-offs for nDCG.
+        skip_degenerate: Drop impressions with no positive or no negative label.
+
+    Returns:
+        One row per impression, in first-appearance order: ``group_col``, ``n`` (candidates),
+        ``clicks``, ``auc``, ``mrr`` and ``ndcg@k`` for each k. Undefined values are NaN.
+
+    Raises:
+        ValueError: Missing columns, null or NaN scores/labels, null group ids.
+    """
+    for col in (group_col, label_col, score_col):
+        if col not in df.columns:
+            raise ValueError(f"column {col!r} is missing")
+    y = df[label_col].cast(pl.Float64)
+    s = df[score_col].cast(pl.Float64)
+    for col, values in ((score_col, s), (label_col, y)):
+        if values.null_count() or values.is_nan().any():
+            raise ValueError(f"column {col!r}: values must not be null or NaN")
+    keys = df[group_col]
+    if keys.null_count():
+        raise ValueError(f"column {group_col!r}: {keys.null_count()} null group id(s)")
+    # Integer codes make the sorts cheap; the first-appearance order is restored at the end.
+    codes = keys.rank("dense").to_numpy()
+    cols = _group_metrics(codes.astype(np.int64), y.to_numpy(), s.to_numpy(), ks)
+    first_row = cols.pop("first_row")
+    out = pl.DataFrame({group_col: keys.gather(first_row), **cols}).sort(pl.Series(first_row))
+    if skip_degenerate:
+        out = out.filter((pl.col("clicks") > 0) & (pl.col("clicks") < pl.col("n")))
+    return out
+
+
+def _group_metrics(gid: np.ndarray, y: np.ndarray, s: np.ndarray, ks: Sequence[int]) -> dict[str, np.ndarray]:
+    """Per-group metrics from one sort by (group, score descending); arrays in group-code order."""
+    metric_names = [AUC, MRR, *[ndcg_key(k) for k in ks]]
+    if len(gid) == 0:
+        return {"first_row": np.zeros(0, np.int64), "n": np.zeros(0, np.int64), "clicks": np.zeros(0, np.int64),
+                **{m: np.zeros(0) for m in metric_names}}  # fmt: skip
+    order = np.lexsort((-s, gid))
+    g, s, y = gid[order], s[order], y[order]
+    n_rows = len(g)
+    new_group = np.r_[True, g[1:] != g[:-1]]
+    starts = np.flatnonzero(new_group)
+    sizes = np.diff(np.r_[starts, n_rows])
+    group_of = np.cumsum(new_group) - 1
+    # Runs of equal scores inside a group: each member's best and worst 1-based rank.
+    new_run = new_group | np.r_[True, s[1:] != s[:-1]]
+    run_starts = np.flatnonzero(new_run)
+    run_of = np.cumsum(new_run) - 1
+    run_ends = np.r_[run_starts[1:], n_rows] - 1
+    offset = starts[group_of]
+    first, last = run_starts[run_of] - offset + 1, run_ends[run_of] - offset + 1
+    pos = (y > 0).astype(np.float64)
+    clicks = np.add.reduceat(pos, starts)
+    n_max = int(sizes.max())
+    with np.errstate(invalid="ignore", divide="ignore"):
+        avg_up = sizes[group_of] + 1 - (first + last) / 2.0  # ascending tie-averaged rank
+        out: dict[str, np.ndarray] = {
+            AUC: (np.add.reduceat(avg_up * pos, starts) - clicks * (clicks + 1) / 2) / (clicks * (sizes - clicks)),
+            MRR: np.add.reduceat(y * _expected_discount(_cum_discount(n_max, None), first, last), starts) / np.add.reduceat(y, starts),
+        }
+        gain = np.power(2.0, y) - 1.0
+        binary = bool(np.isin(y, (0.0, 1.0)).all())
+        if not binary:  # graded labels: the ideal order needs its own sort
+            ideal_gain = np.power(2.0, y[np.lexsort((-y, g))]) - 1.0
+            ideal_rank = np.arange(n_rows) - offset + 1
+        for k in ks:
+            cum = _cum_discount(n_max, k)
+            dcg = np.add.reduceat(gain * _expected_discount(cum, first, last), starts)
+            # Binary labels: the ideal list puts all clicks first, so its DCG is cum[clicks].
+            idcg = cum[clicks.astype(np.int64)] if binary else np.add.reduceat(ideal_gain * np.diff(cum)[ideal_rank - 1], starts)
+            out[ndcg_key(k)] = dcg / idcg
+    first_row = np.minimum.reduceat(order, starts)
+    return {"first_row": first_row, "n": sizes, "clicks": clicks.astype(np.int64), **out}
+
+
+def impression_metrics(
+    df: pl.DataFrame,
+    score_col: str,
+    *,
+    group_col: str = Col.IMPRESSION,
+    label_col: str = Col.LABEL,
+    ks: Sequence[int] = NDCG_KS,
+) -> dict[str, float]:
+    """MIND metrics averaged over impressions.
+
+    Impressions with no click or no non-click are skipped for all metrics; ``impressions`` says how
+    many were used. Vectorised (one numpy sort by impression and score): about 1.6 M rows/s on one
+    core, 20x a per-impression loop (``benchmarks/evaluation.py``).
+
+    Args:
+        df: Long format, one row per (impression, candidate).
+        score_col: Model score column.
+        group_col: Impression id column.
+        label_col: 0/1 click column.
+        ks: nDCG cut-offs.
+
+    Returns:
+        ``{"auc", "mrr", "ndcg@5", "ndcg@10", "impressions"}`` (NaN metrics when no impression qualifies).
+
+    Example (hand-computed: ranks by score are pos, neg, pos, neg):
+
+    >>> df = pl.DataFrame({"impression_id": ["a"] * 4, "label": [0, 1, 0, 1], "s": [0.1, 0.9, 0.4, 0.3]})
+    >>> m = impression_metrics(df, "s")
+    >>> m["auc"], round(m["mrr"], 4), round(m["ndcg@5"], 4), m["impressions"]
+    (0.75, 0.6667, 0.9197, 1.0)
+    """
+    per = per_impression(df, score_col, group_col=group_col, label_col=label_col, ks=ks)
+    metrics = [AUC, MRR, *[ndcg_key(k) for k in ks]]
+    out = {m: float(per[m].mean()) if per.height else float("nan") for m in metrics}
+    out[IMPRESSIONS] = float(per.height)
+    return out
+
+
+def _single(labels: np.ndarray, scores: np.ndarray, metric: str, k: int | None = None) -> float:
+    y, s = np.asarray(labels, dtype=np.float64), np.asarray(scores, dtype=np.float64)
+    if y.shape != s.shape or y.ndim != 1:
+        raise ValueError(f"labels and scores must be 1-d arrays of equal length, got {y.shape} and {s.shape}")
+    if np.isnan(s).any() or np.isnan(y).any():
+        raise ValueError("scores and labels must not be NaN")
+    if len(y) == 0:
+        return float("nan")
+    return float(_group_metrics(np.zeros(len(y), np.int64), y, s, () if k is None else (k,))[metric][0])
+
+
+def auc(labels: np.ndarray, scores: np.ndarray) -> float:
+    """ROC AUC of one list; ties count half; NaN when all labels are equal.
+
+    >>> auc(np.array([1, 0, 1, 0]), np.array([0.9, 0.5, 0.5, 0.1]))
+    0.875
+    >>> auc(np.array([1, 0]), np.array([0.3, 0.3]))
+    0.5
+    """
+    return _single(labels, scores, AUC)
+
+
+def mrr(labels: np.ndarray, scores: np.ndarray) -> float:
+    """MIND MRR: sum over clicked items of 1/rank, divided by the number of clicked items.
+
+    Tied items get the mean 1/rank over the ranks they share.
+
+    >>> round(mrr(np.array([0, 1, 0, 1]), np.array([0.1, 0.9, 0.4, 0.3])), 4)  # (1/1 + 1/3) / 2
+    0.6667
+    >>> mrr(np.array([1, 0]), np.array([0.5, 0.5]))  # the click is 1st or 2nd: (1 + 1/2) / 2
+    0.75
+    """
+    return _single(labels, scores, MRR)
+
+
+def ndcg(labels: np.ndarray, scores: np.ndarray, k: int) -> float:
+    """MIND nDCG@k: DCG@k with gain 2^rel - 1 and discount 1/log2(rank + 1), over the ideal DCG@k.
+
+    NaN when no label is positive (the ideal DCG is 0).
+
+    >>> round(ndcg(np.array([0, 1, 0, 1]), np.array([0.1, 0.9, 0.4, 0.3]), 5), 4)  # 1.5 / (1 + 1/log2(3))
+    0.9197
+    """
+    return _single(labels, scores, ndcg_key(k), k)
+
+
+# --- full-catalogue protocol ---------------------------------------------------------------------
+
+
+def held_out_ranks(scores: np.ndarray, target: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Rank of each row's held-out item among all candidates of that row.
+
+    Args:
+        scores: (n, n_items) scores; mask items that must not be recommended (already seen) with -inf.
+        target: (n,) column index of the held-out item in each row.
+
+    Returns:
+        ``(ranks, ties)``: ranks are 1-based, counting only items scored strictly higher (the best
+        rank in a tie); ties is the number of items sharing the held-out item's score, itself included.
+        Pass both to :func:`rank_metrics`, which averages over the tie.
+    """
+    scores = np.asarray(scores)
+    target = np.asarray(target, dtype=np.int64)
+    own = scores[np.arange(len(target)), target][:, None]
+    ranks = 1 + (scores > own).sum(axis=1)
+    ties = (scores == own).sum(axis=1)
+    return ranks.astype(np.int64), ties.astype(np.int64)
+
+
+def _mean_over_tie(ranks: np.ndarray, ties: np.ndarray, k: int | None) -> np.ndarray:
+    cum = _cum_discount(int((ranks + ties - 1).max()), k)
+    return _expected_discount(cum, ranks, ranks + ties - 1)
+
+
+def _as_ranks(ranks: np.ndarray, ties: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    ranks = np.asarray(ranks, dtype=np.int64)
+    ties = np.ones_like(ranks) if ties is None else np.asarray(ties, dtype=np.int64)
+    if ranks.size and (ranks.min() < 1 or ties.min() < 1):
+        raise ValueError("ranks are 1-based and ties count the held-out item itself (>= 1)")
+    return ranks, ties
+
+
+def recall_at_k(ranks: np.ndarray, k: int, ties: np.ndarray | None = None) -> float:
+    """Share of held-out items ranked in the top k (one relevant item per row, so recall = hit rate).
+
+    >>> round(recall_at_k(np.array([1, 5, 11]), 10), 4)
+    0.6667
+    """
+    ranks, ties = _as_ranks(ranks, ties)
+    inside = np.clip(k - ranks + 1, 0, ties) / ties  # share of the tie's ranks that fall within k
+    return float(inside.mean()) if ranks.size else float("nan")
+
+
+def ndcg_at_k(ranks: np.ndarray, k: int, ties: np.ndarray | None = None) -> float:
+    """NDCG@k with one relevant item: 1/log2(rank + 1) if rank <= k else 0 (the ideal DCG is 1).
+
+    >>> round(ndcg_at_k(np.array([1, 3, 20]), 10), 4)  # (1 + 0.5 + 0) / 3
+    0.5
+    """
+    ranks, ties = _as_ranks(ranks, ties)
+    return float(_mean_over_tie(ranks, ties, k).mean()) if ranks.size else float("nan")
+
+
+def mrr_full(ranks: np.ndarray, ties: np.ndarray | None = None) -> float:
+    """Mean reciprocal rank of the held-out items (no cut-off).
+
+    >>> round(mrr_full(np.array([1, 2, 4])), 4)  # (1 + 1/2 + 1/4) / 3
+    0.5833
+    """
+    ranks, ties = _as_ranks(ranks, ties)
+    return float(_mean_over_tie(ranks, ties, None).mean()) if ranks.size else float("nan")
+
+
+def rank_metrics(ranks: np.ndarray, ks: Sequence[int] = FULL_KS, ties: np.ndarray | None = None) -> dict[str, float]:
+    """Recall@k, NDCG@k for each k, MRR and the number of rows, from held-out ranks.
+
+    Args:
+        ranks: 1-based rank of each held-out item among all candidates (see :func:`held_out_ranks`).
+        ks: Cut-offs.
+        ties: Items sharing the held-out item's score (itself included); metrics average over the tie.
+
+    Returns:
+        ``{"recall@10", ..., "ndcg@10", ..., "mrr", "n"}``.
+    """
+    out: dict[str, float] = {}
+    for k in ks:
+        out[recall_key(k)] = recall_at_k(ranks, k, ties)
+    for k in ks:
+        out[ndcg_key(k)] = ndcg_at_k(ranks, k, ties)
+    out[MRR] = mrr_full(ranks, ties)
+    out["n"] = float(np.asarray(ranks).size)
+    return out
+
+
+# --- beyond accuracy -----------------------------------------------------------------------------
+
+
+def _lists(top_k: np.ndarray) -> np.ndarray:
+    """(n_lists, k) int item indices; -1 pads lists shorter than k."""
+    arr = np.asarray(top_k)
+    if arr.ndim != 2 or not np.issubdtype(arr.dtype, np.integer):
+        raise ValueError(f"top-k lists must be a 2-d integer array of item indices (-1 = padding), got {arr.dtype} {arr.shape}")
+    return arr
+
+
+def catalogue_coverage(top_k: np.ndarray, n_items: int) -> float:
+    """Share of the catalogue that appears in at least one top-k list.
+
+    >>> catalogue_coverage(np.array([[0, 1], [1, 2]]), 8)
+    0.375
+    """
+    arr = _lists(top_k)
+    return float(np.unique(arr[arr >= 0]).size / n_items) if n_items else float("nan")
+
+
+def intra_list_diversity(top_k: np.ndarray, vectors: np.ndarray) -> float:
+    """Mean over lists of the mean pairwise cosine distance (1 - cosine) of the items' vectors.
+
+    Lists with fewer than two items are skipped.
+
+    >>> v = np.array([[1.0, 0.0], [0.0, 1.0], [1.0, 0.0]])
+    >>> intra_list_diversity(np.array([[0, 1], [0, 2]]), v)  # (1 + 0) / 2
+    0.5
+    """
+    arr = _lists(top_k)
+    vecs = np.asarray(vectors, dtype=np.float64)
+    unit = vecs / np.maximum(np.linalg.norm(vecs, axis=1, keepdims=True), 1e-12)
+    valid = arr >= 0
+    emb = unit[np.where(valid, arr, 0)] * valid[..., None]  # (n, k, d), padding rows zeroed
+    sims = np.einsum("nkd,njd->nkj", emb, emb)
+    m = valid.sum(axis=1).astype(np.float64)
+    pairs = m * (m - 1)
+    off_diag = sims.sum(axis=(1, 2)) - np.einsum("nkk->n", sims)
+    keep = pairs > 0
+    if not keep.any():
+        return float("nan")
+    return float((1.0 - off_diag[keep] / pairs[keep]).mean())
+
+
+def popularity_bias(top_k: np.ndarray, popularity: np.ndarray) -> dict[str, float]:
+    """How popular the recommended items are, compared with the catalogue.
+
+    Args:
+        top_k: (n_lists, k) item indices, -1 = padding.
+        popularity: (n_items,) interaction counts in training.
+
+    Returns:
+        ``pop_percentile``: mean popularity percentile (0 = least, 1 = most popular; ties averaged)
+        of recommended items; 0.5 means no bias. ``mean_log_pop`` and ``catalogue_mean_log_pop``:
+        mean log(1 + count) of recommended items and of the whole catalogue.
+
+    >>> round(popularity_bias(np.array([[2, 3]]), np.array([0, 1, 2, 3]))["pop_percentile"], 4)  # (2/3 + 1) / 2
+    0.8333
+    """
+    arr = _lists(top_k)
+    pop = np.asarray(popularity, dtype=np.float64)
+    pct = pl.Series(pop).rank("average").to_numpy()
+    pct = (pct - 1) / max(len(pop) - 1, 1)
+    recs = arr[arr >= 0]
+    log_pop = np.log1p(pop)
+    return {
+        "pop_percentile": float(pct[recs].mean()) if recs.size else float("nan"),
+        "mean_log_pop": float(log_pop[recs].mean()) if recs.size else float("nan"),
+        "catalogue_mean_log_pop": float(log_pop.mean()),
+    }

@@ -1,0 +1,204 @@
+"""A generic items table + events log (CSV or Parquet) into the data contract.
+
+Events have ``user_id``, ``item_id``, ``timestamp`` and optionally ``event`` (``impression``,
+``click`` or ``purchase``; absent = every row is a click), ``request_id`` and ``split``.
+
+* With impression events, events are grouped into impressions by ``request_id``, or, without it,
+  by user sessions (a new impression after ``session_gap_minutes`` of silence). Candidates are the
+  group's items in order of first appearance; a candidate's label is 1 if it was clicked/purchased.
+* Without impression events (a click or purchase log), each positive event is one impression of
+  manifest kind ``"interactions"``: ``candidates=[item]``, ``labels=[1]``.
+
+History = the user's positive events strictly before the impression. Splits come from the ``split``
+column when present (the impression takes its first event's), else the latest ``dev_fraction`` by time.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import polars as pl
+
+from recsys.data import ITEMS_SCHEMA, Col, Split
+from recsys.errors import RecsysError
+from recsys.loaders.rejects import LINE, RAISE, BadRows, check_on_bad_rows
+from recsys.loaders.tables import parse_times, read_table
+from recsys.loaders.timeline import histories_before, split_by_time
+from recsys.loaders.writer import IngestResult, write_dataset
+
+log = logging.getLogger(__name__)
+
+
+class EventCol:
+    """Columns of an events log that are not contract columns."""
+
+    EVENT = "event"
+    REQUEST = "request_id"
+
+
+class Event:
+    """Values of the ``event`` column; ``POSITIVE`` ones are clicks (labels and history)."""
+
+    IMPRESSION = "impression"
+    CLICK = "click"
+    PURCHASE = "purchase"
+    ALL = (IMPRESSION, CLICK, PURCHASE)
+    POSITIVE = (CLICK, PURCHASE)
+
+
+_GROUP = "_group"
+
+
+@dataclass(frozen=True)
+class EventsConfig:
+    """How an events log becomes impressions.
+
+    Attributes:
+        session_gap_minutes: without request ids, a user's silence longer than this starts a new impression.
+        dev_fraction: without a split column, the latest fraction of impressions (by time) that becomes dev.
+        max_history: keep the most recent N positive events as history (None: all).
+        on_bad_rows: ``"raise"`` or ``"skip"``.
+    """
+
+    session_gap_minutes: float = 30.0
+    dev_fraction: float = 0.1
+    max_history: int | None = 50
+    on_bad_rows: str = RAISE
+
+    def __post_init__(self) -> None:
+        if self.session_gap_minutes <= 0:
+            raise RecsysError(f"session_gap_minutes must be positive, got {self.session_gap_minutes}")
+        if not 0 <= self.dev_fraction < 1:
+            raise RecsysError(f"dev_fraction must be in [0, 1), got {self.dev_fraction}")
+        if self.max_history is not None and self.max_history < 0:
+            raise RecsysError(f"max_history must be >= 0, got {self.max_history}")
+        check_on_bad_rows(self.on_bad_rows)
+
+
+def _required_text(df: pl.DataFrame, column: str, path: Path, bad: BadRows) -> pl.DataFrame:
+    df = df.with_columns(pl.col(column).cast(pl.String()).str.strip_chars())
+    return bad.drop(df, df[column].is_null() | (df[column] == ""), path, column, f"empty {column}")
+
+
+def read_items(path: Path, bad: BadRows) -> pl.DataFrame:
+    """The items table: ``item_id`` and ``title`` required; other contract columns optional.
+
+    CSV ``tags`` are ``|``-separated; ``publish_time`` is parsed like event timestamps.
+    """
+    df = read_table(path, (Col.ITEM, Col.TITLE), bad)
+    for column in (Col.ITEM, Col.TITLE):
+        df = _required_text(df, column, path, bad)
+    df = bad.drop(df, df[Col.ITEM].is_duplicated() & ~df[Col.ITEM].is_first_distinct(), path, Col.ITEM, "duplicate item id", pl.col(Col.ITEM))
+    if Col.TAGS in df.columns and df.schema[Col.TAGS] == pl.String():
+        df = df.with_columns(pl.col(Col.TAGS).fill_null("").str.split("|").list.eval(pl.element().str.strip_chars().filter(pl.element() != "")))
+    if Col.PUBLISHED in df.columns:
+        parsed = parse_times(df[Col.PUBLISHED])
+        df = bad.drop(df, parsed.is_null() & df[Col.PUBLISHED].is_not_null(), path, Col.PUBLISHED, "bad timestamp", pl.col(Col.PUBLISHED))
+        df = df.with_columns(parse_times(df[Col.PUBLISHED]).alias(Col.PUBLISHED))
+    return df.select(
+        pl.col(name).cast(dtype) if name in df.columns else pl.lit(None, dtype=dtype).alias(name) for name, dtype in ITEMS_SCHEMA.items()
+    )
+
+
+def read_events(path: Path, bad: BadRows) -> pl.DataFrame:
+    """Events with parsed, checked columns (``event`` filled with ``click`` when absent), in time order."""
+    df = read_table(path, (Col.USER, Col.ITEM, Col.TIME), bad)
+    for column in (Col.USER, Col.ITEM):
+        df = _required_text(df, column, path, bad)
+    times = parse_times(df[Col.TIME])
+    df = bad.drop(df.with_columns(times.alias("_t")), times.is_null(), path, Col.TIME, "bad timestamp", pl.col(Col.TIME))
+    df = df.with_columns(pl.col("_t").alias(Col.TIME)).drop("_t")
+    if EventCol.EVENT in df.columns:
+        df = df.with_columns(pl.col(EventCol.EVENT).cast(pl.String()).str.strip_chars().str.to_lowercase())
+        unknown = ~df[EventCol.EVENT].is_in(list(Event.ALL)).fill_null(False)
+        df = bad.drop(df, unknown, path, EventCol.EVENT, f"unknown event value (expected one of {', '.join(Event.ALL)})", pl.col(EventCol.EVENT))
+    else:
+        df = df.with_columns(pl.lit(Event.CLICK).alias(EventCol.EVENT))
+    if Col.SPLIT in df.columns:
+        df = df.with_columns(pl.col(Col.SPLIT).cast(pl.String()).str.strip_chars())
+        unknown = ~df[Col.SPLIT].is_in(list(Split.ALL)).fill_null(False)
+        df = bad.drop(df, unknown, path, Col.SPLIT, f"unknown split (expected one of {', '.join(Split.ALL)})", pl.col(Col.SPLIT))
+    if EventCol.REQUEST in df.columns:
+        df = _required_text(df, EventCol.REQUEST, path, bad)
+    return df.sort(Col.TIME, LINE)
+
+
+def _group_impressions(events: pl.DataFrame, cfg: EventsConfig) -> pl.DataFrame:
+    """One row per request (or user session): user, time, candidates, labels, first split."""
+    if EventCol.REQUEST in events.columns:
+        events = events.with_columns(pl.col(EventCol.REQUEST).alias(_GROUP))
+    else:
+        gap = pl.duration(microseconds=int(cfg.session_gap_minutes * 60e6))
+        events = events.sort(Col.USER, Col.TIME, LINE)
+        new = (pl.col(Col.USER) != pl.col(Col.USER).shift()) | ((pl.col(Col.TIME) - pl.col(Col.TIME).shift()) > gap)
+        events = events.with_columns(pl.format("s{}", new.fill_null(True).cum_sum()).alias(_GROUP))
+    clicked = pl.col(EventCol.EVENT).is_in(list(Event.POSITIVE))
+    per_item = events.group_by(_GROUP, Col.ITEM, maintain_order=True).agg(
+        pl.col(Col.USER).first(),
+        pl.col(Col.TIME).min(),
+        clicked.any().cast(pl.Int8()).alias(Col.LABEL),
+        *([pl.col(Col.SPLIT).first()] if Col.SPLIT in events.columns else []),
+    )
+    return (
+        per_item.group_by(_GROUP, maintain_order=True)
+        .agg(
+            pl.col(Col.USER).first(),
+            pl.col(Col.TIME).min(),
+            pl.col(Col.ITEM).alias(Col.CANDIDATES),
+            pl.col(Col.LABEL).alias(Col.LABELS),
+            *([pl.col(Col.SPLIT).first()] if Col.SPLIT in events.columns else []),
+        )
+        .rename({_GROUP: Col.IMPRESSION})
+        .sort(Col.TIME, Col.IMPRESSION)
+    )
+
+
+def build_impressions(events: pl.DataFrame, cfg: EventsConfig) -> tuple[pl.DataFrame, str]:
+    """Turn checked events into contract impressions; return them and the manifest kind."""
+    clicks = events.filter(pl.col(EventCol.EVENT).is_in(list(Event.POSITIVE)))
+    if (events[EventCol.EVENT] == Event.IMPRESSION).any():
+        kind = "impressions"
+        imps = _group_impressions(events, cfg)
+    else:
+        kind = "interactions"
+        imps = clicks.select(
+            pl.format("e{}", LINE).alias(Col.IMPRESSION),
+            Col.USER,
+            Col.TIME,
+            pl.concat_list(Col.ITEM).alias(Col.CANDIDATES),
+            pl.concat_list(pl.lit(1, dtype=pl.Int8())).alias(Col.LABELS),
+            *([Col.SPLIT] if Col.SPLIT in events.columns else []),
+        )
+    if Col.SPLIT not in imps.columns:
+        imps = imps.with_columns(split_by_time(imps[Col.TIME], cfg.dev_fraction))
+    imps = imps.with_columns(histories_before(imps, clicks, cfg.max_history))
+    return imps.select(Col.IMPRESSION, Col.USER, Col.TIME, Col.HISTORY, Col.CANDIDATES, Col.LABELS, Col.SPLIT), kind
+
+
+def load_events(items: Path, events: Path, out: Path, cfg: EventsConfig | None = None) -> IngestResult:
+    """Ingest an items table and an events log into the dataset directory ``out``.
+
+    Args:
+        items: items table (CSV/TSV with header, or Parquet).
+        events: events log (CSV/TSV with header, or Parquet).
+        out: the dataset directory to write.
+        cfg: grouping, split and bad-row options (defaults if None).
+
+    Returns:
+        Where the dataset is and its manifest (kind ``"impressions"`` or ``"interactions"``).
+
+    Raises:
+        DataError: bad input in raise mode, naming file, line and field.
+    """
+    cfg = cfg or EventsConfig()
+    bad = BadRows(cfg.on_bad_rows)
+    item_table = read_items(Path(items), bad)
+    event_table = read_events(Path(events), bad)
+    imps, kind = build_impressions(event_table, cfg)
+    log.info("events: %d events -> %d %s", event_table.height, imps.height, kind)
+    inputs = {"items": str(items), "events": str(events)}
+    with write_dataset(out, item_table, bad, "events", kind, inputs=inputs) as writer:
+        writer.write(imps, Path(events))
+    return IngestResult(out, writer.manifest)

@@ -1,0 +1,307 @@
+"""Candidate retrieval for requests without candidates: a union of item-to-item, text and popularity sources.
+
+Sources (each scores the whole catalogue for a user history; items already in the history are excluded):
+
+* ``ease``         EASE (Steck 2019): a closed-form item-item linear model over the user x item matrix.
+* ``transitions``  what followed the user's recent items in other users' sequences, P(next | item),
+                   summed over the last ``recent`` items with weights ``decay**k`` (k = 0 for the last item).
+* ``cooccurrence`` item-item cosine of the user x item matrix (ItemKNN), summed over the recent items.
+* ``text``         cosine of each item's text vector to the user's recency-weighted mean text vector;
+                   exact batched dot products (the catalogues recsys targets fit; no approximate index).
+* ``popularity``   interactions per item.
+
+Every statistic is fitted on the sequences given to :meth:`Retriever.fit`; callers pass only the data
+allowed at that point (train prefixes to score dev targets, train+dev to score test targets), so a held-out
+target is never in the statistics that score it. Each source's score and rank (1-based, over the catalogue)
+become ranker features; :meth:`Retriever.source_recall` shows the ceiling retrieval puts on the ranker.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import polars as pl
+import scipy.sparse as sp
+from tqdm.auto import tqdm
+
+from recsys.data import Col, Dataset, Split
+from recsys.evaluation import held_out_ranks, recall_at_k
+
+log = logging.getLogger(__name__)
+
+EASE, TRANSITIONS, COOCCURRENCE, TEXT, POPULARITY = "ease", "transitions", "cooccurrence", "text", "popularity"
+ALL_SOURCES = (EASE, TRANSITIONS, COOCCURRENCE, TEXT, POPULARITY)
+ROW, ITEM_INDEX, N_SOURCES = "row", "item_index", "n_sources"
+
+
+def score_col(source: str) -> str:
+    return f"{source}_score"
+
+
+def rank_col(source: str) -> str:
+    return f"{source}_rank"
+
+
+@dataclass(frozen=True)
+class RetrievalConfig:
+    """How many candidates each source contributes and how the item-item statistics are fitted."""
+
+    per_source: int = 100  # top-N of each source joins the union
+    sources: tuple[str, ...] = ALL_SOURCES
+    ease_l2: float = 250.0  # EASE ridge strength (RecTools uses 500 on this data; tune on dev)
+    max_ease_items: int = 25_000  # EASE inverts an items x items matrix: skipped above this size
+    recent: int = 5  # history items that drive transitions, co-occurrence and the text vector
+    decay: float = 0.6  # weight of the k-th most recent item is decay**k
+    batch_size: int = 1024
+
+    def __post_init__(self) -> None:
+        unknown = set(self.sources) - set(ALL_SOURCES)
+        if unknown or not self.sources:
+            raise ValueError(f"sources must be a non-empty subset of {ALL_SOURCES}, got {self.sources}")
+        if self.per_source < 1 or self.recent < 1 or self.batch_size < 1:
+            raise ValueError("per_source, recent and batch_size must be at least 1")
+        if not 0.0 < self.decay <= 1.0 or self.ease_l2 <= 0:
+            raise ValueError(f"decay must be in (0, 1] and ease_l2 > 0, got {self.decay}, {self.ease_l2}")
+
+
+def user_sequences(impressions: pl.DataFrame) -> pl.DataFrame:
+    """Each user's item sequence (oldest first) as the given rows know it.
+
+    The sequence is the history of the user's earliest row followed by the clicked candidates of every row in
+    time order. For interaction logs (one row per interaction, history = earlier items) that is the whole
+    sequence up to the latest row; for impression logs it is the pre-log history plus the clicks.
+
+    Returns:
+        Columns ``user_id`` and ``history`` (list of item ids).
+    """
+    if impressions.height == 0:
+        return pl.DataFrame(schema={Col.USER: pl.String(), Col.HISTORY: pl.List(pl.String())})
+    rows = impressions.sort([Col.USER, Col.TIME, Col.IMPRESSION])
+    clicks = rows.select(
+        Col.USER,
+        pl.col(Col.CANDIDATES).list.gather(pl.col(Col.LABELS).list.eval(pl.arg_where(pl.element() == 1))).fill_null([]).alias("clicked"),
+    )
+    first = rows.group_by(Col.USER, maintain_order=True).agg(pl.col(Col.HISTORY).first())
+    later = clicks.group_by(Col.USER, maintain_order=True).agg(pl.col("clicked").explode(keep_nulls=False, empty_as_null=False))
+    return first.join(later, on=Col.USER).select(Col.USER, pl.concat_list(Col.HISTORY, "clicked").alias(Col.HISTORY))
+
+
+def _recency_matrix(histories: Sequence[np.ndarray], n_items: int, recent: int | None, decay: float) -> sp.csr_matrix:
+    """Sparse (len(histories), n_items) weights: decay**k on the k-th most recent item (all items if recent is None)."""
+    rows, cols, vals = [], [], []
+    for r, h in enumerate(histories):
+        tail = h[::-1] if recent is None else h[::-1][:recent]
+        rows.append(np.full(len(tail), r))
+        cols.append(tail)
+        vals.append(decay ** np.arange(len(tail)) if recent is not None else np.ones(len(tail)))
+    if not rows:
+        return sp.csr_matrix((0, n_items), dtype=np.float32)
+    m = sp.csr_matrix((np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))), shape=(len(histories), n_items), dtype=np.float32)
+    if recent is None:
+        m.data[:] = 1.0  # repeated items count once in the binary user vector
+    return m
+
+
+class Retriever:
+    """Fitted item statistics plus the catalogue's text vectors; scores and retrieves candidates."""
+
+    def __init__(self, item_ids: list[str], sequences: list[np.ndarray], text_vectors: np.ndarray | None, cfg: RetrievalConfig) -> None:
+        """Fit every configured source on `sequences` (item indices into `item_ids`, oldest first)."""
+        self.cfg, self.item_ids = cfg, item_ids
+        self.index = {item: i for i, item in enumerate(item_ids)}
+        n = len(item_ids)
+        self.sources = [s for s in cfg.sources if s != TEXT or text_vectors is not None]
+        if EASE in self.sources and n > cfg.max_ease_items:
+            log.warning("EASE skipped: %d items > max_ease_items=%d", n, cfg.max_ease_items)
+            self.sources.remove(EASE)
+        users = _recency_matrix(sequences, n, None, 1.0)
+        self.popularity = np.zeros(n, dtype=np.float32)
+        for s in sequences:
+            np.add.at(self.popularity, s, 1.0)
+        pairs = [np.stack([s[:-1], s[1:]], axis=1) for s in sequences if len(s) > 1]
+        pairs_arr = np.concatenate(pairs) if pairs else np.zeros((0, 2), dtype=np.int64)
+        counts = sp.csr_matrix((np.ones(len(pairs_arr), dtype=np.float32), (pairs_arr[:, 0], pairs_arr[:, 1])), shape=(n, n))
+        # P(next | item) with one pseudo-count so a single observed transition is not a certainty.
+        self.transitions = sp.diags(1.0 / (np.asarray(counts.sum(axis=1)).ravel() + 1.0)).astype(np.float32) @ counts
+        gram = (users.T @ users).tocsr().astype(np.float32)
+        norms = np.sqrt(np.maximum(gram.diagonal(), 1.0))
+        cos = sp.diags(1.0 / norms) @ gram @ sp.diags(1.0 / norms)
+        cos.setdiag(0.0)
+        self.cooccurrence = cos.tocsr().astype(np.float32)
+        self.ease = self._fit_ease(gram, cfg.ease_l2) if EASE in self.sources else None
+        self.text = None
+        if text_vectors is not None:
+            v = np.asarray(text_vectors, dtype=np.float32)
+            self.text = v / np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-12)
+        log.info("retriever fitted on %d sequences, %d items, %d transitions; sources %s", len(sequences), n, len(pairs_arr), self.sources)
+
+    @staticmethod
+    def _fit_ease(gram: sp.csr_matrix, l2: float) -> np.ndarray:
+        g = gram.toarray().astype(np.float64)
+        g[np.diag_indices_from(g)] += l2
+        p = np.linalg.inv(g)
+        b = -p / np.diag(p)[None, :]
+        b[np.diag_indices_from(b)] = 0.0
+        return b.astype(np.float32)
+
+    @classmethod
+    def fit(cls, ds: Dataset, vectors: np.ndarray | None, cfg: RetrievalConfig | None = None, splits: Sequence[str] = Split.ALL) -> Retriever:
+        """Fit on the sequences the rows of `splits` reveal (all splits = serving; train only = to score dev).
+
+        Args:
+            ds: the dataset; its items define the catalogue (in ``ds.items`` order).
+            vectors: (n_items, d) text vectors in ``ds.items`` order, or an object with ``ids``/``matrix``
+                (recsys.encode.ItemVectors), or None to skip the text source.
+            cfg: the configuration.
+            splits: which splits' rows the statistics may use.
+        """
+        item_ids = ds.items[Col.ITEM].to_list()
+        r = cls.__new__(cls)
+        r.index = {item: i for i, item in enumerate(item_ids)}
+        seqs = r.encode_histories(user_sequences(ds.split(*splits))[Col.HISTORY])
+        return cls(item_ids, seqs, aligned_vectors(vectors, item_ids), cfg or RetrievalConfig())
+
+    def encode_histories(self, histories: pl.Series | Sequence[Sequence[str]]) -> list[np.ndarray]:
+        """Item-id lists to index arrays; ids outside the catalogue are dropped."""
+        idx = self.index
+        return [np.fromiter((idx[i] for i in (h if h is not None else []) if i in idx), dtype=np.int64) for h in histories]
+
+    # --- scoring -------------------------------------------------------------------------------------
+
+    def score(self, histories: Sequence[np.ndarray]) -> dict[str, np.ndarray]:
+        """Dense (len(histories), n_items) float32 scores of every source; the user's own items are -inf."""
+        n, cfg = len(self.item_ids), self.cfg
+        recent = _recency_matrix(histories, n, cfg.recent, cfg.decay)
+        out: dict[str, np.ndarray] = {}
+        for source in self.sources:
+            if source == EASE:
+                s = _recency_matrix(histories, n, None, 1.0) @ self.ease
+            elif source == TRANSITIONS:
+                s = (recent @ self.transitions).toarray()
+            elif source == COOCCURRENCE:
+                s = (recent @ self.cooccurrence).toarray()
+            elif source == TEXT:
+                user = recent @ self.text
+                user /= np.maximum(np.linalg.norm(user, axis=1, keepdims=True), 1e-12)
+                s = user @ self.text.T
+            else:
+                s = np.broadcast_to(self.popularity, (len(histories), n)).copy()
+            out[source] = np.asarray(s, dtype=np.float32)
+        seen = _recency_matrix(histories, n, None, 1.0).tocoo()
+        for s in out.values():
+            s[seen.row, seen.col] = -np.inf
+        return out
+
+    def batches(self, histories: Sequence[np.ndarray], show_progress: bool = False) -> Iterator[tuple[int, dict[str, np.ndarray]]]:
+        """(offset, scores) for consecutive batches of `histories`."""
+        step = self.cfg.batch_size
+        for start in tqdm(range(0, len(histories), step), desc="retrieve", unit="batch", disable=not show_progress):
+            yield start, self.score(histories[start : start + step])
+
+    def candidates(self, histories: Sequence[np.ndarray], show_progress: bool = False) -> pl.DataFrame:
+        """The union of every source's top ``per_source`` items for each history, with all sources' scores and ranks.
+
+        Returns:
+            Long format: ``row`` (index into `histories`), ``item_index``, ``<source>_score``, ``<source>_rank``
+            (1-based over the catalogue, for every source even if another one retrieved the item) and
+            ``n_sources`` (how many sources have the item in their top ``per_source``).
+        """
+        parts = []
+        for start, scores in self.batches(histories, show_progress):
+            ranks = {s: _ranks(v) for s, v in scores.items()}
+            hits = sum(((ranks[s] <= self.cfg.per_source) & self._retrievable(s, scores[s])).astype(np.int8) for s in self.sources)
+            rows, cols = np.nonzero(hits)
+            cols_df = {ROW: (rows + start).astype(np.int32), ITEM_INDEX: cols.astype(np.int32), N_SOURCES: hits[rows, cols]}
+            for s in self.sources:
+                cols_df[score_col(s)] = scores[s][rows, cols]
+                cols_df[rank_col(s)] = ranks[s][rows, cols]
+            parts.append(pl.DataFrame(cols_df))
+        return pl.concat(parts) if parts else pl.DataFrame()
+
+    def source_recall(self, histories: Sequence[np.ndarray], targets: np.ndarray, ns: Sequence[int] = (10, 50, 100, 200)) -> dict[str, dict[str, float]]:
+        """Recall@N of each source and of their union (the share of targets any source ranks within N).
+
+        Args:
+            histories: item-index histories.
+            targets: (len(histories),) item index of each held-out item.
+            ns: cut-offs.
+
+        Returns:
+            ``{source or "union": {"recall@N": value}}``.
+        """
+        ranks: dict[str, list[np.ndarray]] = {s: [] for s in self.sources}
+        ties: dict[str, list[np.ndarray]] = {s: [] for s in self.sources}
+        union: dict[int, list[np.ndarray]] = {n: [] for n in ns}
+        for start, scores in self.batches(histories):
+            t = targets[start : start + len(next(iter(scores.values())))]
+            for s, v in scores.items():
+                r, k = held_out_ranks(v, t)
+                ranks[s].append(r)
+                ties[s].append(k)
+            # The union "ranks" a target 1 if some source retrieves it within N and beyond N otherwise.
+            own = {s: _ranks(v)[np.arange(len(t)), t] for s, v in scores.items()}
+            for n in ns:
+                hit = np.zeros(len(t), dtype=bool)
+                for s, v in scores.items():
+                    hit |= (own[s] <= n) & self._retrievable(s, v[np.arange(len(t)), t])
+                union[n].append(np.where(hit, 1, n + 1))
+        out = {s: {f"recall@{n}": recall_at_k(np.concatenate(ranks[s]), n, np.concatenate(ties[s])) for n in ns} for s in self.sources}
+        out["union"] = {f"recall@{n}": recall_at_k(np.concatenate(union[n]), n) for n in ns}
+        return out
+
+    @staticmethod
+    def _retrievable(source: str, scores: np.ndarray) -> np.ndarray:
+        """Items a source may retrieve: finite scores, and for the sparse count sources a positive one."""
+        ok = np.isfinite(scores)
+        return ok & (scores > 0) if source in (TRANSITIONS, COOCCURRENCE) else ok
+
+    def fill_candidates(self, impressions: pl.DataFrame) -> pl.DataFrame:
+        """Give every row with no (or empty) candidates the retrieved union, ordered by how many sources agree."""
+        empty = pl.col(Col.CANDIDATES).is_null() | (pl.col(Col.CANDIDATES).list.len() == 0)
+        todo = impressions.with_row_index("_r").filter(empty)
+        if todo.height == 0:
+            return impressions
+        cands = self.candidates(self.encode_histories(todo[Col.HISTORY]))
+        ids = pl.Series(self.item_ids)
+        best = min(self.sources, key=ALL_SOURCES.index)
+        lists = (
+            cands.sort([ROW, N_SOURCES, rank_col(best)], descending=[False, True, False])
+            .group_by(ROW, maintain_order=True)
+            .agg(pl.col(ITEM_INDEX).alias("_c"))
+        )
+        filled = todo.select("_r").with_row_index(ROW).with_columns(pl.col(ROW).cast(pl.Int32())).join(lists, on=ROW, how="left")
+        mapped = filled.select("_r", pl.col("_c").list.eval(pl.element().map_elements(lambda i: ids[i], return_dtype=pl.String())).alias("_c"))
+        out = impressions.with_row_index("_r").join(mapped, on="_r", how="left")
+        return out.with_columns(
+            pl.when(empty).then(pl.col("_c").fill_null([])).otherwise(pl.col(Col.CANDIDATES)).alias(Col.CANDIDATES),
+            pl.when(empty).then(pl.lit(None, dtype=pl.List(pl.Int8()))).otherwise(pl.col(Col.LABELS)).alias(Col.LABELS),
+        ).drop("_r", "_c")
+
+
+def _ranks(scores: np.ndarray) -> np.ndarray:
+    """1-based descending rank of every column in each row (ties broken by item index)."""
+    order = np.argsort(-scores, axis=1, kind="stable")
+    ranks = np.empty_like(order, dtype=np.int32)
+    np.put_along_axis(ranks, order, np.arange(1, scores.shape[1] + 1, dtype=np.int32)[None, :].repeat(len(scores), 0), axis=1)
+    return ranks
+
+
+def aligned_vectors(vectors: object, item_ids: list[str]) -> np.ndarray | None:
+    """Text vectors as an (n_items, d) array in `item_ids` order; zero rows for items without a vector."""
+    if vectors is None:
+        return None
+    if isinstance(vectors, np.ndarray):
+        if len(vectors) != len(item_ids):
+            raise ValueError(f"{len(vectors)} vectors for {len(item_ids)} items")
+        return vectors
+    ids, matrix = list(vectors.ids), np.asarray(vectors.matrix, dtype=np.float32)  # type: ignore[attr-defined]
+    pos = {item: i for i, item in enumerate(ids)}
+    out = np.zeros((len(item_ids), matrix.shape[1]), dtype=np.float32)
+    have = [(j, pos[item]) for j, item in enumerate(item_ids) if item in pos]
+    if have:
+        dst, src = map(np.asarray, zip(*have))
+        out[dst] = matrix[src]
+    return out

@@ -1,0 +1,245 @@
+"""Fine-tune the text model on impressions: softmax over one click and K non-clicks of its impression.
+
+Read top to bottom: :func:`train_text_model` splits impressions by time, builds the samples
+(:mod:`recsys.text_data`), trains :class:`TextModule` with Lightning (precision, accumulation, DDP are
+Trainer arguments), keeps the weights of the best validation AUC in memory (no pickled checkpoint)
+and saves them with :func:`recsys.text_model.save_text_model`.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+import polars as pl
+import torch
+import torch.nn.functional as F
+from transformers import get_linear_schedule_with_warmup
+
+from recsys.data import Col, validate_impressions, validate_items
+from recsys.device import lightning_accelerator, lightning_precision, pin_memory, resolve_device
+from recsys.encode import embed_rows
+from recsys.errors import RecsysError
+from recsys.evaluation import auc
+from recsys.io import write_json
+from recsys.text_data import ClickSamples, ImpressionRows, ItemTokens, TextDataModule, candidate_rows, time_split, to_indices
+from recsys.text_model import TextConfig, TextModel, build_text_model, freeze_lower_layers, load_text_model, save_text_model
+
+log = logging.getLogger(__name__)
+
+# Scores are cosines in [-1, 1]; a softmax over them needs a temperature (sentence-transformers uses 20).
+SCORE_SCALE = 20.0
+METRICS_FILE = "train_metrics.json"
+
+__all__ = ["train_text_model", "load_text_model", "pretrained_text_model", "TextModule"]
+
+
+class TextModule(L.LightningModule):
+    """Item + user encoder trained with a (K+1)-way softmax; history vectors from a per-epoch cache."""
+
+    def __init__(self, model: TextModel, tokens: ItemTokens, cache_rows: np.ndarray) -> None:
+        super().__init__()
+        self.item_encoder, self.user_encoder = model.item_encoder, model.user_encoder
+        self.cfg, self.tokens, self.cache_rows = model.config, tokens, cache_rows
+        self._cache: torch.Tensor | None = None  # (n_items + 1, d); last row = padding; not a buffer, never saved
+        self._cache_step = -1
+        self._auc_sum, self._auc_n = 0.0, 0
+
+    # --- the history cache ------------------------------------------------------------------
+    def _refresh_cache(self) -> None:
+        """Re-encode every item a history or validation impression uses, once per weights version."""
+        if self._cache is not None and self._cache_step == self.global_step:
+            return
+        vecs = embed_rows(self.item_encoder, self.tokens, self.cache_rows, device=self.device, precision=self.cfg.precision,
+                          batch_size=self.cfg.encode_batch_size, show_progress=False)
+        cache = torch.zeros(len(self.tokens) + 1, self.item_encoder.dim, device=self.device)
+        cache[torch.from_numpy(self.cache_rows).to(self.device)] = vecs
+        self._cache, self._cache_step = cache, self.global_step
+
+    def _users(self, hist: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        assert self._cache is not None
+        return self.user_encoder(self._cache[hist], mask)
+
+    # --- training ---------------------------------------------------------------------------------
+    def on_fit_start(self) -> None:
+        # transformers 5 hands models over in eval mode; dropout must be on while training.
+        self.item_encoder.train()
+        self.user_encoder.train()
+
+    def on_train_epoch_start(self) -> None:
+        self._refresh_cache()  # may flip the encoder to eval and back
+        self.item_encoder.train()
+        self.user_encoder.train()
+
+    def click_loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Cross-entropy of the click among its K+1 candidates (the standard news-rec objective)."""
+        unique = self.item_encoder(batch["input_ids"], batch["attention_mask"])  # each candidate text once
+        cands = unique[batch["cand_inverse"]]  # (B, K+1, d); column 0 is the click
+        users = self._users(batch["hist"], batch["hist_mask"])
+        logits = SCORE_SCALE * torch.einsum("bd,bkd->bk", users.float(), cands.float())
+        return F.cross_entropy(logits, torch.zeros(len(logits), dtype=torch.long, device=logits.device))
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        loss = self.click_loss(batch)
+        self.log("train_loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=len(batch["hist"]))
+        return loss
+
+    # --- validation: mean per-impression AUC ----------------------------------------------------------
+    def on_validation_epoch_start(self) -> None:
+        self._refresh_cache()
+        self._auc_sum, self._auc_n = 0.0, 0
+
+    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        assert self._cache is not None
+        scores = torch.einsum("bd,bcd->bc", self._users(batch["hist"], batch["hist_mask"]), self._cache[batch["cand"]])
+        scores, labels, mask = scores.float().cpu().numpy(), batch["labels"].cpu().numpy(), batch["cand_mask"].cpu().numpy()
+        for s, y, m in zip(scores, labels, mask, strict=True):
+            self._auc_sum += auc(y[m], s[m])
+            self._auc_n += 1
+
+    def on_validation_epoch_end(self) -> None:
+        # Each DDP rank saw a shard of the impressions: sum, then divide, for the exact global mean.
+        totals = torch.tensor([self._auc_sum, float(self._auc_n)], device=self.device, dtype=torch.float64)
+        totals = self.trainer.strategy.reduce(totals, reduce_op="sum")
+        self.log("val_auc", float(totals[0] / totals[1].clamp(min=1)), prog_bar=True)
+
+    # --- optimiser ------------------------------------------------------------------------------------
+    def configure_optimizers(self) -> Any:
+        enc = [p for p in self.item_encoder.bert.parameters() if p.requires_grad]
+        head = list(self.user_encoder.parameters())
+        if self.item_encoder.projection is not None:
+            head += list(self.item_encoder.projection.parameters())
+        groups = [{"params": enc, "lr": self.cfg.lr}, {"params": head, "lr": self.cfg.head_lr}]
+        optimizer = torch.optim.AdamW([g for g in groups if g["params"]], weight_decay=0.01)
+        total = int(self.trainer.estimated_stepping_batches)
+        schedule = get_linear_schedule_with_warmup(optimizer, num_warmup_steps=max(1, total // 10), num_training_steps=max(total, 1))
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+
+
+class BestWeights(L.Callback):
+    """Keep a CPU copy of the weights with the best validation AUC, plus the per-epoch history."""
+
+    def __init__(self) -> None:
+        self.best_auc = float("-inf")
+        self.best_epoch: int | None = None
+        self.state: dict[str, torch.Tensor] | None = None
+        self.history: list[dict[str, Any]] = []
+
+    def on_validation_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        if trainer.sanity_checking:
+            return
+        value = float(trainer.callback_metrics.get("val_auc", float("nan")))
+        fitting = trainer.state.fn == "fit"
+        epoch = trainer.current_epoch if fitting else -1  # -1 = before any training
+        self.history.append({"epoch": epoch, "step": trainer.global_step, "val_auc": value, "train_loss": None})
+        if value > self.best_auc:
+            self.best_auc, self.best_epoch = value, epoch
+            self.state = {k: v.detach().to("cpu", copy=True) for k, v in module.state_dict().items()}
+
+    def on_train_epoch_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        # Lightning validates before the epoch's mean loss exists: attach it to that epoch's entry now.
+        loss = trainer.callback_metrics.get("train_loss_epoch")
+        entry = next((h for h in self.history if h["epoch"] == trainer.current_epoch), None)
+        if entry is None:
+            entry = {"epoch": trainer.current_epoch, "step": trainer.global_step, "val_auc": None}
+            self.history.append(entry)
+        entry["train_loss"] = None if loss is None else float(loss)
+
+
+def _prepare(impressions: pl.DataFrame, cfg: TextConfig, tokens: ItemTokens) -> tuple[ClickSamples, ImpressionRows, np.ndarray]:
+    """Time split, optional subsample, and the samples/rows/cache rows the module needs."""
+    train, val = time_split(impressions, cfg.val_fraction)
+    if cfg.max_train_impressions is not None and train.height > cfg.max_train_impressions:
+        train = train.sample(cfg.max_train_impressions, seed=cfg.seed).sort(Col.TIME, Col.IMPRESSION)
+    index = tokens.index()
+    parts = []
+    for frame in (train, val):
+        hist = to_indices(frame[Col.HISTORY], index, cfg.history_len)
+        cands, labels = candidate_rows(frame, index)
+        parts.append((hist, cands, labels))
+    samples = ClickSamples(*parts[0], negatives=cfg.negatives, seed=cfg.seed)
+    val_rows = ImpressionRows(*parts[1])
+    if len(samples) == 0:
+        raise RecsysError(
+            "no training impression has both a known clicked and a known non-clicked candidate; "
+            "for an interaction-only log add sampled negatives first (recsys.sampling), or check that item ids match items.parquet")
+    used = parts[0][0] + [h for h, _, _ in val_rows.rows] + [c for _, c, _ in val_rows.rows]
+    cache_rows = np.unique(np.concatenate(used)) if used else np.zeros(0, dtype=np.int64)
+    return samples, val_rows, cache_rows
+
+
+def train_text_model(impressions: pl.DataFrame, items: pl.DataFrame, cfg: TextConfig, out_dir: Path, *, show_progress: bool = True) -> Path:
+    """Fine-tune the text model and save the weights of the best validation AUC.
+
+    Args:
+        impressions: Training impressions (contract schema); those without a known click and a
+            known non-click are skipped. The latest ``cfg.val_fraction`` by time validates.
+        items: The items table.
+        cfg: Text settings.
+        out_dir: Written: ``encoder/``, ``user_encoder.safetensors``, ``text_config.json``, ``train_metrics.json``.
+        show_progress: Lightning's progress bar.
+
+    Returns:
+        ``out_dir``.
+
+    Raises:
+        RecsysError: nothing to train on, or a bad config/encoder.
+        DataError: tables that break the data contract.
+    """
+    validate_impressions(impressions)
+    validate_items(items)
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    device = resolve_device(cfg.device)
+    model = build_text_model(cfg)
+    freeze_lower_layers(model.item_encoder.bert, cfg.freeze_layers)
+    if cfg.lora_rank:
+        from peft import LoraConfig, get_peft_model
+
+        lora = LoraConfig(r=cfg.lora_rank, lora_alpha=2 * cfg.lora_rank, lora_dropout=0.1, target_modules=["query", "value"])
+        model.item_encoder.bert = get_peft_model(model.item_encoder.bert, lora)
+    tokens = ItemTokens.from_items(items, model.tokenizer, cfg.fields, cfg.max_tokens)
+    samples, val_rows, cache_rows = _prepare(impressions, cfg, tokens)
+    log.info("text model: %d click samples, %d validation impressions, %d cached items", len(samples), len(val_rows), len(cache_rows))
+
+    module = TextModule(model, tokens, cache_rows)
+    best = BestWeights()
+    has_val = len(val_rows) > 0
+    callbacks: list[L.Callback] = [best]
+    if has_val:
+        callbacks.append(L.pytorch.callbacks.EarlyStopping(monitor="val_auc", mode="max", patience=cfg.patience))
+    trainer = L.Trainer(
+        accelerator=lightning_accelerator(device), devices="auto" if device.type == "cuda" else 1,
+        precision=lightning_precision(device, cfg.precision), max_epochs=cfg.epochs, max_steps=cfg.max_steps or -1,
+        accumulate_grad_batches=cfg.accumulate, gradient_clip_val=1.0, callbacks=callbacks, logger=False,
+        enable_checkpointing=False, num_sanity_val_steps=0, enable_progress_bar=show_progress, enable_model_summary=False,
+        limit_val_batches=1.0 if has_val else 0, use_distributed_sampler=False, default_root_dir=str(out_dir),
+    )
+    data = TextDataModule(samples, val_rows, tokens, cfg.batch_size, cfg.seed, pin_memory(device))
+
+    start = time.perf_counter()
+    if has_val:
+        trainer.validate(module, datamodule=data, verbose=False)  # the untrained model's AUC, for the record
+    trainer.fit(module, datamodule=data)
+    elapsed = time.perf_counter() - start
+    if best.state is not None:
+        module.load_state_dict(best.state)
+    if trainer.is_global_zero:
+        module.cpu()
+        save_text_model(model, Path(out_dir))
+        write_json({
+            "best_epoch": best.best_epoch, "best_val_auc": best.best_auc if best.state is not None else None,
+            "history": best.history, "train_samples": len(samples), "val_impressions": len(val_rows),
+            "steps": trainer.global_step, "seconds": round(elapsed, 2), "precision": trainer.precision, "device": str(device),
+        }, Path(out_dir) / METRICS_FILE)
+    return Path(out_dir)
+
+
+def pretrained_text_model(cfg: TextConfig | None = None) -> TextModel:
+    """The frozen pretrained encoder with mean user pooling: the "frozen-encoder" baseline."""
+    cfg = cfg or TextConfig()
+    base = TextConfig.from_dict({**cfg.to_dict(), "user_pooling": "mean", "projection_dim": None})
+    return build_text_model(base)

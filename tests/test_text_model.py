@@ -1,0 +1,165 @@
+"""Text model: training learns, scores generalise to unseen items, artifacts round-trip, caches behave."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pytest
+import torch
+from safetensors import safe_open
+
+from conftest_text import make_tiny_encoder, tiny_config, topic_impressions, topic_items
+from recsys import encode as encode_mod
+from recsys.data import Col, explode_candidates
+from recsys.encode import ItemVectors, encode_items
+from recsys.errors import RecsysError
+from recsys.evaluation import AUC, impression_metrics
+from recsys.text_features import TEXT_FEATURES, text_features, user_vectors
+from recsys.text_model import TextConfig, build_text_model
+from recsys.text_train import load_text_model, train_text_model
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """Tiny encoder, training items/impressions (with unknown ids and empty histories), held-out items."""
+    root = tmp_path_factory.mktemp("text")
+    items = topic_items()
+    imps = topic_impressions(items)
+    # Dirty rows a real log has: unknown ids in histories and candidates, users without history.
+    imps = imps.with_columns(
+        pl.when(pl.int_range(pl.len()) % 7 == 0).then(pl.col(Col.HISTORY).list.concat(pl.lit(["ghost-1"])))
+        .when(pl.int_range(pl.len()) % 11 == 0).then(pl.lit([], dtype=pl.List(pl.String()))).otherwise(pl.col(Col.HISTORY)),
+        pl.when(pl.int_range(pl.len()) % 5 == 0).then(pl.col(Col.CANDIDATES).list.concat(pl.lit(["ghost-2"])))
+        .otherwise(pl.col(Col.CANDIDATES)),
+        pl.when(pl.int_range(pl.len()) % 5 == 0).then(pl.col(Col.LABELS).list.concat(pl.lit([0], dtype=pl.List(pl.Int8()))))
+        .otherwise(pl.col(Col.LABELS)),
+    )
+    held = topic_items(n_per_topic=10, seed=1, prefix="h")
+    test = topic_impressions(held, seed=5, history_items=items, id_prefix="t")
+    encoder = make_tiny_encoder(root / "encoder")
+    cfg = tiny_config(encoder)
+    out = train_text_model(imps, items, cfg, root / "model", show_progress=False)
+    return {"root": root, "items": items, "held": held, "test": test, "cfg": cfg, "out": out, "encoder": encoder}
+
+
+def _heldout_auc(model, world: dict) -> float:
+    catalogue = pl.concat([world["items"], world["held"]])
+    vecs = encode_items(model, catalogue, show_progress=False)
+    feats = text_features(model, vecs, world["test"])
+    feats = feats.with_columns(explode_candidates(world["test"])[Col.LABEL])
+    return impression_metrics(feats, "text_score")[AUC]
+
+
+def test_training_loss_falls_and_best_is_saved(world: dict) -> None:
+    metrics = json.loads((world["out"] / "train_metrics.json").read_text())
+    losses = [h["train_loss"] for h in metrics["history"] if h["epoch"] >= 0]
+    assert len(losses) == 3 and losses[-1] < 0.6 * losses[0]
+    aucs = [h["val_auc"] for h in metrics["history"]]
+    assert metrics["best_val_auc"] == max(aucs) and metrics["best_val_auc"] > aucs[0]  # epoch -1 = untrained
+    assert (world["out"] / "encoder" / "model.safetensors").exists() and (world["out"] / "user_encoder.safetensors").exists()
+
+
+def test_trained_model_ranks_unseen_items_better_than_untrained(world: dict) -> None:
+    trained = _heldout_auc(load_text_model(world["out"]), world)
+    untrained = _heldout_auc(build_text_model(world["cfg"]), world)
+    assert trained > untrained + 0.05
+    assert trained > 0.9
+
+
+def test_save_load_round_trip_gives_same_vectors(world: dict, tmp_path: Path) -> None:
+    from recsys.text_model import save_text_model
+
+    first = load_text_model(world["out"])
+    save_text_model(first, tmp_path / "again")
+    second = load_text_model(tmp_path / "again")
+    a = encode_items(first, world["held"], show_progress=False)
+    b = encode_items(second, world["held"], show_progress=False)
+    assert a.fingerprint == b.fingerprint
+    np.testing.assert_allclose(a.vectors, b.vectors, atol=1e-6)
+    hist = [["i0-1", "i0-2"], []]
+    np.testing.assert_allclose(user_vectors(first, a, hist), user_vectors(second, b, hist), atol=1e-6)
+    a.save(tmp_path / "v.parquet")
+    c = ItemVectors.load(tmp_path / "v.parquet")
+    assert c.ids == a.ids and c.fingerprint == a.fingerprint
+    np.testing.assert_array_equal(c.vectors, a.vectors)
+    assert np.allclose(np.linalg.norm(c.vectors, axis=1), 1.0, atol=1e-5)
+
+
+def test_cache_is_reused_and_invalidated_by_encoder_change(world: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    model = load_text_model(world["out"])
+    first = encode_items(model, world["held"], cache_dir=tmp_path, show_progress=False)
+    calls = []
+    real = encode_mod.embed_rows
+    monkeypatch.setattr(encode_mod, "embed_rows", lambda *a, **k: calls.append(1) or real(*a, **k))
+    again = encode_items(model, world["held"], cache_dir=tmp_path, show_progress=False)
+    assert calls == [] and np.array_equal(again.vectors, first.vectors)
+    with torch.no_grad():
+        model.item_encoder.bert.embeddings.word_embeddings.weight.mul_(1.5)
+    changed = encode_items(model, world["held"], cache_dir=tmp_path, show_progress=False)
+    assert calls == [1] and changed.fingerprint != first.fingerprint
+    assert not np.allclose(changed.vectors, first.vectors)
+    assert len(list(tmp_path.glob("item_vectors-*.parquet"))) == 2
+
+
+def test_features_handle_empty_histories_and_unknown_items(world: dict) -> None:
+    model = load_text_model(world["out"])
+    vecs = encode_items(model, world["items"], show_progress=False)
+    v = vecs.vectors[vecs.index()["i1-3"]]
+    imps = world["test"].head(3).with_columns(
+        pl.Series(Col.HISTORY, [[], ["nobody", "i1-0", "i1-1", "i1-2", "i1-4"], ["nobody"]]),
+        pl.Series(Col.CANDIDATES, [["i1-3", "nope"], ["i1-3", "nope"], ["i1-3", "nope"]]),
+        pl.Series(Col.LABELS, [[1, 0]] * 3, dtype=pl.List(pl.Int8())),
+    )
+    feats = text_features(model, vecs, imps)
+    assert feats.columns == [Col.IMPRESSION, Col.ITEM, *TEXT_FEATURES]
+    assert all(feats.schema[f] == pl.Float32() for f in TEXT_FEATURES)
+    assert feats.height == 6
+    unknown = feats.filter(pl.col(Col.ITEM) == "nope")
+    assert all(unknown[f].null_count() == 3 for f in TEXT_FEATURES)
+    known = feats.filter(pl.col(Col.ITEM) == "i1-3")
+    # Empty or all-unknown history: the learned default user vector scores; similarities are null.
+    default = model.user_encoder.default.detach().numpy()
+    for row in (0, 2):
+        assert known["text_max_sim"][row] is None and known["text_recent_sim"][row] is None
+        assert known["text_score"][row] == pytest.approx(float(default @ v), abs=1e-5)
+    hist = np.stack([vecs.vectors[vecs.index()[i]] for i in ["i1-0", "i1-1", "i1-2", "i1-4"]])
+    sims = hist @ v
+    assert known["text_max_sim"][1] == pytest.approx(sims.max(), abs=1e-5)
+    assert known["text_mean_sim"][1] == pytest.approx(sims.mean(), abs=1e-5)
+    assert known["text_recent_sim"][1] == pytest.approx(sims[-3:].mean(), abs=1e-5)
+    user = user_vectors(model, vecs, [["nobody", "i1-0", "i1-1", "i1-2", "i1-4"]])[0]
+    assert known["text_score"][1] == pytest.approx(float(user @ v), abs=1e-5)
+
+
+def test_training_options_bf16_lora_freeze_projection(world: dict, tmp_path: Path) -> None:
+    cfg = tiny_config(world["encoder"], precision="bf16", lora_rank=2, freeze_layers=1, accumulate=2, projection_dim=8,
+                      pooling="cls", user_pooling="mean", max_steps=3, val_fraction=0.0, epochs=2)
+    imps = topic_impressions(world["items"], n_users=24, per_user=2)
+    out = train_text_model(imps, world["items"], cfg, tmp_path / "m", show_progress=False)
+    metrics = json.loads((out / "train_metrics.json").read_text())
+    assert metrics["precision"] == "bf16-mixed" and metrics["steps"] == 3 and np.isfinite(metrics["history"][0]["train_loss"])
+    with safe_open(out / "encoder" / "model.safetensors", "pt") as f:
+        assert not [k for k in f.keys() if "lora" in k]  # adapters merged: a plain BERT on disk
+    model = load_text_model(out)
+    vecs = encode_items(model, world["held"], show_progress=False)
+    assert vecs.vectors.shape == (world["held"].height, 8)
+
+
+def test_interaction_only_log_without_negatives_is_refused(world: dict, tmp_path: Path) -> None:
+    positives = topic_impressions(world["items"], n_users=4, per_user=2).with_columns(
+        pl.col(Col.CANDIDATES).list.head(1), pl.lit([1], dtype=pl.List(pl.Int8())).alias(Col.LABELS))
+    with pytest.raises(RecsysError, match="sampl"):
+        train_text_model(positives, world["items"], world["cfg"], tmp_path / "m", show_progress=False)
+
+
+def test_config_is_checked_and_round_trips() -> None:
+    cfg = TextConfig(max_tokens=32, fields=[Col.TITLE])  # type: ignore[arg-type]
+    assert TextConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
+    for bad in ({"pooling": "max"}, {"negatives": 0}, {"fields": ("colour",)}, {"precision": "fp16"}, {"val_fraction": 1.0}):
+        with pytest.raises(RecsysError):
+            TextConfig(**bad)  # type: ignore[arg-type]
+    with pytest.raises(RecsysError, match="unknown"):
+        TextConfig.from_dict({"max_token": 3})
