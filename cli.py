@@ -83,6 +83,17 @@ def ingest_events(items: Path, events: Path, out: Path, session_gap: float, dev_
     _ingested(result.path, result.manifest)
 
 
+@ingest.command("amazon")
+@click.argument("src", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--out", required=True, type=click.Path(path_type=Path), help="Dataset directory to write.")
+@click.option("--name", default=None, help="Dataset name NAME of NAME.item2index etc. [default: the only one in SRC].")
+def ingest_amazon_cmd(src: Path, out: Path, name: str | None) -> None:
+    """Ingest an interaction-only shop log in the UniSRec layout (e.g. Amazon Scientific): .inter, .text, .item2index."""
+    from recsys.loaders.amazon import ingest_amazon
+
+    _ingested(out, ingest_amazon(src, out, name).manifest)
+
+
 @main.command()
 @click.argument("out", type=click.Path(path_type=Path))
 @click.option("--size", default="tiny", show_default=True, type=click.Choice(["tiny", "sample", "small", "medium", "large"]))
@@ -254,8 +265,16 @@ def evaluate_cmd(model_dir: Path, log: Path, split: str, report_dir: Path | None
 def _format_table(table: dict[str, dict[str, float]]) -> str:
     metrics = list(next(iter(table.values())))
     lines = [f"{'':<16}" + "".join(f"{m:>11}" for m in metrics)]
-    lines += [f"{name:<16}" + "".join(f"{row.get(m, float('nan')):>11.4f}" for m in metrics) for name, row in table.items()]
+    lines += [f"{name:<16}" + "".join(_cell(row.get(m)) for m in metrics) for name, row in table.items()]
     return "\n".join(lines)
+
+
+def _cell(value: object) -> str:
+    if value is None:
+        return f"{'-':>11}"
+    if isinstance(value, int) or (isinstance(value, float) and value.is_integer() and value > 1):
+        return f"{int(value):>11d}"
+    return f"{float(value):>11.4f}"  # type: ignore[arg-type]
 
 
 @main.command("recommend")
@@ -303,7 +322,8 @@ def demo_cmd(out: Path, force: bool) -> None:
 
 @main.command("bench")
 @click.option("--quick", "mode", flag_value="quick", help="Smoke run on tiny data (a few minutes).")
-@click.option("--large", "mode", flag_value="large", help="Bigger sizes: sample, small, medium (about an hour on 2 cores).")
+@click.option("--large", "mode", flag_value="large", help="Bigger sizes: sample, small, medium (one to two hours on 2 cores).")
+@click.option("--sizes", help="Synthetic sizes instead of the mode's, comma-separated (tiny,sample,small,medium,large).")
 @click.option("--amazon/--no-amazon", default=None, help="Train and evaluate on ../shared/data/amazon-scientific [default: on, except --quick].")
 @click.option("--amazon-dir", type=click.Path(file_okay=False, path_type=Path), help="Where the Amazon Scientific files are.")
 @click.option("--compare", type=click.Path(exists=True, dir_okay=False, path_type=Path), help="An older results JSON: print new/old per figure.")
@@ -311,7 +331,7 @@ def demo_cmd(out: Path, force: bool) -> None:
 @click.option("--save-baseline", is_flag=True, help="Also write benchmarks/results/baseline.json/.md.")
 @click.option("--results-dir", type=click.Path(file_okay=False, path_type=Path), help="Where results go [default: benchmarks/results].")
 @click.option("--work-dir", type=click.Path(file_okay=False, path_type=Path), help="Keep datasets, models and stage logs here [default: a temp dir].")
-def bench_cmd(mode: str | None, amazon: bool | None, amazon_dir: Path | None, compare: Path | None, new: Path | None,
+def bench_cmd(mode: str | None, sizes: str | None, amazon: bool | None, amazon_dir: Path | None, compare: Path | None, new: Path | None,
               save_baseline: bool, results_dir: Path | None, work_dir: Path | None) -> None:
     """Benchmark quality, speed, memory and scaling; write benchmarks/results/<date>-<commit>.json/.md."""
     from benchmarks.suite import BenchConfig, run_benchmarks
@@ -322,7 +342,7 @@ def bench_cmd(mode: str | None, amazon: bool | None, amazon_dir: Path | None, co
             raise click.UsageError("--new needs --compare OLD.json")
         click.echo(compare_files(new, compare))
         return
-    cfg = BenchConfig(mode=mode or "default", amazon=amazon, compare=compare, save_baseline=save_baseline, work_dir=work_dir,
+    cfg = BenchConfig(mode=mode or "default", sizes=tuple(sizes.split(",")) if sizes else None, amazon=amazon, compare=compare, save_baseline=save_baseline, work_dir=work_dir,
                       **({"amazon_dir": amazon_dir} if amazon_dir else {}), **({"results_dir": results_dir} if results_dir else {}))
     results, written = run_benchmarks(cfg)
     click.echo(to_markdown(results))

@@ -1,7 +1,7 @@
 """`recsys bench`: quality, speed, memory and scaling of the whole project in one run.
 
 For each synthetic size of the plan (smallest first) the run generates the data, trains the
-pipeline, redoes each pipeline stage alone (its time and peak memory), replays the dev split
+pipeline one stage per process (each stage's time and peak memory), replays the dev split
 (the quality table against the baselines) and times the recommend job. At one size it then
 measures the speed figures against baselines of the same run (bf16 vs fp32 fine-tune, batched
 vs naive encode, DuckDB features vs pandas, vectorised vs looped metrics), optionally the real
@@ -14,24 +14,24 @@ recorded under ``errors`` and the run goes on.
 from __future__ import annotations
 
 import logging
+import shutil
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from tqdm.auto import tqdm
 
 from benchmarks.harness import REPO, RESULTS_DIR, git_state, now_iso, run_stage
+from benchmarks.quality import PIPELINE_STAGES
 from recsys.errors import RecsysError
 
 log = logging.getLogger(__name__)
 
 AMAZON_DIR = REPO.parent / "shared" / "data" / "amazon-scientific"
 MODES = ("quick", "default", "large")
-# Pipeline stages redone alone, each in its own process, for their time and peak memory.
-REDO_STAGES = ("text_model", "encode", "encode_frozen", "text_features", "features", "ranker")
 SPEED_STAGES = 3  # encode (with the fine-tune step), features and metrics benchmarks
 
 
@@ -41,18 +41,21 @@ class Plan:
 
     sizes: tuple[str, ...]  # synthetic sizes, smallest first (recsys.synth.SIZES)
     speed_size: str  # the size the speed figures are measured at
-    text_steps: int  # cap of the text fine-tune in the pipeline runs (optimiser steps)
+    text_impressions: int  # train impressions of the text fine-tune's one epoch in the pipeline runs
     train_speed_steps: int  # timed fine-tune steps per precision (benchmarks.encode)
     recommend_requests: int
     feature_rows: int  # (impression, candidate) rows of the feature-builder benchmark
     eval_impressions: int  # impressions of the metrics benchmark
     amazon: bool  # real data on by default in this mode
+    amazon_fine_tune: bool  # fine-tune the encoder on the real data too (slow on CPU)
 
 
 PLANS: dict[str, Plan] = {
-    "quick": Plan(("tiny",), "tiny", 3, 2, 40, 200_000, 20_000, False),
-    "default": Plan(("tiny", "sample", "small"), "sample", 60, 8, 400, 2_000_000, 200_000, True),
-    "large": Plan(("sample", "small", "medium"), "small", 200, 16, 2_000, 10_000_000, 1_000_000, True),
+    "quick": Plan(("tiny",), "tiny", 400, 2, 40, 200_000, 20_000, False, False),
+    # Measured on 2 busy cores: ~2,000 CPU s with "small" as a third size, over the 20-minute budget;
+    # the text fine-tune dominates (~5 CPU s per step of 32 clicks).
+    "default": Plan(("tiny", "sample"), "sample", 2_500, 6, 400, 2_000_000, 200_000, True, False),
+    "large": Plan(("sample", "small", "medium"), "small", 10_000, 10, 2_000, 10_000_000, 1_000_000, True, True),
 }
 
 
@@ -62,6 +65,8 @@ class BenchConfig:
 
     Attributes:
         mode: ``quick`` (a smoke run of a few minutes), ``default`` (< 20 min on 2 cores) or ``large``.
+        sizes: synthetic sizes instead of the mode's (smallest first); speed figures at the mode's
+            speed size when listed, else at the largest.
         amazon: run the Amazon Scientific stage; None = the mode's default, when the data is there.
         amazon_dir: where the Amazon Scientific files are.
         results_dir: where ``<date>-<commit>.json/.md`` go.
@@ -72,6 +77,7 @@ class BenchConfig:
     """
 
     mode: str = "default"
+    sizes: tuple[str, ...] | None = None
     amazon: bool | None = None
     amazon_dir: Path = AMAZON_DIR
     results_dir: Path = RESULTS_DIR
@@ -86,12 +92,26 @@ class BenchConfig:
             raise RecsysError(f"unknown benchmark mode {self.mode!r}; use one of {MODES}")
         if self.compare is not None and not Path(self.compare).exists():
             raise RecsysError(f"--compare {self.compare}: file not found")
-        self.plan = PLANS[self.mode]
+        plan = PLANS[self.mode]
+        if self.sizes:
+            from recsys.synth import SIZES
+
+            unknown = [s for s in self.sizes if s not in SIZES]
+            if unknown:
+                raise RecsysError(f"unknown size(s) {unknown}; use some of {list(SIZES)}")
+            self.sizes = tuple(sorted(self.sizes, key=list(SIZES).index))
+            plan = replace(plan, sizes=self.sizes, speed_size=plan.speed_size if plan.speed_size in self.sizes else self.sizes[-1])
+        self.plan = plan
+        if self.amazon and not self.amazon_present:
+            raise RecsysError(f"--amazon: no Amazon Scientific files (*.item2index) in {self.amazon_dir}; pass --amazon-dir or --no-amazon")
+
+    @property
+    def amazon_present(self) -> bool:
+        return Path(self.amazon_dir).is_dir() and any(Path(self.amazon_dir).glob("*.item2index"))
 
     @property
     def run_amazon(self) -> bool:
-        wanted = self.plan.amazon if self.amazon is None else self.amazon
-        return wanted and (Path(self.amazon_dir) / "README.md").exists()
+        return (self.plan.amazon if self.amazon is None else self.amazon) and self.amazon_present
 
 
 class Recorder:
@@ -104,9 +124,10 @@ class Recorder:
         self.speed: list[dict[str, Any]] = []
         self.quality: dict[str, Any] = {}
         self.errors: list[dict[str, Any]] = []
+        self.device = "cpu"  # where the stages ran, for the speed rows; set from the hardware stage
 
-    def stage(self, name: str, target: str, kwargs: dict[str, Any], size: str | None = None, keep: bool = True) -> dict[str, Any] | None:
-        """Run one stage; record it (unless ``keep`` is False) and return its figures, or None when it failed."""
+    def stage(self, name: str, target: str, kwargs: dict[str, Any], size: str | None = None) -> dict[str, Any] | None:
+        """Run one stage; record it and return its figures, or None when it failed."""
         label = f"{name}@{size}" if size else name
         self.progress.set_postfix_str(label)
         result = run_stage(target, kwargs, self.work / "logs", label, self.timeout_s)
@@ -114,35 +135,31 @@ class Recorder:
         if "error" in result:
             self.errors.append({"stage": label, **result})
             return None
-        if keep:
-            self.stages.append({"stage": name, "size": size, **{k: v for k, v in result.items() if k != "figures"}, "figures": result["figures"]})
+        self.stages.append({"stage": name, "size": size, **{k: v for k, v in result.items() if k != "figures"}, "figures": result["figures"]})
         return dict(result["figures"])
 
     def add_speed(self, figure: str, value: float, unit: str, *, size: str | None = None, baseline: str | None = None,
-                  baseline_value: float | None = None, device: str = "cpu") -> None:
+                  baseline_value: float | None = None, device: str | None = None) -> None:
         ratio = round(value / baseline_value, 3) if baseline_value else None
         self.speed.append({"figure": figure, "size": size, "value": value, "unit": unit, "baseline": baseline,
-                           "baseline_value": baseline_value, "ratio": ratio, "device": device})
+                           "baseline_value": baseline_value, "ratio": ratio, "device": device or self.device})
 
 
 def _pipeline(rec: Recorder, size: str, plan: Plan, work: Path) -> None:
     """Synthesize, train, redo each stage alone, evaluate and recommend at one size."""
     data, model = work / size / "data", work / size / "model"
+    shutil.rmtree(work / size, ignore_errors=True)  # a kept --work-dir must not make stages look up to date
     if rec.stage("synth", "benchmarks.quality:synth_stage", {"size": size, "out": str(data)}, size) is None:
         return
-    full = rec.stage("train (all stages)", "benchmarks.quality:train_stage",
-                     {"dataset": str(data), "model_dir": str(model), "text_steps": plan.text_steps}, size)
-    if full is None:
-        return
-    for name in REDO_STAGES:
-        figures = rec.stage(name, "benchmarks.quality:train_stage",
-                            {"dataset": str(data), "model_dir": str(model), "text_steps": plan.text_steps, "redo": name}, size)
-        if figures is not None:
-            # The stage's own seconds, as the pipeline timed it: without process start and imports.
-            rec.stages[-1]["seconds"] = figures["stage_seconds"][name]
+    for name in PIPELINE_STAGES:
+        if rec.stage(name, "benchmarks.quality:train_stage",
+                     {"dataset": str(data), "model_dir": str(model), "text_impressions": plan.text_impressions, "until": name}, size) is None:
+            return
+        # The stage's own seconds, as the pipeline timed it: without process start and imports.
+        rec.stages[-1]["seconds"] = rec.stages[-1]["figures"]["seconds"]
     ranker = next((s for s in rec.stages if s["stage"] == "ranker" and s["size"] == size), None)
     if ranker is not None:
-        rec.add_speed("ranker training, full + features-only (s)", ranker["seconds"], "s", size=size)
+        rec.add_speed("ranker training, full + features-only", ranker["seconds"], "s", size=size)
     table = rec.stage("evaluate", "benchmarks.quality:evaluate_stage",
                       {"model_dir": str(model), "dataset": str(data), "report_dir": str(work / size / "report")}, size)
     if table is not None:
@@ -227,22 +244,27 @@ def run_benchmarks(cfg: BenchConfig) -> tuple[dict[str, Any], list[Path]]:
     plan, started = cfg.plan, time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="recsys-bench-") as tmp:
         work = Path(cfg.work_dir) if cfg.work_dir else Path(tmp)
-        # hardware + per size (synth, train, redone stages, evaluate, recommend) + speed stages + amazon
-        total = 1 + len(plan.sizes) * (4 + len(REDO_STAGES)) + SPEED_STAGES + int(cfg.run_amazon)
+        # hardware + per size (synth, pipeline stages, evaluate, recommend) + speed stages + amazon
+        total = 1 + len(plan.sizes) * (3 + len(PIPELINE_STAGES)) + SPEED_STAGES + int(cfg.run_amazon)
         rec = Recorder(work, cfg.stage_timeout_s, total)
-        hardware = rec.stage("hardware", "benchmarks.harness:hardware_info", {}, keep=False) or {}
+        # Also the memory floor of every stage: the libraries alone, imported.
+        hardware = rec.stage("imports only (hardware probe)", "benchmarks.harness:hardware_info", {}) or {}
+        rec.device = f"GPU {hardware['gpu']}" if hardware.get("gpu") else f"cpu x{hardware.get('torch_threads', '?')}"
         for size in plan.sizes:
             _pipeline(rec, size, plan, work)
         _speed(rec, plan, work)
         if cfg.run_amazon:
             amazon = rec.stage("amazon-scientific", "benchmarks.quality:amazon_stage",
-                               {"data_dir": str(cfg.amazon_dir), "work_dir": str(work / "amazon")})
+                               {"data_dir": str(cfg.amazon_dir), "work_dir": str(work / "amazon"), "fine_tune": plan.amazon_fine_tune})
             if amazon is not None:
                 rec.quality["amazon-scientific"] = amazon["table"]
         rec.progress.close()
     results: dict[str, Any] = {
-        "meta": {**git_state(), "date": now_iso(), "mode": cfg.mode, "sizes": list(plan.sizes), "text_steps": plan.text_steps,
-                 "plan": asdict(plan), "argv": sys.argv[1:], "hardware": hardware, "total_seconds": round(time.perf_counter() - started, 1)},
+        "meta": {**git_state(), "date": now_iso(), "mode": cfg.mode, "sizes": list(plan.sizes), "text_impressions": plan.text_impressions,
+                 "plan": asdict(plan), "argv": sys.argv[1:], "hardware": hardware,
+                 "total_seconds": round(time.perf_counter() - started, 1),
+                 # CPU seconds of all stage processes: over the usable cores, about what an idle machine would take.
+                 "total_cpu_seconds": round(sum(s.get("cpu_seconds") or 0.0 for s in rec.stages), 1)},
         "quality": rec.quality, "speed": rec.speed, "stages": rec.stages, "scaling": _scaling(rec, plan.sizes), "errors": rec.errors,
     }
     if old is not None:

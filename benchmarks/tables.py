@@ -89,10 +89,11 @@ def _meta_md(meta: dict[str, Any]) -> str:
     gpu = hw.get("gpu") or "none"
     return "\n".join([
         f"- commit `{meta.get('commit')}`{' (uncommitted changes)' if meta.get('dirty') else ''}, run {meta.get('date')}, mode **{meta.get('mode')}**, "
-        f"sizes {', '.join(meta.get('sizes', []))}, text fine-tune capped at {meta.get('text_steps')} steps",
+        f"sizes {', '.join(meta.get('sizes', []))}, text fine-tune: one epoch over {meta.get('text_impressions')} impressions",
         f"- CPU {hw.get('cpu')} ({hw.get('usable_cpus')} usable of {hw.get('cpu_count')} cores, torch threads {hw.get('torch_threads')}, "
         f"bf16 {'yes' if hw.get('cpu_bf16') else 'no'}), {hw.get('memory_gib')} GiB RAM, GPU {gpu}",
-        f"- versions {', '.join(f'{k} {v}' for k, v in hw.get('versions', {}).items())}; total {_fmt(meta.get('total_seconds'))} s",
+        f"- versions {', '.join(f'{k} {v}' for k, v in hw.get('versions', {}).items())}; total {_fmt(meta.get('total_seconds'))} s wall, "
+        f"{_fmt(meta.get('total_cpu_seconds'))} s CPU in the stage processes",
     ])
 
 
@@ -101,7 +102,9 @@ def to_markdown(results: dict[str, Any]) -> str:
     meta = results["meta"]
     parts = [f"# Benchmark {result_stem(meta)}", _meta_md(meta)]
     for dataset, table in results.get("quality", {}).items():
-        parts += [f"## Quality: {dataset}", metric_table_md(table) if table else "(no labelled rows)"]
+        # Ceilings (oracle) and candidate-source recalls are shown, not ranked against the models.
+        reference = [name for name in table if name == "oracle" or name.startswith("retrieval")]
+        parts += [f"## Quality: {dataset}", metric_table_md(table, reference) if table else "(no labelled rows)"]
     if results.get("speed"):
         parts += ["## Speed (ratio = value / baseline measured in the same run)",
                   md_table(["figure", "size", "value", "unit", "baseline", "baseline value", "ratio", "device"],
@@ -109,9 +112,8 @@ def to_markdown(results: dict[str, Any]) -> str:
                             for r in results["speed"]])]
     if results.get("stages"):
         parts += ["## Time and peak memory per stage (each stage in its own process)",
-                  md_table(["stage", "size", "wall s", "CPU s", "peak MiB", "MiB after imports"],
-                           [(s["stage"], s.get("size"), s.get("seconds"), s.get("cpu_seconds"), s.get("peak_rss_mib"), s.get("import_rss_mib"))
-                            for s in results["stages"]])]
+                  md_table(["stage", "size", "wall s", "CPU s", "peak MiB"],
+                           [(s["stage"], s.get("size"), s.get("seconds"), s.get("cpu_seconds"), s.get("peak_rss_mib")) for s in results["stages"]])]
     if results.get("scaling"):
         parts += ["## Scaling (growth from one size to the next; data = impressions ratio)",
                   md_table(["stage", "from", "to", "data x", "time x", "memory x"],
@@ -120,7 +122,8 @@ def to_markdown(results: dict[str, Any]) -> str:
         c = results["compare"]
         parts += [f"## Compared with {c['against']}", compare_md([tuple(r) for r in c["rows"]], "old", "new")]  # type: ignore[misc]
     if results.get("errors"):
-        parts += ["## Stages that failed", md_table(["stage", "error"], [(e["stage"], e["error"]) for e in results["errors"]])]
+        parts += ["## Stages that failed (last lines of each log in the JSON)",
+                  md_table(["stage", "error", "log"], [(e["stage"], e["error"], e.get("log")) for e in results["errors"]])]
     return "\n\n".join(parts) + "\n"
 
 

@@ -152,7 +152,7 @@ def _connect(cfg: FeatureConfig, scratch: Path) -> duckdb.DuckDBPyConnection:
     con = duckdb.connect()
     con.execute(f"SET memory_limit = '{cfg.memory_limit}'")
     con.execute(f"SET temp_directory = '{scratch / 'duckdb'}'")
-    con.execute("SET preserve_insertion_order = true")
+    con.execute("SET preserve_insertion_order = false")  # less memory; the output is ORDER BY'd anyway
     if cfg.threads is not None:
         con.execute(f"SET threads = {int(cfg.threads)}")
     return con
@@ -243,6 +243,8 @@ def build_features(
     if not (dataset / "manifest.json").exists():
         raise RecsysError(f"{dataset} is not a recsys dataset (no manifest.json); create one with `recsys ingest` or `recsys synth`")
     kind = str(read_json(dataset / "manifest.json").get("kind", "impressions"))
+    if not (dataset / "items.parquet").exists():
+        raise RecsysError(f"{dataset} has no items.parquet; re-create the dataset with `recsys ingest`")
     log_path = dataset / "impressions.parquet"
     rows_path = Path(rows) if rows is not None else log_path
     _check_impressions_file(log_path)
@@ -259,34 +261,41 @@ def build_features(
         stages.update()
 
         con = _connect(cfg, scratch)
-        _parquet_view(con, "candidate_rows", scratch / "rows.parquet")
-        _parquet_view(con, "log_rows", scratch / ("rows.parquet" if rows_path == log_path else "log.parquet"))
-        _parquet_view(con, "requests", rows_path)
-        _parquet_view(con, "items", dataset / "items.parquet")
-        con.execute("CREATE OR REPLACE TEMP TABLE feature_params AS SELECT ?::DOUBLE AS ctr_prior, ?::DOUBLE AS ctr_weight",
-                    [cfg.ctr_prior, cfg.ctr_prior_weight])
-        text = _text_view(con, text_features)
-        for name in QUERIES:
-            stages.set_postfix_str(name)
-            t0 = time.perf_counter()
-            con.execute(render(name, cfg))
-            log.info("features: %s in %.1f s", name, time.perf_counter() - t0)
-            stages.update()
+        try:
+            _parquet_view(con, "candidate_rows", scratch / "rows.parquet")
+            _parquet_view(con, "log_rows", scratch / ("rows.parquet" if rows_path == log_path else "log.parquet"))
+            _parquet_view(con, "requests", rows_path)
+            _parquet_view(con, "items", dataset / "items.parquet")
+            con.execute("CREATE OR REPLACE TEMP TABLE feature_params AS SELECT ?::DOUBLE AS ctr_prior, ?::DOUBLE AS ctr_weight",
+                        [cfg.ctr_prior, cfg.ctr_prior_weight])
+            text = _text_view(con, text_features)
+            for name in QUERIES:
+                stages.set_postfix_str(name)
+                t0 = time.perf_counter()
+                con.execute(render(name, cfg))
+                log.info("features: %s in %.1f s", name, time.perf_counter() - t0)
+                stages.update()
 
-        stages.set_postfix_str("write")
-        features = output_features(cfg, kind, text)
-        with atomic_path(out) as tmp_out:
-            con.execute(
-                f"COPY (SELECT\n    {_projection(features, passthrough)}\nFROM feature_table\n"
-                f"ORDER BY {Col.TIME}, {Col.IMPRESSION}, {Col.POSITION})\n"
-                f"TO '{_quote(tmp_out)}' (FORMAT parquet, COMPRESSION zstd)"
-            )
-            summary = _summarise(con, tmp_out, out, [f.name for f in features])
-            if summary.rows != n_rows:  # a join that drops or repeats rows is a bug; never publish its output
-                raise RecsysError(f"feature table has {summary.rows} rows for {n_rows} (impression, candidate) pairs")
+            stages.set_postfix_str("write")
+            features = output_features(cfg, kind, text)
+            with atomic_path(out) as tmp_out:
+                con.execute(
+                    f"COPY (SELECT\n    {_projection(features, passthrough)}\nFROM feature_table\n"
+                    f"ORDER BY {Col.TIME}, {Col.IMPRESSION}, {Col.POSITION})\n"
+                    f"TO '{_quote(tmp_out)}' (FORMAT parquet, COMPRESSION zstd)"
+                )
+                summary = _summarise(con, tmp_out, out, [f.name for f in features])
+                if summary.rows != n_rows:  # a join that drops or repeats rows is a bug; never publish its output
+                    raise RecsysError(f"feature table has {summary.rows} rows for {n_rows} (impression, candidate) pairs")
+        except duckdb.OutOfMemoryException as exc:
+            raise RecsysError(
+                f"feature building ran out of memory at memory_limit={cfg.memory_limit}: raise it (--memory-limit), "
+                f"lower --threads, or give --temp-dir a disk with room to spill ({exc})"
+            ) from exc
+        finally:
+            con.close()
         stages.update()
         stages.close()
-        con.close()
     summary.seconds = round(time.perf_counter() - started, 3)
     write_json({"config": asdict(cfg), "kind": kind, "summary": asdict(summary)}, out.with_suffix(".json"))
     log.info("features: %d rows, %d features in %.1f s (%.0f rows/s)", summary.rows, len(features), summary.seconds,

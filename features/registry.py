@@ -70,8 +70,8 @@ _USER = (
     Feature("user_impressions_before", USER, pl.Int32(), "the user's logged impressions before t", True),
     Feature("user_clicks_before", USER, pl.Int32(), "the user's logged clicks before t"),
     Feature("user_hours_since_last_click", USER, pl.Float32(), "hours since the user's last logged click before t; null if none"),
-    Feature("user_category_share", USER, pl.Float32(), "share of the user's clicks (history list + log clicks before t) in the candidate's category; null without clicks or category"),
-    Feature("user_subcategory_share", USER, pl.Float32(), "share of the user's clicks (history list + log clicks before t) in the candidate's subcategory"),
+    Feature("user_category_share", USER, pl.Float32(), "share of the user's history list in the candidate's category; null without history or category"),
+    Feature("user_subcategory_share", USER, pl.Float32(), "share of the user's history list in the candidate's subcategory; null without history or subcategory"),
 )
 
 _CONTEXT = (

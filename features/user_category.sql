@@ -1,27 +1,12 @@
--- user_category: how many of the user's clicks fall in the candidate's category / subcategory (user family).
+-- user_category: how much of the user's history falls in the candidate's category / subcategory (user family).
 --
--- "The user's clicks" are the history list given with the impression (known at t by contract) plus
--- the user's clicks in the log strictly before t. context.sql divides by their total for the share.
--- Reads: events, candidate_rows, requests (history lists), items.
+-- The history list given with an impression holds the user's clicks before t by contract (MIND: the
+-- clicks before the log; event logs and synthetic data: the latest clicks strictly before t), so
+-- shares come from it alone: adding the log's own clicks would count those twice.
+-- Reads: requests (history lists), candidate_rows, items.
 
 CREATE OR REPLACE TEMP TABLE user_category_features AS
 WITH
-
-click_groups AS (
-    SELECT user_id, 'category' AS level, category AS key, ts FROM events WHERE is_click = 1 AND category IS NOT NULL
-    UNION ALL
-    SELECT user_id, 'subcategory' AS level, subcategory AS key, ts FROM events WHERE is_click = 1 AND subcategory IS NOT NULL
-),
-
-click_timeline AS (  -- running click count of the user in each group, after each timestamp
-    SELECT
-        user_id,
-        level,
-        key,
-        ts,
-        sum(clicks) OVER (PARTITION BY user_id, level, key ORDER BY ts ROWS UNBOUNDED PRECEDING) AS clicks_to_date
-    FROM (SELECT user_id, level, key, ts, count(*) AS clicks FROM click_groups GROUP BY ALL)
-),
 
 history_items AS (
     SELECT impression_id, unnest(history) AS item_id
@@ -40,27 +25,11 @@ history_groups AS (  -- history items per impression and group
     GROUP BY ALL
 ),
 
-query_points AS (  -- the groups of each impression's candidates
-    SELECT DISTINCT r.impression_id, r.user_id, r.timestamp AS ts, 'category' AS level, items.category AS key
-    FROM candidate_rows AS r JOIN items USING (item_id)
-    WHERE items.category IS NOT NULL
-    UNION ALL
-    SELECT DISTINCT r.impression_id, r.user_id, r.timestamp AS ts, 'subcategory' AS level, items.subcategory AS key
-    FROM candidate_rows AS r JOIN items USING (item_id)
-    WHERE items.subcategory IS NOT NULL
-),
-
-log_clicks_before_t AS (
-    SELECT q.impression_id, q.level, q.key, coalesce(tl.clicks_to_date, 0) AS clicks
-    FROM query_points AS q
-    ASOF LEFT JOIN click_timeline AS tl
-        ON q.user_id = tl.user_id AND q.level = tl.level AND q.key = tl.key AND q.ts > tl.ts
+history_lengths AS (
+    SELECT impression_id, len(history) AS n
+    FROM requests
 )
 
-SELECT
-    c.impression_id,
-    c.level,
-    c.key,
-    c.clicks + coalesce(h.clicks, 0) AS clicks_in_group
-FROM log_clicks_before_t AS c
-LEFT JOIN history_groups AS h USING (impression_id, level, key);
+SELECT g.impression_id, g.level, g.key, g.clicks / l.n AS share
+FROM history_groups AS g
+JOIN history_lengths AS l USING (impression_id);

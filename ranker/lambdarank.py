@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import logging
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib import metadata
@@ -38,6 +39,7 @@ DEFAULT_NAME = "ranker"
 MODEL_FILE = f"{DEFAULT_NAME}.txt"
 MANIFEST_FILE = f"{DEFAULT_NAME}.json"
 MANIFEST_VERSION = 1
+SMALL_TABLE_ROWS = 200_000
 
 
 @dataclass
@@ -60,7 +62,9 @@ class RankerConfig:
     eval_at: tuple[int, ...] = (10,)  # LightGBM sorts the cut-offs; early stopping watches the smallest
     max_bin: int = 255
     seed: int = 42
-    num_threads: int = 0  # 0 = LightGBM's default (all cores)
+    # 0 = auto: one thread below SMALL_TABLE_ROWS training rows (there OpenMP start-up and spinning
+    # cost more than they save, and on a busy machine 2 threads ran 20x slower than 1), else all cores.
+    num_threads: int = 0
     log_every: int = 50
 
     def __post_init__(self) -> None:
@@ -84,8 +88,13 @@ class RankerConfig:
         if not self.eval_at or min(self.eval_at) < 1:
             raise RecsysError(f"RankerConfig.eval_at must list cut-offs >= 1, got {self.eval_at}")
 
-    def params(self) -> dict[str, Any]:
-        """The LightGBM parameter dict (without the number of rounds)."""
+    def params(self, rows: int | None = None) -> dict[str, Any]:
+        """The LightGBM parameter dict (without the number of rounds); `rows` resolves num_threads=0."""
+        threads = self.num_threads
+        if threads == 0 and rows is not None and rows < SMALL_TABLE_ROWS:
+            threads = 1
+        elif threads == 0:
+            threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
         return {
             "objective": "lambdarank",
             "metric": "ndcg",
@@ -101,7 +110,7 @@ class RankerConfig:
             "label_gain": list(self.label_gain),
             "max_bin": self.max_bin,
             "seed": self.seed,
-            "num_threads": self.num_threads,
+            "num_threads": threads,
             # Same data + seed + threads -> same model.
             "deterministic": True,
             "force_row_wise": True,
@@ -245,9 +254,10 @@ def fit(train: pl.DataFrame, valid: pl.DataFrame | None, features: list[str], cf
             callbacks.append(lgb.early_stopping(cfg.early_stopping_rounds, first_metric_only=True, verbose=False))
         else:
             logger.warning("validation data has no impression with both labels; training without early stopping")
+    params = cfg.params(rows=train_stats["used_rows"])
     with bar:
         booster = lgb.train(
-            cfg.params(), train_set, num_boost_round=cfg.n_estimators, valid_sets=valid_sets, valid_names=["valid"] * len(valid_sets), callbacks=callbacks
+            params, train_set, num_boost_round=cfg.n_estimators, valid_sets=valid_sets, valid_names=["valid"] * len(valid_sets), callbacks=callbacks
         )
     best = booster.best_iteration if valid_sets and booster.best_iteration > 0 else booster.current_iteration()
     valid_scores = {name: float(val) for name, val in booster.best_score.get("valid", {}).items()}
@@ -257,7 +267,7 @@ def fit(train: pl.DataFrame, valid: pl.DataFrame | None, features: list[str], cf
         "manifest_version": MANIFEST_VERSION,
         "features": list(features),
         "config": dataclasses.asdict(cfg),
-        "params": cfg.params(),
+        "params": params,
         "best_iteration": best,
         "valid_scores": valid_scores,
         "train": train_stats,

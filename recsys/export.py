@@ -56,6 +56,10 @@ class ExportSummary:
     table: str | None = None
     seconds: float = 0.0
 
+    def __str__(self) -> str:
+        where = f"{self.target} (table {self.table})" if self.table else self.target
+        return f"{self.rows:,} rows to {where} as {self.kind} in {self.seconds:.2f} s"
+
 
 def _redact(target: str) -> str:
     parts = urlsplit(target)
@@ -237,7 +241,7 @@ def write_mind_prediction(df: pl.DataFrame, score_col: str, path: str | Path) ->
         `path`.
 
     Raises:
-        DataError: Missing columns or null scores.
+        DataError: Missing columns, null scores, or ids of several splits mixed.
 
     >>> import tempfile, os
     >>> df = pl.DataFrame({"impression_id": ["test-2", "test-2", "test-10", "test-10", "test-10"],
@@ -252,6 +256,9 @@ def write_mind_prediction(df: pl.DataFrame, score_col: str, path: str | Path) ->
             raise DataError("prediction input", None, name, "column is missing")
     if df[score_col].null_count():
         raise DataError("prediction input", None, score_col, "null scores; every candidate needs a score")
+    raw = df.select(_raw_impression_id(pl.col(Col.IMPRESSION)).n_unique().alias("raw"), pl.col(Col.IMPRESSION).n_unique()).row(0)
+    if raw[0] != raw[1]:
+        raise DataError("prediction input", None, Col.IMPRESSION, "impressions of several splits share MIND ids; write one split per file")
     position = pl.col(Col.POSITION) if Col.POSITION in df.columns else pl.int_range(pl.len()).over(Col.IMPRESSION)
     d = df.select(
         _raw_impression_id(pl.col(Col.IMPRESSION)).alias("id"),

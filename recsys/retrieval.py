@@ -25,9 +25,11 @@ from dataclasses import dataclass
 import numpy as np
 import polars as pl
 import scipy.sparse as sp
+from scipy.linalg import lapack
 from tqdm.auto import tqdm
 
 from recsys.data import Col, Dataset, Split
+from recsys.errors import RecsysError
 from recsys.evaluation import held_out_ranks, recall_at_k
 
 log = logging.getLogger(__name__)
@@ -129,8 +131,10 @@ class Retriever:
         gram = (users.T @ users).tocsr().astype(np.float32)
         norms = np.sqrt(np.maximum(gram.diagonal(), 1.0))
         cos = sp.diags(1.0 / norms) @ gram @ sp.diags(1.0 / norms)
+        cos = cos.tocsr().astype(np.float32)
         cos.setdiag(0.0)
-        self.cooccurrence = cos.tocsr().astype(np.float32)
+        cos.eliminate_zeros()
+        self.cooccurrence = cos
         self.ease = self._fit_ease(gram, cfg.ease_l2) if EASE in self.sources else None
         self.text = None
         if text_vectors is not None:
@@ -142,26 +146,34 @@ class Retriever:
     def _fit_ease(gram: sp.csr_matrix, l2: float) -> np.ndarray:
         g = gram.toarray().astype(np.float64)
         g[np.diag_indices_from(g)] += l2
-        p = np.linalg.inv(g)
+        # G + l2*I is symmetric positive definite: a Cholesky inverse is ~3x cheaper than a general one.
+        chol, info = lapack.dpotrf(g, lower=False, overwrite_a=True)
+        if info == 0:
+            p, info = lapack.dpotri(chol, lower=False, overwrite_c=True)
+        if info != 0:
+            raise RecsysError(f"EASE: the item Gram matrix is not positive definite (LAPACK info {info}); raise ease_l2")
+        p = np.triu(p) + np.triu(p, 1).T
         b = -p / np.diag(p)[None, :]
         b[np.diag_indices_from(b)] = 0.0
         return b.astype(np.float32)
 
     @classmethod
-    def fit(cls, ds: Dataset, vectors: np.ndarray | None, cfg: RetrievalConfig | None = None, splits: Sequence[str] = Split.ALL) -> Retriever:
-        """Fit on the sequences the rows of `splits` reveal (all splits = serving; train only = to score dev).
+    def fit(cls, ds: Dataset, vectors: object, cfg: RetrievalConfig | None = None, splits: Sequence[str] = Split.ALL,
+            rows: pl.DataFrame | None = None) -> Retriever:
+        """Fit on the sequences the rows of `splits` (or the given `rows`) reveal (all splits = serving; train = to score dev).
 
         Args:
             ds: the dataset; its items define the catalogue (in ``ds.items`` order).
-            vectors: (n_items, d) text vectors in ``ds.items`` order, or an object with ``ids``/``matrix``
+            vectors: (n_items, d) text vectors in ``ds.items`` order, or an object with ``ids``/``vectors``
                 (recsys.encode.ItemVectors), or None to skip the text source.
             cfg: the configuration.
             splits: which splits' rows the statistics may use.
+            rows: use exactly these impression rows instead of `splits`.
         """
         item_ids = ds.items[Col.ITEM].to_list()
         r = cls.__new__(cls)
         r.index = {item: i for i, item in enumerate(item_ids)}
-        seqs = r.encode_histories(user_sequences(ds.split(*splits))[Col.HISTORY])
+        seqs = r.encode_histories(user_sequences(ds.split(*splits) if rows is None else rows)[Col.HISTORY])
         return cls(item_ids, seqs, aligned_vectors(vectors, item_ids), cfg or RetrievalConfig())
 
     def encode_histories(self, histories: pl.Series | Sequence[Sequence[str]]) -> list[np.ndarray]:
@@ -201,56 +213,48 @@ class Retriever:
         for start in tqdm(range(0, len(histories), step), desc="retrieve", unit="batch", disable=not show_progress):
             yield start, self.score(histories[start : start + step])
 
-    def candidates(self, histories: Sequence[np.ndarray], show_progress: bool = False) -> pl.DataFrame:
+    def retrieve(self, histories: Sequence[np.ndarray], targets: np.ndarray | None = None, show_progress: bool = False) -> Retrieved:
         """The union of every source's top ``per_source`` items for each history, with all sources' scores and ranks.
 
-        Returns:
-            Long format: ``row`` (index into `histories`), ``item_index``, ``<source>_score``, ``<source>_rank``
-            (1-based over the catalogue, for every source even if another one retrieved the item) and
-            ``n_sources`` (how many sources have the item in their top ``per_source``).
-        """
-        parts = []
-        for start, scores in self.batches(histories, show_progress):
-            ranks = {s: _ranks(v) for s, v in scores.items()}
-            hits = sum(((ranks[s] <= self.cfg.per_source) & self._retrievable(s, scores[s])).astype(np.int8) for s in self.sources)
-            rows, cols = np.nonzero(hits)
-            cols_df = {ROW: (rows + start).astype(np.int32), ITEM_INDEX: cols.astype(np.int32), N_SOURCES: hits[rows, cols]}
-            for s in self.sources:
-                cols_df[score_col(s)] = scores[s][rows, cols]
-                cols_df[rank_col(s)] = ranks[s][rows, cols]
-            parts.append(pl.DataFrame(cols_df))
-        return pl.concat(parts) if parts else pl.DataFrame()
-
-    def source_recall(self, histories: Sequence[np.ndarray], targets: np.ndarray, ns: Sequence[int] = (10, 50, 100, 200)) -> dict[str, dict[str, float]]:
-        """Recall@N of each source and of their union (the share of targets any source ranks within N).
-
         Args:
-            histories: item-index histories.
-            targets: (len(histories),) item index of each held-out item.
-            ns: cut-offs.
+            histories: item-index histories (oldest first).
+            targets: optional (len(histories),) item index of each held-out item, to measure recall.
+            show_progress: show a progress bar.
 
         Returns:
-            ``{source or "union": {"recall@N": value}}``.
+            :class:`Retrieved`: ``candidates`` in long format (``row`` = index into `histories`, ``item_index``,
+            ``<source>_score``, ``<source>_rank`` (1 + items scored strictly higher, for every source even if
+            another one retrieved the item), ``n_sources`` (sources with the item in their top ``per_source``))
+            and, with targets, each source's rank of the target for :meth:`Retrieved.recall`.
         """
-        ranks: dict[str, list[np.ndarray]] = {s: [] for s in self.sources}
-        ties: dict[str, list[np.ndarray]] = {s: [] for s in self.sources}
-        union: dict[int, list[np.ndarray]] = {n: [] for n in ns}
-        for start, scores in self.batches(histories):
-            t = targets[start : start + len(next(iter(scores.values())))]
-            for s, v in scores.items():
-                r, k = held_out_ranks(v, t)
-                ranks[s].append(r)
-                ties[s].append(k)
-            # The union "ranks" a target 1 if some source retrieves it within N and beyond N otherwise.
-            own = {s: _ranks(v)[np.arange(len(t)), t] for s, v in scores.items()}
-            for n in ns:
-                hit = np.zeros(len(t), dtype=bool)
-                for s, v in scores.items():
-                    hit |= (own[s] <= n) & self._retrievable(s, v[np.arange(len(t)), t])
-                union[n].append(np.where(hit, 1, n + 1))
-        out = {s: {f"recall@{n}": recall_at_k(np.concatenate(ranks[s]), n, np.concatenate(ties[s])) for n in ns} for s in self.sources}
-        out["union"] = {f"recall@{n}": recall_at_k(np.concatenate(union[n]), n) for n in ns}
-        return out
+        parts, target_ranks = [], {s: [] for s in self.sources}
+        n_items, top = len(self.item_ids), self.cfg.per_source
+        for start, scores in self.batches(histories, show_progress):
+            b = len(next(iter(scores.values())))
+            hits = np.zeros((b, n_items), dtype=np.int8)
+            ordered = {}
+            for s in self.sources:
+                v = scores[s]
+                ordered[s] = np.sort(v, axis=1)
+                threshold = ordered[s][:, max(n_items - top, 0)]
+                hits += (v >= threshold[:, None]) & self._retrievable(s, v)
+            rows, cols = np.nonzero(hits)
+            frame = {ROW: (rows + start).astype(np.int32), ITEM_INDEX: cols.astype(np.int32), N_SOURCES: hits[rows, cols]}
+            bounds = np.searchsorted(rows, np.arange(b + 1))
+            for s in self.sources:
+                values = scores[s][rows, cols]
+                frame[score_col(s)] = values
+                frame[rank_col(s)] = _ranks_of(ordered[s], values, bounds)
+            parts.append(pl.DataFrame(frame))
+            if targets is not None:
+                t = np.asarray(targets[start : start + b])
+                for s in self.sources:
+                    ranks, ties = held_out_ranks(scores[s], t)
+                    ok = self._retrievable(s, scores[s][np.arange(b), t])
+                    target_ranks[s].append(np.stack([ranks, ties, ok], axis=1))
+        cands = pl.concat(parts) if parts else pl.DataFrame()
+        per = {s: np.concatenate(r) for s, r in target_ranks.items()} if targets is not None else {}
+        return Retrieved(cands, per, top)
 
     @staticmethod
     def _retrievable(source: str, scores: np.ndarray) -> np.ndarray:
@@ -264,7 +268,7 @@ class Retriever:
         todo = impressions.with_row_index("_r").filter(empty)
         if todo.height == 0:
             return impressions
-        cands = self.candidates(self.encode_histories(todo[Col.HISTORY]))
+        cands = self.retrieve(self.encode_histories(todo[Col.HISTORY])).candidates
         ids = pl.Series(self.item_ids)
         best = min(self.sources, key=ALL_SOURCES.index)
         lists = (
@@ -281,12 +285,48 @@ class Retriever:
         ).drop("_r", "_c")
 
 
-def _ranks(scores: np.ndarray) -> np.ndarray:
-    """1-based descending rank of every column in each row (ties broken by item index)."""
-    order = np.argsort(-scores, axis=1, kind="stable")
-    ranks = np.empty_like(order, dtype=np.int32)
-    np.put_along_axis(ranks, order, np.arange(1, scores.shape[1] + 1, dtype=np.int32)[None, :].repeat(len(scores), 0), axis=1)
-    return ranks
+def _ranks_of(ordered: np.ndarray, values: np.ndarray, bounds: np.ndarray) -> np.ndarray:
+    """1 + the number of items scored strictly higher, for `values` grouped by row (row r is values[bounds[r]:bounds[r+1]]).
+
+    Args:
+        ordered: (rows, n_items) each row's scores sorted ascending.
+        values: the scores to rank, grouped by row.
+        bounds: (rows + 1,) group boundaries into `values`.
+    """
+    n_items = ordered.shape[1]
+    out = np.empty(len(values), dtype=np.int32)
+    for r in range(len(bounds) - 1):
+        lo, hi = bounds[r], bounds[r + 1]
+        if hi > lo:
+            out[lo:hi] = 1 + n_items - np.searchsorted(ordered[r], values[lo:hi], side="right")
+    return out
+
+
+@dataclass
+class Retrieved:
+    """Candidates of a batch of histories and, when targets were given, each source's rank of the target."""
+
+    candidates: pl.DataFrame
+    target_ranks: dict[str, np.ndarray]  # source -> (rows, 3): rank, ties, retrievable
+    per_source: int
+
+    def recall(self, ns: Sequence[int] = (10, 50, 100)) -> dict[str, dict[str, float]]:
+        """Recall@N of each source (tie-averaged) and of the union (a target any source retrieves within N).
+
+        The union at N = ``per_source`` is exactly the candidate set: the ceiling retrieval puts on the ranker.
+        """
+        if not self.target_ranks:
+            raise ValueError("recall needs the targets passed to Retriever.retrieve")
+        out = {s: {f"recall@{n}": recall_at_k(r[:, 0], n, r[:, 1]) for n in ns} for s, r in self.target_ranks.items()}
+        union = {}
+        for n in sorted(set(ns) | {self.per_source}):
+            hit = np.zeros(len(next(iter(self.target_ranks.values()))), dtype=bool)
+            for r in self.target_ranks.values():
+                hit |= (r[:, 0] <= n) & (r[:, 2] > 0)
+            # A hit "ranks" 1 and a miss n + 1, so recall_at_k gives the share of targets in the union.
+            union[f"recall@{n}"] = recall_at_k(np.where(hit, 1, n + 1), n)
+        out["union"] = union
+        return out
 
 
 def aligned_vectors(vectors: object, item_ids: list[str]) -> np.ndarray | None:
@@ -297,7 +337,7 @@ def aligned_vectors(vectors: object, item_ids: list[str]) -> np.ndarray | None:
         if len(vectors) != len(item_ids):
             raise ValueError(f"{len(vectors)} vectors for {len(item_ids)} items")
         return vectors
-    ids, matrix = list(vectors.ids), np.asarray(vectors.matrix, dtype=np.float32)  # type: ignore[attr-defined]
+    ids, matrix = list(vectors.ids), np.asarray(vectors.vectors, dtype=np.float32)  # type: ignore[attr-defined]
     pos = {item: i for i, item in enumerate(ids)}
     out = np.zeros((len(item_ids), matrix.shape[1]), dtype=np.float32)
     have = [(j, pos[item]) for j, item in enumerate(item_ids) if item in pos]

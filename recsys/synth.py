@@ -3,8 +3,11 @@
 The world:
 
 * 12 topics, each with its own real English words and 3 sub-topics with their own words, plus
-  shared filler words. An item's category is its topic, its subcategory its sub-topic; its title
-  and abstract mix topic, sub-topic and filler words.
+  shared filler words. An item's category is its topic; its title and abstract mix topic,
+  sub-topic and filler words. The sub-topic is NOT in the metadata (the subcategory is an
+  editorial format that does not move clicks), as real categories are coarser than what readers
+  care about: only the text tells a user's favourite sub-topic apart, so a text model can beat
+  category statistics.
 * Items have a latent quality (popularity) and a publish time; they are shown for ``pool_days``
   after publication, more often when popular and fresh.
 * Users have a few latent topic interests (Dirichlet) and a favourite sub-topic per topic.
@@ -37,6 +40,9 @@ log = logging.getLogger(__name__)
 
 FORMATS = ("dataset", "mind")
 
+# Editorial formats shown as the subcategory; independent of topic, sub-topic and clicks.
+EDITORIAL_FORMATS = ("news", "opinion", "analysis", "guide", "interview")
+
 # name -> (items, users, impressions, min candidates, max candidates, days, pool days)
 SIZES: dict[str, tuple[int, int, int, int, int, float, float]] = {
     "tiny": (150, 80, 400, 5, 15, 4.0, 2.0),
@@ -64,7 +70,7 @@ class SynthConfig:
     warm_history: float = 8.0
     max_history: int = 50
     topic_weight: float = 1.2
-    subtopic_weight: float = 0.8
+    subtopic_weight: float = 1.2
     quality_weight: float = 0.5
     freshness_weight: float = 1.0
     interest_concentration: float = 0.3
@@ -256,7 +262,7 @@ def generate(cfg: SynthConfig) -> Dataset:
             Col.TITLE: titles,
             Col.ABSTRACT: abstracts,
             Col.CATEGORY: [names[k] for k in topic],
-            Col.SUBCATEGORY: [list(TOPICS[names[k]][1])[s] for k, s in zip(topic, sub)],
+            Col.SUBCATEGORY: [EDITORIAL_FORMATS[f] for f in rng.integers(0, len(EDITORIAL_FORMATS), size=cfg.n_items)],
             Col.TAGS: pl.Series([[]] * cfg.n_items, dtype=pl.List(pl.String())),
             Col.PUBLISHED: _at(start, pub),
         }

@@ -80,7 +80,9 @@ class TextModule(L.LightningModule):
         unique = self.item_encoder(batch["input_ids"], batch["attention_mask"])  # each candidate text once
         cands = unique[batch["cand_inverse"]]  # (B, K+1, d); column 0 is the click
         users = self._users(batch["hist"], batch["hist_mask"])
-        logits = SCORE_SCALE * torch.einsum("bd,bkd->bk", users.float(), cands.float())
+        # Scores in fp32 even under bf16 autocast: bf16 would round cosines to ~0.004 steps.
+        with torch.autocast(self.device.type, enabled=False):
+            logits = SCORE_SCALE * torch.einsum("bd,bkd->bk", users.float(), cands.float())
         return F.cross_entropy(logits, torch.zeros(len(logits), dtype=torch.long, device=logits.device))
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
@@ -95,7 +97,9 @@ class TextModule(L.LightningModule):
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         assert self._cache is not None
-        scores = torch.einsum("bd,bcd->bc", self._users(batch["hist"], batch["hist_mask"]), self._cache[batch["cand"]])
+        users = self._users(batch["hist"], batch["hist_mask"])
+        with torch.autocast(self.device.type, enabled=False):
+            scores = torch.einsum("bd,bcd->bc", users.float(), self._cache[batch["cand"]])
         scores, labels, mask = scores.float().cpu().numpy(), batch["labels"].cpu().numpy(), batch["cand_mask"].cpu().numpy()
         for s, y, m in zip(scores, labels, mask, strict=True):
             self._auc_sum += auc(y[m], s[m])

@@ -51,7 +51,7 @@ def test_failed_stage_is_reported_not_raised(probe: Path) -> None:
 def _results(commit: str, auc: float, rate: float, peak: float, seconds: float) -> dict[str, Any]:
     return {
         "meta": {"commit": commit, "dirty": False, "date": "2026-11-23T17:00:00+00:00", "mode": "quick", "sizes": ["tiny"],
-                 "text_steps": 3, "hardware": {"cpu": "Test CPU", "usable_cpus": 2, "cpu_count": 2, "torch_threads": 2, "gpu": None}},
+                 "text_impressions": 400, "hardware": {"cpu": "Test CPU", "usable_cpus": 2, "cpu_count": 2, "torch_threads": 2, "gpu": None}},
         "quality": {"synth-tiny": {"full model": {"auc": auc, "impressions": 24.0}, "random": {"auc": 0.5, "impressions": 24.0}}},
         "speed": [{"figure": "encode", "size": "tiny", "value": rate, "unit": "items/s", "baseline": "naive",
                    "baseline_value": rate / 4, "ratio": 4.0, "device": "cpu"}],
@@ -69,7 +69,7 @@ def test_results_written_as_json_and_markdown(tmp_path: Path) -> None:
     assert "commit `abc123`" in md and "Test CPU" in md
     assert "| **0.7000** |" in md  # the best AUC of the quality table in bold
     assert "| encode | tiny | 100 | items/s | naive | 25 | 4 | cpu |" in md
-    assert "| amazon | exit status 1 |" in md
+    assert "| amazon | exit status 1 | – |" in md
 
 
 def test_compare_divides_new_by_old_per_figure() -> None:

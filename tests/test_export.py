@@ -211,6 +211,9 @@ def test_mind_prediction_format(tmp_path: Path) -> None:
     assert out.read_text() == "9 [1,2]\n10 [3,2,1]\n100 [4,1,3,2]\n"
     with pytest.raises(DataError, match="null"):
         export.write_mind_prediction(df.with_columns(pl.lit(None, dtype=pl.Float64).alias("s")), "s", tmp_path / "p.txt")
+    mixed = df.with_columns(pl.col(Col.IMPRESSION).str.replace("dev-9", "test-10"))
+    with pytest.raises(DataError, match="several splits"):
+        export.write_mind_prediction(mixed, "s", tmp_path / "p.txt")
 
 
 def test_mind_prediction_non_numeric_ids_keep_first_appearance(tmp_path: Path) -> None:

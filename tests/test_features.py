@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 from pathlib import Path
 
 import polars as pl
@@ -86,10 +87,10 @@ def test_user_family_by_hand(table: pl.DataFrame) -> None:
     # u1 before 26 h: impressions e1, e3; clicks on a at 0 h and 5 h; history [b]
     assert (qa["user_history_len"], qa["user_impressions_before"], qa["user_clicks_before"]) == (1, 2, 2)
     assert qa["user_hours_since_last_click"] == pytest.approx(21)
-    # clicks = history b (news/economy) + a, a (news/politics): 3 in all
+    # shares of the history list [b] (news/economy); the log's clicks on a do not count twice
     assert qa["user_category_share"] == pytest.approx(1.0)
-    assert qa["user_subcategory_share"] == pytest.approx(2 / 3)
-    assert qb["user_subcategory_share"] == pytest.approx(1 / 3)
+    assert qa["user_subcategory_share"] == pytest.approx(0.0)
+    assert qb["user_subcategory_share"] == pytest.approx(1.0)
     assert qc["user_category_share"] == pytest.approx(0.0)
     assert qzz["user_category_share"] is None
     # u2 at 20 h: history [c] + click on c at 0 h
@@ -103,7 +104,7 @@ def test_user_without_history(table: pl.DataFrame) -> None:
     cold = by_key(table)[("cold", "a")]
     assert (cold["user_history_len"], cold["user_impressions_before"], cold["user_clicks_before"]) == (0, 0, 0)
     assert cold["user_hours_since_last_click"] is None
-    assert cold["user_category_share"] is None  # no clicks at all: no share, not 0/0
+    assert cold["user_category_share"] is None  # no history: no share, not 0/0
     assert cold["item_clicks_all"] == 2  # item features do not depend on the user
 
 
@@ -162,7 +163,7 @@ def test_interactions_log_has_no_impression_features(tmp_path: Path) -> None:
     log = [
         impression("i1", "u1", 0, [], ["a"], [1]),
         impression("i2", "u2", 1, [], ["a"], [1]),
-        impression("i3", "u1", 3, [], ["b"], [1]),
+        impression("i3", "u1", 3, ["a"], ["b"], [1]),
     ]
     ds = write_log(tmp_path / "ds", log, kind="interactions")
     summary = build_features(ds, tmp_path / "f.parquet", show_progress=False)
@@ -171,7 +172,8 @@ def test_interactions_log_has_no_impression_features(tmp_path: Path) -> None:
     assert "item_impressions_all" not in out[("i1", "a")] and "item_ctr_all" not in out[("i1", "a")]
     assert out[("i2", "a")]["item_clicks_all"] == 1 and out[("i2", "a")]["item_clicks_1h"] == 1
     assert out[("i3", "b")]["user_clicks_before"] == 1
-    assert out[("i3", "b")]["user_category_share"] == pytest.approx(1.0)  # a is news, b is news
+    assert out[("i3", "b")]["user_category_share"] == pytest.approx(1.0)  # history a is news, b is news
+    assert out[("i3", "b")]["user_subcategory_share"] == pytest.approx(0.0)
 
 
 def test_empty_log_and_empty_rows(tmp_path: Path) -> None:
@@ -231,3 +233,24 @@ def test_cli_writes_table_and_summary(tmp_path: Path) -> None:
     assert "14 rows, 6 impressions" in result.output and "null shares:" in result.output
     assert pl.read_parquet(tmp_path / "f.parquet").height == 14
     assert (tmp_path / "f.json").exists()
+
+
+def test_text_feature_names_match_the_text_model() -> None:
+    # Read, not imported: importing the text model pulls in torch, which costs seconds.
+    source = ast.parse((Path(__file__).parents[1] / "recsys" / "text_features.py").read_text())
+    written = [ast.literal_eval(node.value) for node in source.body
+               if isinstance(node, ast.Assign) and any(getattr(t, "id", None) == "TEXT_FEATURES" for t in node.targets)]
+    assert written == [TEXT_FEATURES]
+
+
+def test_candidate_shown_twice_keeps_one_row_per_position(tmp_path: Path) -> None:
+    ds = write_log(tmp_path / "ds", base_log())
+    pl.DataFrame([impression("r", "u1", 30, ["b"], ["c", "a", "c"], None, "test")], schema=IMPRESSIONS_SCHEMA).write_parquet(tmp_path / "r.parquet")
+    text = pl.DataFrame({Col.IMPRESSION: ["r", "r"], Col.ITEM: ["c", "c"], TEXT_FEATURES[0]: [0.5, 0.5]})
+    text.write_parquet(tmp_path / "t.parquet")
+    build_features(ds, tmp_path / "f.parquet", rows=tmp_path / "r.parquet", text_features=tmp_path / "t.parquet", show_progress=False)
+    out = pl.read_parquet(tmp_path / "f.parquet")
+    assert out[Col.POSITION].to_list() == [0, 1, 2] and out[Col.ITEM].to_list() == ["c", "a", "c"]
+    assert out[TEXT_FEATURES[0]].to_list() == [0.5, None, 0.5]
+    assert TEXT_FEATURES[1] not in out.columns  # only the text features the file provides
+    assert out["ctx_n_candidates"].to_list() == [3, 3, 3]

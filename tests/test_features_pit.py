@@ -93,7 +93,7 @@ def reference(log: list[dict[str, Any]], imp: dict[str, Any], item: str) -> dict
     events = [(r[Col.TIME], r[Col.USER], r[Col.IMPRESSION], c, y) for r in log if r[Col.LABELS] is not None
               for c, y in zip(r[Col.CANDIDATES], r[Col.LABELS]) if r[Col.TIME] < t]
     mine = [e for e in events if e[1] == imp[Col.USER]]
-    clicked = [e[3] for e in mine if e[4]] + imp[Col.HISTORY]
+    history = imp[Col.HISTORY]
     same_cat = [e for e in events if item in CATEGORY and CATEGORY.get(e[3]) == CATEGORY[item]]
     last = max((e[0] for e in mine if e[4]), default=None)
     return {
@@ -105,8 +105,8 @@ def reference(log: list[dict[str, Any]], imp: dict[str, Any], item: str) -> dict
         "user_impressions_before": len({e[2] for e in mine}),
         "user_clicks_before": sum(e[4] for e in mine),
         "user_hours_since_last_click": (t - last).total_seconds() / 3600 if last else None,
-        "user_category_share": (sum(CATEGORY.get(c) == CATEGORY[item] for c in clicked) / len(clicked)
-                                if clicked and item in CATEGORY else None),
+        "user_category_share": (sum(CATEGORY.get(c) == CATEGORY[item] for c in history) / len(history)
+                                if history and item in CATEGORY else None),
     }
 
 

@@ -163,3 +163,25 @@ def test_config_is_checked_and_round_trips() -> None:
             TextConfig(**bad)  # type: ignore[arg-type]
     with pytest.raises(RecsysError, match="unknown"):
         TextConfig.from_dict({"max_token": 3})
+
+
+def test_cli_train_encoder_then_encode(world: dict, tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from cli import main
+    from recsys.data import Dataset, build_manifest, save_dataset
+
+    imps = topic_impressions(world["items"], n_users=12, per_user=3)
+    save_dataset(Dataset(world["items"], imps, build_manifest(world["items"], imps, "test", "impressions")), tmp_path / "ds")
+    runner = CliRunner()
+    result = runner.invoke(main, ["train-encoder", str(tmp_path / "ds"), "--out", str(tmp_path / "m"), "--encoder", str(world["encoder"]),
+                                  "--fields", "title", "--max-tokens", "16", "--epochs", "1", "--precision", "fp32", "--device", "cpu",
+                                  "--val-fraction", "0.25", "--batch-size", "8"])
+    assert result.exit_code == 0, result.output
+    assert "validation AUC" in result.output
+    result = runner.invoke(main, ["encode", str(tmp_path / "ds"), "--model", str(tmp_path / "m"), "--out", str(tmp_path / "v.parquet")])
+    assert result.exit_code == 0, result.output
+    vecs = ItemVectors.load(tmp_path / "v.parquet")
+    assert vecs.ids == world["items"][Col.ITEM].to_list() and vecs.fingerprint == load_text_model(tmp_path / "m").fingerprint
+    bad = runner.invoke(main, ["encode", str(tmp_path / "ds"), "--model", str(tmp_path), "--out", str(tmp_path / "w.parquet")])
+    assert bad.exit_code == 1 and "not a text model" in bad.output

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import polars as pl
 
-from recsys.data import Col, Dataset, Split, build_manifest, validate_impressions, validate_items
+from recsys.data import Col, Dataset, Split, build_manifest, save_dataset, validate_impressions, validate_items
 from recsys.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -197,6 +197,20 @@ def load_amazon(src: str | Path, name: str | None = None) -> Dataset:
         items, impressions, source=f"amazon:{src.resolve()}", kind="interactions",
         time_source="sequence_order", time_note="timestamp = 2000-01-01 + position in the user's sequence (seconds); no real times",
         text_fields=list(FULL_TEXT_FIELDS), split_protocol="leave-one-out: dev = second-last item, test = last item",
+        # Bad lines stop the load (the layout is machine-written); the keys match the other loaders' manifests.
+        skipped={"total": 0, "by_reason": {}},
+        missing_item_ids={"distinct": 0, "in_candidates": 0, "in_history": 0, "examples": []},
     )
     log.info("loaded %s: %d items, %d impressions, %d users", name, items.height, impressions.height, manifest["users"])
     return Dataset(items=items, impressions=impressions, manifest=manifest)
+
+
+def ingest_amazon(src: str | Path, out: str | Path, name: str | None = None) -> Dataset:
+    """Load a UniSRec-layout directory (:func:`load_amazon`) and write it as the dataset directory `out`.
+
+    Raises:
+        DataError: as :func:`load_amazon`; nothing is written then.
+    """
+    ds = load_amazon(src, name)
+    save_dataset(ds, out)
+    return ds

@@ -1,0 +1,109 @@
+"""Full-catalogue pipeline on a tiny shop log: leave-one-out without leakage, training, evaluation, report."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pytest
+
+from conftest_shop import sequences, write_unisrec
+from conftest_text import make_tiny_encoder, tiny_config
+from ranker.lambdarank import RankerConfig
+from recsys.catalogue import CatalogueConfig, Requests, candidate_table, splits_before, time_split, train_catalogue
+from recsys.catalogue_eval import FULL, NO_TEXT, evaluate_catalogue
+from recsys.catalogue_features import item_codes
+from recsys.data import Col, Dataset, Split
+from recsys.errors import RecsysError
+from recsys.loaders.amazon import load_amazon
+from recsys.retrieval import ITEM_INDEX, ROW, RetrievalConfig, Retriever
+from recsys.sampling import SamplingConfig
+
+N_ITEMS = 40
+
+
+@pytest.fixture(scope="module")
+def shop(tmp_path_factory: pytest.TempPathFactory) -> Dataset:
+    seqs = sequences(n_users=150, n_items=N_ITEMS, length=8, seed=2)
+    return load_amazon(write_unisrec(tmp_path_factory.mktemp("shop"), seqs, N_ITEMS))
+
+
+def small_cfg(**overrides: object) -> CatalogueConfig:
+    base = dict(retrieval=RetrievalConfig(per_source=8, ease_l2=10.0, batch_size=64),
+                ranker=RankerConfig(num_leaves=7, min_data_in_leaf=5, n_estimators=40, early_stopping_rounds=10, num_threads=1),
+                use_text=False, fine_tune=False, train_negatives=20)
+    base.update(overrides)
+    return CatalogueConfig(**base)  # type: ignore[arg-type]
+
+
+def test_leave_one_out_features_never_see_the_target(shop: Dataset) -> None:
+    assert splits_before(Split.DEV) == [Split.TRAIN] and splits_before(Split.TEST) == [Split.TRAIN, Split.DEV]
+    for split in (Split.DEV, Split.TEST):
+        r = Retriever.fit(shop, None, RetrievalConfig(per_source=8, ease_l2=10.0), splits=splits_before(split))
+        req = Requests.from_rows(r, shop.split(split))
+        table, _ = candidate_table(r, req, {}, item_codes(shop.items))
+        # Popularity as a feature equals the count in the allowed rows' sequences: the held-out target is not in it.
+        latest = shop.split(*splits_before(split)).sort(Col.TIME).group_by(Col.USER).agg(pl.concat_list(Col.HISTORY, Col.CANDIDATES).last())
+        counts = np.bincount(np.concatenate(r.encode_histories(latest[Col.HISTORY])), minlength=N_ITEMS)
+        targets = table.filter(pl.col(Col.LABEL) == 1)
+        assert targets.height > 0
+        np.testing.assert_allclose(targets["log_pop"].to_numpy(), np.log1p(counts[targets[ITEM_INDEX].to_numpy()]), rtol=1e-6)
+        # Histories end before the target, and the target is never in its own history.
+        for row in targets.iter_rows(named=True):
+            assert row[ITEM_INDEX] not in req.histories[row[ROW]]
+
+
+def test_train_and_evaluate_beat_popularity(shop: Dataset, tmp_path: Path) -> None:
+    model = train_catalogue(shop, small_cfg(), tmp_path / "model")
+    files = sorted(p.name for p in model.rglob("*") if p.is_file())
+    assert {"config.json", "summary.json", "ranker.txt", "ranker.json"} <= set(files)
+    assert not [f for f in files if f.endswith((".pkl", ".pickle", ".pt", ".joblib"))]
+    table = evaluate_catalogue(model, shop, Split.TEST, tmp_path / "report")
+    for name in (FULL, NO_TEXT, "popularity", "transitions", "ease"):
+        assert {"recall@10", "ndcg@50", "mrr", "coverage@10", "pop_percentile"} <= set(table[name])
+    assert table[FULL]["recall@10"] > table["popularity"]["recall@10"] + 0.1
+    # The ranker only reorders candidates: the union's recall at per_source bounds the model's recall at any k.
+    assert table[FULL]["recall@50"] <= table["retrieval: union"]["recall@8"] + 1e-9
+    report = json.loads((tmp_path / "report" / "metrics.json").read_text())
+    assert FULL in report["metrics"] and (tmp_path / "report" / "report.md").exists()
+
+
+def test_text_features_with_a_fine_tuned_tiny_encoder(shop: Dataset, tmp_path: Path) -> None:
+    enc = make_tiny_encoder(tmp_path / "enc")
+    cfg = small_cfg(use_text=True, fine_tune=True, text=tiny_config(enc, epochs=1, max_train_impressions=200),
+                    sampling=SamplingConfig(negatives=3, max_rows=300))
+    model = train_catalogue(shop, cfg, tmp_path / "model")
+    assert (model / "item_vectors.parquet").exists() and (model / "frozen_vectors.parquet").exists()
+    features = json.loads((model / "ranker" / "ranker.json").read_text())["features"]
+    assert {"text_last_ft", "text_max_frozen", "text_score"} <= set(features)
+    no_text = json.loads((model / "ranker_no_text" / "ranker.json").read_text())["features"]
+    assert not [f for f in no_text if f.startswith("text")]
+    table = evaluate_catalogue(model, shop, Split.DEV)
+    assert {"text (fine-tuned)", "text (frozen)", FULL} <= set(table)
+
+
+def test_time_split_needs_real_timestamps(shop: Dataset) -> None:
+    with pytest.raises(RecsysError, match="no real timestamps"):
+        time_split(shop)
+    stamped = Dataset(shop.items, shop.impressions.with_columns(
+        (pl.lit(dt.datetime(2024, 1, 1)) + pl.duration(hours=pl.int_range(pl.len()))).alias(Col.TIME)), {**shop.manifest, "time_source": "log"})
+    out = time_split(stamped, 0.1, 0.2)
+    times = {s: out.split(s)[Col.TIME] for s in Split.ALL}
+    assert times[Split.TRAIN].max() < times[Split.DEV].min() and times[Split.DEV].max() < times[Split.TEST].min()
+    assert abs(out.split(Split.TEST).height / out.impressions.height - 0.2) < 0.01
+
+
+def test_recommend_excludes_own_items_and_follows_the_chain(shop: Dataset, tmp_path: Path) -> None:
+    from recsys.catalogue_eval import recommend_catalogue
+
+    model = train_catalogue(shop, small_cfg(), tmp_path / "model")
+    requests = pl.DataFrame({Col.IMPRESSION: ["r1", "r2"], Col.USER: ["new", "U0001"], Col.TIME: [dt.datetime(2001, 1, 1)] * 2,
+                             Col.HISTORY: [["B00010", "B00011", "B00012"], ["B00030"]]})
+    recs = recommend_catalogue(model, shop, requests, top_k=5)
+    assert recs.group_by(Col.IMPRESSION).len().sort(Col.IMPRESSION)["len"].to_list() == [5, 5]
+    r1 = recs.filter(pl.col(Col.IMPRESSION) == "r1").sort("rank")
+    assert not set(r1[Col.ITEM]) & {"B00010", "B00011", "B00012"}
+    assert "B00013" in r1[Col.ITEM].head(3).to_list()  # the chain's next item

@@ -1,0 +1,100 @@
+"""Candidate retrieval: sources, union recall, own items excluded, and no target in the statistics that score it."""
+
+from __future__ import annotations
+
+
+import numpy as np
+import polars as pl
+import pytest
+
+from conftest_shop import sequences, write_unisrec
+from recsys.data import Col, Dataset, Split
+from recsys.loaders.amazon import load_amazon
+from recsys.retrieval import ALL_SOURCES, ITEM_INDEX, ROW, TEXT, TRANSITIONS, RetrievalConfig, Retriever, user_sequences
+
+N_ITEMS = 40
+HOLDOUT_DEV, HOLDOUT_TEST = N_ITEMS - 2, N_ITEMS - 1  # items that only ever appear as one dev / test target
+
+
+@pytest.fixture(scope="module")
+def shop(tmp_path_factory: pytest.TempPathFactory) -> tuple[Dataset, list[list[int]]]:
+    seqs = [[i for i in s if i < HOLDOUT_DEV] for s in sequences(n_users=80, n_items=N_ITEMS, length=8, seed=1)]
+    seqs = [s for s in seqs if len(s) >= 5]
+    seqs[0][-1] = HOLDOUT_TEST
+    seqs[1][-2] = HOLDOUT_DEV
+    return load_amazon(write_unisrec(tmp_path_factory.mktemp("shop"), seqs, N_ITEMS)), seqs
+
+
+def vectors(n: int) -> np.ndarray:
+    rng = np.random.default_rng(0)
+    return rng.normal(size=(n, 8)).astype(np.float32)
+
+
+def test_user_sequences_rebuild_each_users_items(shop: tuple[Dataset, list[list[int]]]) -> None:
+    ds, seqs = shop
+    got = user_sequences(ds.split(Split.TRAIN, Split.DEV)).sort(Col.USER)
+    assert got[Col.HISTORY].to_list() == [[f"B{i:05d}" for i in s[:-1]] for s in seqs]
+
+
+def test_held_out_targets_are_not_in_the_statistics(shop: tuple[Dataset, list[list[int]]]) -> None:
+    ds, _ = shop
+    for splits, unseen in (([Split.TRAIN], [HOLDOUT_DEV, HOLDOUT_TEST]), ([Split.TRAIN, Split.DEV], [HOLDOUT_TEST])):
+        r = Retriever.fit(ds, vectors(N_ITEMS), RetrievalConfig(ease_l2=10.0), splits=splits)
+        for item in unseen:
+            assert r.popularity[item] == 0
+            assert r.transitions[:, item].nnz == 0 and r.cooccurrence[:, item].nnz == 0
+            assert np.allclose(r.ease[:, item], 0) and np.allclose(r.ease[item, :], 0)
+    # Once dev is allowed, the dev-only item is counted.
+    assert Retriever.fit(ds, None, splits=[Split.TRAIN, Split.DEV]).popularity[HOLDOUT_DEV] == 1
+
+
+def test_union_recall_is_at_least_each_sources(shop: tuple[Dataset, list[list[int]]]) -> None:
+    ds, _ = shop
+    cfg = RetrievalConfig(per_source=5, ease_l2=10.0, batch_size=16)
+    r = Retriever.fit(ds, vectors(N_ITEMS), cfg, splits=[Split.TRAIN])
+    dev = ds.split(Split.DEV)
+    histories = r.encode_histories(dev[Col.HISTORY])
+    targets = np.array([r.index[c[0]] for c in dev[Col.CANDIDATES]])
+    got = r.retrieve(histories, targets)
+    recall = got.recall(ns=(1, 5, 10))
+    assert set(recall) == set(ALL_SOURCES) | {"union"}
+    for n in (1, 5, 10):
+        assert all(recall["union"][f"recall@{n}"] >= recall[s][f"recall@{n}"] - 1e-12 for s in ALL_SOURCES)
+    # The chain makes transitions informative: far better than popularity, and the union beats both.
+    assert recall[TRANSITIONS]["recall@5"] > 2 * recall["popularity"]["recall@5"]
+    assert recall["union"]["recall@5"] > recall[TRANSITIONS]["recall@5"]
+    # Union recall at per_source is exactly the share of rows whose target is among the candidates.
+    cands = got.candidates
+    hit = cands.with_columns(pl.Series("t", targets[cands[ROW].to_numpy()])).filter(pl.col(ITEM_INDEX) == pl.col("t"))[ROW].n_unique()
+    assert recall["union"]["recall@5"] == pytest.approx(hit / len(targets))
+    # A user's own items are never candidates.
+    for row, items in cands.group_by(ROW).agg(ITEM_INDEX).iter_rows():
+        assert not set(items) & set(histories[row].tolist())
+
+
+def test_transitions_follow_the_last_item(shop: tuple[Dataset, list[list[int]]]) -> None:
+    ds, _ = shop
+    r = Retriever.fit(ds, None, RetrievalConfig(sources=(TRANSITIONS,)), splits=[Split.TRAIN])
+    assert r.sources == [TRANSITIONS]
+    scores = r.score([np.array([4, 5])])[TRANSITIONS][0]
+    assert int(np.argmax(scores)) == 6 and np.isneginf(scores[[4, 5]]).all()
+
+
+def test_fill_candidates_only_fills_rows_without_candidates(shop: tuple[Dataset, list[list[int]]]) -> None:
+    ds, _ = shop
+    r = Retriever.fit(ds, vectors(N_ITEMS), RetrievalConfig(per_source=3, ease_l2=10.0))
+    rows = ds.split(Split.TEST).head(4).with_columns(
+        pl.when(pl.int_range(pl.len()) < 2).then(pl.lit([], dtype=pl.List(pl.String()))).otherwise(pl.col(Col.CANDIDATES)).alias(Col.CANDIDATES))
+    out = r.fill_candidates(rows)
+    assert out[Col.CANDIDATES][2:].to_list() == rows[Col.CANDIDATES][2:].to_list()
+    for hist, cands in zip(out[Col.HISTORY][:2].to_list(), out[Col.CANDIDATES][:2].to_list()):
+        assert 3 <= len(cands) <= 3 * len(r.sources) and not set(cands) & set(hist)
+    assert out[Col.LABELS][:2].is_null().all()
+
+
+def test_config_is_checked() -> None:
+    with pytest.raises(ValueError):
+        RetrievalConfig(sources=("magic",))
+    with pytest.raises(ValueError):
+        RetrievalConfig(decay=0.0)
+    assert TEXT in RetrievalConfig().sources
