@@ -236,12 +236,18 @@ def _text_options(f):  # type: ignore[no-untyped-def]
 @click.argument("dataset", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--out", "out", required=True, type=click.Path(file_okay=False, path_type=Path), help="Model directory.")
 @click.option("--force", is_flag=True, help="Redo every stage even if its inputs are unchanged.")
+@click.option("--fine-tune/--frozen", default=False, show_default=True, help="Interaction logs: also fine-tune the encoder (slow on CPU).")
 @_text_options
-def train_cmd(dataset: Path, out: Path, force: bool, encoder: str | None, epochs: int | None, max_train: int | None, max_tokens: int | None) -> None:
-    """Train text encoder, features and ranker on DATASET's train split."""
+def train_cmd(dataset: Path, out: Path, force: bool, fine_tune: bool, encoder: str | None, epochs: int | None, max_train: int | None, max_tokens: int | None) -> None:
+    """Train on DATASET: text encoder, features and ranker (impression logs), or retrieval + ranker (interaction logs)."""
+    from recsys.catalogue import CatalogueConfig
     from recsys.pipeline import TrainConfig, train
 
-    summary = train(dataset, out, TrainConfig(text=_text_config(encoder, epochs, max_train, max_tokens)), force=force)  # type: ignore[arg-type]
+    text = _text_config(encoder, epochs, max_train, max_tokens)
+    catalogue = CatalogueConfig(fine_tune=fine_tune)
+    if any(v is not None for v in (encoder, epochs, max_train, max_tokens)):
+        catalogue = CatalogueConfig(fine_tune=fine_tune, text=text)  # type: ignore[arg-type]
+    summary = train(dataset, out, TrainConfig(text=text, catalogue=catalogue), force=force)  # type: ignore[arg-type]
     for stage, seconds in summary["stage_seconds"].items():
         click.echo(f"{stage:<16} {'up to date' if seconds == 0 else f'{seconds:8.1f} s'}")
     click.echo(f"model written to {out}")
@@ -250,31 +256,33 @@ def train_cmd(dataset: Path, out: Path, force: bool, encoder: str | None, epochs
 @main.command("evaluate")
 @click.argument("model_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.argument("log", type=click.Path(exists=True, file_okay=False, path_type=Path))
-@click.option("--split", default="dev", show_default=True, help="Which split of LOG to replay.")
+@click.option("--split", default="dev", show_default=True, help="Which split of LOG to replay (interaction logs: usually test).")
 @click.option("--report", "report_dir", type=click.Path(file_okay=False, path_type=Path), default=None, help="Report directory (default MODEL_DIR/report-SPLIT).")
 def evaluate_cmd(model_dir: Path, log: Path, split: str, report_dir: Path | None) -> None:
     """Replay LOG's impressions through the model and its baselines; write a report."""
-    from recsys.replay import EvalConfig, evaluate
+    from recsys.pipeline import evaluate_model
 
     report_dir = report_dir or model_dir / f"report-{split}"
-    table = evaluate(model_dir, log, report_dir, EvalConfig(split=split))
+    table = evaluate_model(model_dir, log, report_dir, split)
     click.echo(_format_table(table) if table else f"unlabelled split: predictions written to {report_dir / 'prediction.txt'}")
     click.echo(f"report: {report_dir / 'report.md'}")
 
 
 def _format_table(table: dict[str, dict[str, float]]) -> str:
-    metrics = list(next(iter(table.values())))
-    lines = [f"{'':<16}" + "".join(f"{m:>11}" for m in metrics)]
-    lines += [f"{name:<16}" + "".join(_cell(row.get(m)) for m in metrics) for name, row in table.items()]
+    metrics = list(dict.fromkeys(m for row in table.values() for m in row))
+    name_w = max(len(name) for name in table) + 2
+    widths = [max(len(m) + 2, 9) for m in metrics]
+    lines = [" " * name_w + "".join(f"{m:>{w}}" for m, w in zip(metrics, widths))]
+    lines += [f"{name:<{name_w}}" + "".join(_cell(row.get(m), w) for m, w in zip(metrics, widths)) for name, row in table.items()]
     return "\n".join(lines)
 
 
-def _cell(value: object) -> str:
-    if value is None:
-        return f"{'-':>11}"
+def _cell(value: object, width: int) -> str:
+    if value is None or (isinstance(value, float) and value != value):
+        return f"{'-':>{width}}"
     if isinstance(value, int) or (isinstance(value, float) and value.is_integer() and value > 1):
-        return f"{int(value):>11d}"
-    return f"{float(value):>11.4f}"  # type: ignore[arg-type]
+        return f"{int(value):>{width}d}"
+    return f"{float(value):>{width}.4f}"  # type: ignore[arg-type]
 
 
 @main.command("recommend")

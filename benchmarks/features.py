@@ -9,7 +9,7 @@ Three stages, each in its own subprocess so that its peak RSS is its own (``os.w
 
 Run::
 
-    .venv/bin/python -m benchmarks.features --rows 10000000 --memory-limit 3GB
+    .venv/bin/python -m benchmarks.features --rows 10000000 --memory-limit 2GB
 """
 
 from __future__ import annotations
@@ -143,7 +143,7 @@ def _same_totals(workdir: Path) -> bool:
     return totals[0] == totals[1]
 
 
-def run(rows: int = 10_000_000, memory_limit: str = "3GB", workdir: Path | None = None) -> dict[str, Any]:
+def run(rows: int = 10_000_000, memory_limit: str = "2GB", workdir: Path | None = None) -> dict[str, Any]:
     """Generate a log of `rows` (impression, candidate) pairs, build features, run the pandas baseline.
 
     Returns:
@@ -178,7 +178,7 @@ def _child(args: argparse.Namespace) -> dict[str, Any]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rows", type=int, default=10_000_000)
-    parser.add_argument("--memory-limit", default="3GB")
+    parser.add_argument("--memory-limit", default="2GB")
     parser.add_argument("--workdir", type=Path, default=None, help="scratch directory (default: system temp)")
     parser.add_argument("--stage", choices=("generate", "features", "pandas"), help=argparse.SUPPRESS)
     args = parser.parse_args()

@@ -234,7 +234,7 @@ def build_features(
         A :class:`FeatureSummary` (rows, impressions, feature names, null share per feature).
 
     Raises:
-        RecsysError: the dataset directory is not a dataset.
+        RecsysError: the dataset directory is not a dataset, or DuckDB ran out of memory (with advice).
         DataError: an input file does not match the impressions contract.
     """
     cfg = cfg or FeatureConfig()

@@ -163,7 +163,9 @@ def evaluate_catalogue(model_dir: Path, ds: Dataset, split: str = Split.TEST, re
     summary = read_json(model_dir / "summary.json") if (model_dir / "summary.json").exists() else {}
     notes = {"split": split + (" (the ranker was trained on these targets: in-sample for the ranker rows)" if split == Split.DEV else ""), "rows": n_rows, "items": n_items, "candidates per row": round(table.height / max(n_rows, 1), 1),
              "statistics fitted on": "+".join(splits_before(split)), "model_dir": str(model_dir),
-             "retrieval recall (union@N = the ranker's ceiling)": retrieval_rows,
+             "retrieval recall (union@N = the ranker's ceiling)": "; ".join(
+                 f"{name.removeprefix('retrieval: ')} " + " ".join(f"{k.replace('recall', 'R')}={v:.4f}" for k, v in row.items())
+                 for name, row in retrieval_rows.items()),
              "train stage seconds": summary.get("stage_seconds"), "evaluate stage seconds": {k: round(v, 2) for k, v in timings.items()},
              "peak memory MB (evaluate process)": round(peak_memory_mb(), 1)}
     if report_dir is not None:

@@ -32,8 +32,10 @@ import polars as pl
 from features.build import FeatureConfig, build_features
 from features.registry import feature_names
 from ranker.lambdarank import RankerConfig, fit, save_ranker, time_split
+from recsys.catalogue import CatalogueConfig, train_catalogue
 from recsys.data import Col, Dataset, Split, load_dataset
 from recsys.encode import ItemVectors, encode_items
+from recsys.errors import RecsysError
 from recsys.io import read_json, write_json, write_parquet
 from recsys.text_features import TEXT_FEATURES, text_features
 from recsys.text_model import TextConfig
@@ -50,7 +52,8 @@ class TrainConfig:
     features: FeatureConfig = field(default_factory=FeatureConfig)
     ranker: RankerConfig = field(default_factory=RankerConfig)
     valid_fraction: float = 0.15  # last share of training impressions (by time) for early stopping
-    use_text: bool = True
+    # Interaction-only logs (manifest kind "interactions") train a retrieval + ranker model instead.
+    catalogue: CatalogueConfig = field(default_factory=CatalogueConfig)
 
     def __post_init__(self) -> None:
         if not 0.0 < self.valid_fraction < 0.5:
@@ -109,6 +112,8 @@ def train(dataset_dir: Path, out_dir: Path, cfg: TrainConfig | None = None, *, f
     dataset_dir, out_dir = Path(dataset_dir), Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     ds = load_dataset(dataset_dir)
+    if ds.kind == "interactions":
+        return _train_catalogue(ds, dataset_dir, out_dir, cfg.catalogue)
     write_json(asdict(cfg), out_dir / "config.json")
     stages = Stages(out_dir, force)
     data_fp = fingerprint(ds.manifest)
@@ -145,12 +150,40 @@ def train(dataset_dir: Path, out_dir: Path, cfg: TrainConfig | None = None, *, f
 
     stages.run("ranker", [feat_fp, asdict(cfg.ranker), cfg.valid_fraction], [out_dir / "ranker.txt", out_dir / "ranker_features_only.txt"], fit_rankers)
 
-    summary = {"dataset": str(dataset_dir), "model_dir": str(out_dir), "stage_seconds": stages.timings,
+    summary = {"kind": "impressions", "trained_at": time.strftime("%Y-%m-%dT%H:%M:%S"), "dataset_dir": str(dataset_dir.resolve()), "model_dir": str(out_dir), "stage_seconds": stages.timings,
                "train_impressions": train_rows.height, "items": ds.items.height}
     write_json(summary, out_dir / "summary.json")
     return summary
 
 
+def _train_catalogue(ds: Dataset, dataset_dir: Path, out_dir: Path, cfg: CatalogueConfig) -> dict[str, Any]:
+    """Interaction-only logs: retrieval over the whole catalogue + a ranker (recsys/catalogue.py)."""
+    train_catalogue(ds, cfg, out_dir, show_progress=True)
+    summary = read_json(out_dir / "summary.json")
+    summary.update(kind="interactions", trained_at=time.strftime("%Y-%m-%dT%H:%M:%S"), dataset_dir=str(dataset_dir.resolve()), model_dir=str(out_dir))
+    write_json(summary, out_dir / "summary.json")
+    return summary
+
+
+def model_summary(model_dir: Path) -> dict[str, Any]:
+    """summary.json of a trained model: its kind and the dataset it was trained on."""
+    path = Path(model_dir) / "summary.json"
+    if not path.exists():
+        raise RecsysError(f"{model_dir} is not a trained model (no summary.json); train one with `recsys train`")
+    return dict(read_json(path))
+
+
 def load_model_dataset(model_dir: Path) -> Dataset:
-    """The dataset a model was trained on (its path is in summary.json)."""
-    return load_dataset(read_json(Path(model_dir) / "summary.json")["dataset"])
+    """The dataset a model was trained on."""
+    return load_dataset(model_summary(model_dir)["dataset_dir"])
+
+
+def evaluate_model(model_dir: Path, log_dir: Path, report_dir: Path, split: str) -> dict[str, dict[str, float]]:
+    """`recsys evaluate`: impression replay for impression logs, full-catalogue ranking for interaction logs."""
+    if model_summary(model_dir)["kind"] == "interactions":
+        from recsys.catalogue_eval import evaluate_catalogue
+
+        return evaluate_catalogue(Path(model_dir), load_dataset(log_dir), split, Path(report_dir), show_progress=True)
+    from recsys.replay import EvalConfig, evaluate
+
+    return evaluate(Path(model_dir), Path(log_dir), Path(report_dir), EvalConfig(split=split))

@@ -14,7 +14,8 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import tempfile
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import polars as pl
@@ -27,7 +28,7 @@ from recsys.data import IMPRESSIONS_SCHEMA, Col, Dataset, Split
 from recsys.encode import ItemVectors
 from recsys.errors import DataError
 from recsys.io import atomic_path, read_json, write_parquet
-from recsys.pipeline import load_model_dataset
+from recsys.pipeline import load_model_dataset, model_summary
 from recsys.retrieval import RetrievalConfig, Retriever
 from recsys.text_features import text_features
 from recsys.text_train import load_text_model
@@ -45,7 +46,7 @@ RECS_SCHEMA = {
 class RecommendConfig:
     top_k: int = 10
     chunk_size: int = 20_000
-    retrieval: RetrievalConfig = RetrievalConfig()
+    retrieval: RetrievalConfig = field(default_factory=RetrievalConfig)
 
     def __post_init__(self) -> None:
         if self.top_k < 1 or self.chunk_size < 1:
@@ -79,7 +80,7 @@ def read_requests(path: Path) -> pl.DataFrame:
 def latest_histories(ds: Dataset) -> pl.DataFrame:
     """Each user's history as of the end of the log: the latest logged history plus that impression's clicks."""
     last = ds.impressions.sort(Col.TIME).group_by(Col.USER).last()
-    clicked = pl.col(Col.CANDIDATES).list.gather(pl.col(Col.LABELS).fill_null([]).list.eval(pl.element().arg_true()))
+    clicked = pl.col(Col.CANDIDATES).list.gather(pl.col(Col.LABELS).fill_null([]).list.eval((pl.element() == 1).arg_true()))
     return last.select(Col.USER, pl.concat_list(Col.HISTORY, clicked).alias(Col.HISTORY))
 
 
@@ -103,6 +104,47 @@ def to_impressions(requests: pl.DataFrame, ds: Dataset, now: dt.datetime) -> pl.
     ).cast(IMPRESSIONS_SCHEMA)  # type: ignore[arg-type]
 
 
+Ranking = Callable[[pl.DataFrame], pl.DataFrame]
+
+
+def _impression_ranking(model_dir: Path, ds: Dataset, cfg: RecommendConfig) -> Ranking:
+    """Ranks a chunk of requests with the impression-log model: retrieval when candidates are missing,
+    then the same feature builder and ranker as training."""
+    dataset_dir = Path(model_summary(model_dir)["dataset_dir"])
+    ranker = load_ranker(model_dir)
+    text_model = load_text_model(model_dir / "text")
+    vectors = ItemVectors.load(model_dir / "item_vectors.parquet")
+    retriever = Retriever.fit(ds, vectors, cfg.retrieval)
+
+    def rank(imps: pl.DataFrame) -> pl.DataFrame:
+        imps = retriever.fill_candidates(imps)
+        with tempfile.TemporaryDirectory() as work:
+            write_parquet(imps, Path(work) / "rows.parquet")
+            write_parquet(text_features(text_model, vectors, imps), Path(work) / "text.parquet")
+            build_features(dataset_dir, Path(work) / "features.parquet", rows=Path(work) / "rows.parquet",
+                           text_features=Path(work) / "text.parquet", show_progress=False)
+            table = pl.read_parquet(Path(work) / "features.parquet")
+        return (
+            table.select(Col.IMPRESSION, Col.USER, Col.ITEM)
+            .with_columns(score=pl.Series(ranker.score(table)))
+            .sort([Col.IMPRESSION, "score", Col.ITEM], descending=[False, True, False])
+            .with_columns(rank=pl.int_range(1, pl.len() + 1).over(Col.IMPRESSION).cast(pl.Int32()))
+            .filter(pl.col("rank") <= cfg.top_k)
+        )
+
+    return rank
+
+
+def _catalogue_ranking(model_dir: Path, ds: Dataset, cfg: RecommendConfig) -> Ranking:
+    """Ranks a chunk of requests over the whole catalogue with an interaction-log model."""
+    from recsys.catalogue import CatalogueConfig, load_vectors, main_vectors
+    from recsys.catalogue_eval import recommend_catalogue
+
+    catalogue_cfg = CatalogueConfig.from_dict(read_json(model_dir / "config.json"))
+    retriever = Retriever.fit(ds, main_vectors(load_vectors(model_dir, ds)), catalogue_cfg.retrieval, splits=Split.ALL)
+    return lambda imps: recommend_catalogue(model_dir, ds, imps, cfg.top_k, retriever=retriever)
+
+
 def recommend(model_dir: Path, requests_path: Path, out: Path, cfg: RecommendConfig | None = None, *, show_progress: bool = True) -> dict[str, object]:
     """Rank candidates for every request and write the top-k lists to `out` (Parquet, atomically).
 
@@ -111,34 +153,22 @@ def recommend(model_dir: Path, requests_path: Path, out: Path, cfg: RecommendCon
     """
     cfg = cfg or RecommendConfig()
     model_dir = Path(model_dir)
+    summary = model_summary(model_dir)
     ds = load_model_dataset(model_dir)
-    dataset_dir = Path(read_json(model_dir / "summary.json")["dataset"])
-    ranker = load_ranker(model_dir)
-    text_model = load_text_model(model_dir / "text")
-    vectors = ItemVectors.load(model_dir / "item_vectors.parquet")
-    retriever = Retriever.fit(ds, vectors, cfg.retrieval)
-    model_id = ranker.manifest.get("model_id", model_dir.name)
+    rank_chunk = _catalogue_ranking(model_dir, ds, cfg) if summary["kind"] == "interactions" else _impression_ranking(model_dir, ds, cfg)
+    model_id = f"{model_dir.name}@{summary.get('trained_at', 'unknown')}"
     generated_at = dt.datetime.now(dt.UTC).replace(tzinfo=None)
     requests = read_requests(requests_path)
     now = ds.impressions[Col.TIME].max() + dt.timedelta(seconds=1)
 
     rows = short = 0
-    with atomic_path(out) as tmp, tempfile.TemporaryDirectory() as work, pq.ParquetWriter(tmp, pl.DataFrame(schema=RECS_SCHEMA).to_arrow().schema) as writer:
+    with atomic_path(out) as tmp, pq.ParquetWriter(tmp, pl.DataFrame(schema=RECS_SCHEMA).to_arrow().schema) as writer:
         chunks = range(0, requests.height, cfg.chunk_size)
         for start in tqdm(chunks, desc="recommend", unit="chunk", disable=not show_progress):
             imps = to_impressions(requests.slice(start, cfg.chunk_size), ds, now)
-            imps = retriever.fill_candidates(imps)
-            write_parquet(imps, Path(work) / "rows.parquet")
-            write_parquet(text_features(text_model, vectors, imps), Path(work) / "text.parquet")
-            build_features(dataset_dir, Path(work) / "features.parquet", rows=Path(work) / "rows.parquet",
-                           text_features=Path(work) / "text.parquet", show_progress=False)
-            table = pl.read_parquet(Path(work) / "features.parquet")
             top = (
-                table.select(pl.col(Col.IMPRESSION).alias(REQUEST), Col.USER, Col.ITEM)
-                .with_columns(score=pl.Series(ranker.score(table)))
-                .sort([REQUEST, "score", Col.ITEM], descending=[False, True, False])
-                .with_columns(rank=pl.int_range(1, pl.len() + 1).over(REQUEST).cast(pl.Int32()))
-                .filter(pl.col("rank") <= cfg.top_k)
+                rank_chunk(imps)
+                .rename({Col.IMPRESSION: REQUEST})
                 .with_columns(model_id=pl.lit(model_id), generated_at=pl.lit(generated_at))
                 .select(list(RECS_SCHEMA))
                 .cast(RECS_SCHEMA)  # type: ignore[arg-type]

@@ -51,7 +51,7 @@ class EvalConfig:
 def _feature_table(model_dir: Path, log_dir: Path, work_dir: Path) -> pl.DataFrame:
     """The model's feature table for `log_dir`: reused from training when the log is the training dataset."""
     summary = read_json(model_dir / "summary.json")
-    if Path(summary["dataset"]).resolve() == log_dir.resolve() and (model_dir / "features.parquet").exists():
+    if Path(summary["dataset_dir"]).resolve() == log_dir.resolve() and (model_dir / "features.parquet").exists():
         return pl.read_parquet(model_dir / "features.parquet")
     ds = load_dataset(log_dir)
     text = text_features(load_text_model(model_dir / "text"), ItemVectors.load(model_dir / "item_vectors.parquet"), ds.impressions)

@@ -52,6 +52,7 @@ class TextConfig:
         user_pooling: ``"attention"`` (learned additive attention) or ``"mean"`` over history vectors.
         history_len: The most recent history items a user vector is built from.
         negatives: Non-clicked candidates of the same impression per clicked one (softmax over K+1).
+        in_batch_negatives: Also use the other clicks of the batch as negatives (cancels popularity).
         batch_size: Training samples (clicks) per optimiser step, before accumulation.
         lr: Learning rate of the encoder weights (or LoRA adapters).
         head_lr: Learning rate of the new weights (user attention, projection, default user vector).
@@ -67,6 +68,9 @@ class TextConfig:
         val_fraction: The latest fraction of impressions (by time) held out for validation.
         max_train_impressions: Train on a seeded sample of this many impressions (None = all).
         encode_batch_size: Items per batch when encoding the history cache and the catalogue.
+        cache_refresh_steps: Re-encode the history cache every N optimiser steps (0 = once per epoch).
+            Histories are read from the cache while candidates come from the live encoder; a stale cache
+            lets the two drift apart within an epoch, so short runs refresh it often.
     """
 
     encoder: str | None = None
@@ -77,6 +81,7 @@ class TextConfig:
     user_pooling: str = "attention"
     history_len: int = 30
     negatives: int = 4
+    in_batch_negatives: bool = False
     batch_size: int = 32
     lr: float = 3e-5
     head_lr: float = 1e-3
@@ -92,6 +97,7 @@ class TextConfig:
     val_fraction: float = 0.1
     max_train_impressions: int | None = None
     encode_batch_size: int = 256
+    cache_refresh_steps: int = 10
 
     def __post_init__(self) -> None:
         self.fields = tuple(self.fields)
@@ -112,6 +118,8 @@ class TextConfig:
                 raise RecsysError(f"TextConfig.{name} must be >= 1 or None, got {value}")
         if self.max_tokens < 4:
             raise RecsysError(f"TextConfig.max_tokens={self.max_tokens} leaves no room for text after [CLS]/[SEP]; use >= 4")
+        if self.cache_refresh_steps < 0:
+            raise RecsysError(f"TextConfig.cache_refresh_steps must be >= 0, got {self.cache_refresh_steps}")
         if self.freeze_layers < 0 or self.lora_rank < 0:
             raise RecsysError("TextConfig.freeze_layers and lora_rank must be >= 0")
         if not 0.0 <= self.val_fraction < 1.0:

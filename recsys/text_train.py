@@ -82,10 +82,22 @@ class TextModule(L.LightningModule):
         users = self._users(batch["hist"], batch["hist_mask"])
         # Scores in fp32 even under bf16 autocast: bf16 would round cosines to ~0.004 steps.
         with torch.autocast(self.device.type, enabled=False):
-            logits = SCORE_SCALE * torch.einsum("bd,bkd->bk", users.float(), cands.float())
-        return F.cross_entropy(logits, torch.zeros(len(logits), dtype=torch.long, device=logits.device))
+            users, cands = users.float(), cands.float()
+            logits = SCORE_SCALE * torch.einsum("bd,bkd->bk", users, cands)
+            if not self.cfg.in_batch_negatives:
+                return F.cross_entropy(logits, torch.zeros(len(logits), dtype=torch.long, device=logits.device))
+            # Other users' clicks as extra negatives: they are as popular as this click, so only
+            # matching this user's interests (not item popularity) separates them. Same item = no negative.
+            others = SCORE_SCALE * users @ cands[:, 0].T
+            pos_ids = batch["cand_inverse"][:, 0]
+            same = (pos_ids.unsqueeze(0) == pos_ids.unsqueeze(1)) & ~torch.eye(len(pos_ids), dtype=torch.bool, device=pos_ids.device)
+            logits = torch.cat([others.masked_fill(same, float("-inf")), logits[:, 1:]], dim=1)
+            return F.cross_entropy(logits, torch.arange(len(logits), device=logits.device))
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        every = self.cfg.cache_refresh_steps
+        if every and self.global_step - self._cache_step >= every:
+            self.on_train_epoch_start()  # refresh the history cache, back in train mode
         loss = self.click_loss(batch)
         self.log("train_loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=len(batch["hist"]))
         return loss

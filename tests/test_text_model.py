@@ -135,7 +135,7 @@ def test_features_handle_empty_histories_and_unknown_items(world: dict) -> None:
 
 
 def test_training_options_bf16_lora_freeze_projection(world: dict, tmp_path: Path) -> None:
-    cfg = tiny_config(world["encoder"], precision="bf16", lora_rank=2, freeze_layers=1, accumulate=2, projection_dim=8,
+    cfg = tiny_config(world["encoder"], precision="bf16", lora_rank=2, freeze_layers=1, accumulate=2, projection_dim=8, in_batch_negatives=True,
                       pooling="cls", user_pooling="mean", max_steps=3, val_fraction=0.0, epochs=2)
     imps = topic_impressions(world["items"], n_users=24, per_user=2)
     out = train_text_model(imps, world["items"], cfg, tmp_path / "m", show_progress=False)

@@ -5,6 +5,7 @@ Entry points::
     load_mind({"train": DIR, "dev": DIR}, out, on_bad_rows="raise")   # MIND news.tsv + behaviors.tsv
     load_events(items, events, out, EventsConfig(...))                # items table + events log
     load(MindSource(...) | EventsSource(...), out)                    # the same, from a config
+    ingest_amazon(src, out)                                           # UniSRec-style .inter/.text sequences
 
 Each writes ``out/{items,impressions}.parquet``, ``manifest.json`` and, with skipped rows,
 ``rejects.parquet``, and returns an :class:`IngestResult` (path + manifest; impressions stay on
@@ -17,12 +18,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from recsys.errors import RecsysError
+from recsys.loaders.amazon import ingest_amazon, load_amazon
 from recsys.loaders.events import EventsConfig, load_events
 from recsys.loaders.mind import check_splits, load_mind
 from recsys.loaders.rejects import RAISE, check_on_bad_rows
 from recsys.loaders.writer import IngestResult
 
-__all__ = ["EventsConfig", "EventsSource", "IngestResult", "MindSource", "load", "load_events", "load_mind"]
+__all__ = ["EventsConfig", "EventsSource", "IngestResult", "MindSource", "ingest_amazon", "load", "load_amazon", "load_events", "load_mind"]
 
 
 @dataclass(frozen=True)
