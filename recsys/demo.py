@@ -13,8 +13,14 @@ from recsys.io import write_parquet
 from recsys.pipeline import TrainConfig, train
 from recsys.recommend import REQUEST, RecommendConfig, recommend
 from recsys.replay import EvalConfig, evaluate
+from recsys.text_model import TextConfig
 
 SAMPLE = Path(__file__).resolve().parents[1] / "data" / "sample"
+
+
+def demo_config() -> TrainConfig:
+    """Defaults sized for 2 CPU cores: a one-epoch fine-tune on 2,000 sampled impressions with short texts."""
+    return TrainConfig(text=TextConfig(max_tokens=32, epochs=1, max_train_impressions=2000))
 
 
 def demo(out_dir: Path, dataset_dir: Path = SAMPLE, cfg: TrainConfig | None = None, *, force: bool = False, requests: int = 200) -> dict[str, Any]:
@@ -26,7 +32,7 @@ def demo(out_dir: Path, dataset_dir: Path = SAMPLE, cfg: TrainConfig | None = No
     out_dir = Path(out_dir)
     times: dict[str, float] = {}
     start = time.perf_counter()
-    train(dataset_dir, out_dir / "model", cfg, force=force)
+    train(dataset_dir, out_dir / "model", cfg or demo_config(), force=force)
     times["train"] = time.perf_counter() - start
 
     start = time.perf_counter()

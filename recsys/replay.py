@@ -66,7 +66,8 @@ def score_baselines(model_dir: Path, table: pl.DataFrame, ds: Dataset, seed: int
     full = load_ranker(model_dir)
     features_only = load_ranker(model_dir, name="ranker_features_only")
     rows = ds.impressions.filter(pl.col(Col.IMPRESSION).is_in(table[Col.IMPRESSION].unique().implode()))
-    frozen = text_features(pretrained_text_model(), ItemVectors.load(model_dir / "frozen_vectors.parquet"), rows)
+    text_cfg = load_text_model(model_dir / "text").config  # the same encoder and text fields, not fine-tuned
+    frozen = text_features(pretrained_text_model(text_cfg), ItemVectors.load(model_dir / "frozen_vectors.parquet"), rows)
     table = table.join(
         frozen.select(Col.IMPRESSION, Col.ITEM, pl.col("text_score").alias("frozen_text")), on=[Col.IMPRESSION, Col.ITEM], how="left"
     )
@@ -115,7 +116,8 @@ def metrics_by_history(table: pl.DataFrame, ds: Dataset, rankings: list[str]) ->
     lengths = ds.impressions.select(Col.IMPRESSION, pl.col(Col.HISTORY).list.len().alias("history_len"))
     table = table.join(lengths, on=Col.IMPRESSION, how="left")
     labels = [f"{lo}-{hi - 1}" if hi - lo > 1 else str(lo) for lo, hi in zip(HISTORY_BUCKETS, HISTORY_BUCKETS[1:])] + [f"{HISTORY_BUCKETS[-1]}+"]
-    table = table.with_columns(pl.col("history_len").cut(HISTORY_BUCKETS[1:], labels=labels, left_closed=True).cast(pl.String()).alias("bucket"))
+    bucket = np.searchsorted(HISTORY_BUCKETS, table["history_len"].fill_null(0).to_numpy(), side="right") - 1
+    table = table.with_columns(pl.Series("bucket", np.asarray(labels)[bucket]))
     out: list[dict[str, Any]] = []
     for bucket in labels:
         part = table.filter(pl.col("bucket") == bucket)

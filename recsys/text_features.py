@@ -38,7 +38,7 @@ def _vector_table(model: TextModel, vectors: ItemVectors) -> torch.Tensor:
     if vectors.fingerprint != model.fingerprint:
         log.warning("item vectors come from another encoder (fingerprint %s, model %s); scores may be meaningless",
                     vectors.fingerprint[:12], model.fingerprint[:12])
-    table = torch.from_numpy(np.ascontiguousarray(vectors.vectors, dtype=np.float32))
+    table = torch.from_numpy(np.array(vectors.vectors, dtype=np.float32))  # a writable copy
     return torch.cat([table, torch.zeros(1, table.shape[1])])
 
 
