@@ -17,7 +17,7 @@ from recsys.pipeline import TrainConfig, train
 from recsys.recommend import RECS_SCHEMA, REQUEST, RecommendConfig, recommend
 from recsys.replay import EvalConfig, evaluate
 from recsys.synth import SynthConfig, generate
-from tests.conftest_text import make_tiny_encoder, tiny_config
+from conftest_text import make_tiny_encoder, tiny_config
 
 
 def _config(encoder: Path) -> TrainConfig:
