@@ -49,9 +49,12 @@ def recommend_speed(model_dir: str, dataset: str, requests: int = 200, top_k: in
             summary = recommend(Path(model_dir), Path(tmp) / f"req{n}.parquet", Path(tmp) / f"recs{n}.parquet",
                                 RecommendConfig(top_k=top_k), show_progress=False)
             seconds[n] = time.perf_counter() - start
-    marginal = (requests - small) / max(seconds[requests] - seconds[small], 1e-9)
+    extra = seconds[requests] - seconds[small]
+    # Too few extra requests to time above the noise (tiny sizes): no marginal figure rather than a wild one.
+    marginal = (requests - small) / extra if extra > 0.25 else None
     return {"requests": requests, "seconds": round(seconds[requests], 2), "requests_per_s": round(requests / seconds[requests], 2),
-            "marginal_requests_per_s": round(marginal, 2), "setup_seconds": round(seconds[small] - small / marginal, 2),
+            "marginal_requests_per_s": None if marginal is None else round(marginal, 2),
+            "setup_seconds": None if marginal is None else round(seconds[small] - small / marginal, 2),
             "short_lists": summary["short_lists"]}
 
 

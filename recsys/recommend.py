@@ -29,7 +29,7 @@ from recsys.encode import ItemVectors
 from recsys.errors import DataError
 from recsys.io import atomic_path, read_json, write_parquet
 from recsys.pipeline import load_model_dataset, model_summary
-from recsys.retrieval import RetrievalConfig, Retriever
+from recsys.retrieval import DEFAULT_SOURCES, RECENT, RetrievalConfig, Retriever
 from recsys.text_features import text_features
 from recsys.text_train import load_text_model
 
@@ -46,7 +46,8 @@ RECS_SCHEMA = {
 class RecommendConfig:
     top_k: int = 10
     chunk_size: int = 20_000
-    retrieval: RetrievalConfig = field(default_factory=RetrievalConfig)
+    # News-like logs: the fresh catalogue joins the item-to-item, text and popularity sources.
+    retrieval: RetrievalConfig = field(default_factory=lambda: RetrievalConfig(sources=(*DEFAULT_SOURCES, RECENT)))
 
     def __post_init__(self) -> None:
         if self.top_k < 1 or self.chunk_size < 1:

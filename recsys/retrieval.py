@@ -9,6 +9,9 @@ Sources (each scores the whole catalogue for a user history; items already in th
 * ``text``         cosine of each item's text vector to the user's recency-weighted mean text vector;
                    exact batched dot products (the catalogues recsys targets fit; no approximate index).
 * ``popularity``   interactions per item.
+* ``recent``       the fresh catalogue of a news-like log: clicks per item in the last ``recent_hours``
+                   of the fitted rows, plus a bonus for items published in that window (off by default;
+                   the batch job turns it on for impression logs, where timestamps are real).
 
 Every statistic is fitted on the sequences given to :meth:`Retriever.fit`; callers pass only the data
 allowed at that point (train prefixes to score dev targets, train+dev to score test targets), so a held-out
@@ -19,6 +22,7 @@ become ranker features; :meth:`Retriever.source_recall` shows the ceiling retrie
 from __future__ import annotations
 
 import logging
+from datetime import timedelta
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
@@ -28,14 +32,15 @@ import scipy.sparse as sp
 from scipy.linalg import lapack
 from tqdm.auto import tqdm
 
-from recsys.data import Col, Dataset, Split
+from recsys.data import Col, Dataset, Split, explode_candidates
 from recsys.errors import RecsysError
 from recsys.evaluation import held_out_ranks, recall_at_k
 
 log = logging.getLogger(__name__)
 
-EASE, TRANSITIONS, COOCCURRENCE, TEXT, POPULARITY = "ease", "transitions", "cooccurrence", "text", "popularity"
-ALL_SOURCES = (EASE, TRANSITIONS, COOCCURRENCE, TEXT, POPULARITY)
+EASE, TRANSITIONS, COOCCURRENCE, TEXT, POPULARITY, RECENT = "ease", "transitions", "cooccurrence", "text", "popularity", "recent"
+DEFAULT_SOURCES = (EASE, TRANSITIONS, COOCCURRENCE, TEXT, POPULARITY)
+ALL_SOURCES = (*DEFAULT_SOURCES, RECENT)
 ROW, ITEM_INDEX, N_SOURCES = "row", "item_index", "n_sources"
 
 
@@ -52,7 +57,8 @@ class RetrievalConfig:
     """How many candidates each source contributes and how the item-item statistics are fitted."""
 
     per_source: int = 100  # top-N of each source joins the union
-    sources: tuple[str, ...] = ALL_SOURCES
+    sources: tuple[str, ...] = DEFAULT_SOURCES
+    recent_hours: float = 48.0  # window of the `recent` source, ending at the last fitted event
     ease_l2: float = 250.0  # EASE ridge strength (RecTools uses 500 on this data; tune on dev)
     max_ease_items: int = 25_000  # EASE inverts an items x items matrix: skipped above this size
     recent: int = 5  # history items that drive transitions, co-occurrence and the text vector
@@ -63,8 +69,8 @@ class RetrievalConfig:
         unknown = set(self.sources) - set(ALL_SOURCES)
         if unknown or not self.sources:
             raise ValueError(f"sources must be a non-empty subset of {ALL_SOURCES}, got {self.sources}")
-        if self.per_source < 1 or self.recent < 1 or self.batch_size < 1:
-            raise ValueError("per_source, recent and batch_size must be at least 1")
+        if self.per_source < 1 or self.recent < 1 or self.batch_size < 1 or self.recent_hours <= 0:
+            raise ValueError("per_source, recent and batch_size must be at least 1, recent_hours > 0")
         if not 0.0 < self.decay <= 1.0 or self.ease_l2 <= 0:
             raise ValueError(f"decay must be in (0, 1] and ease_l2 > 0, got {self.decay}, {self.ease_l2}")
 
@@ -110,12 +116,14 @@ def _recency_matrix(histories: Sequence[np.ndarray], n_items: int, recent: int |
 class Retriever:
     """Fitted item statistics plus the catalogue's text vectors; scores and retrieves candidates."""
 
-    def __init__(self, item_ids: list[str], sequences: list[np.ndarray], text_vectors: np.ndarray | None, cfg: RetrievalConfig) -> None:
+    def __init__(self, item_ids: list[str], sequences: list[np.ndarray], text_vectors: np.ndarray | None, cfg: RetrievalConfig,
+                 recent_scores: np.ndarray | None = None) -> None:
         """Fit every configured source on `sequences` (item indices into `item_ids`, oldest first)."""
         self.cfg, self.item_ids = cfg, item_ids
+        self.recent_scores = recent_scores
         self.index = {item: i for i, item in enumerate(item_ids)}
         n = len(item_ids)
-        self.sources = [s for s in cfg.sources if s != TEXT or text_vectors is not None]
+        self.sources = [s for s in cfg.sources if (s != TEXT or text_vectors is not None) and (s != RECENT or recent_scores is not None)]
         if EASE in self.sources and n > cfg.max_ease_items:
             log.warning("EASE skipped: %d items > max_ease_items=%d", n, cfg.max_ease_items)
             self.sources.remove(EASE)
@@ -173,8 +181,11 @@ class Retriever:
         item_ids = ds.items[Col.ITEM].to_list()
         r = cls.__new__(cls)
         r.index = {item: i for i, item in enumerate(item_ids)}
-        seqs = r.encode_histories(user_sequences(ds.split(*splits) if rows is None else rows)[Col.HISTORY])
-        return cls(item_ids, seqs, aligned_vectors(vectors, item_ids), cfg or RetrievalConfig())
+        cfg = cfg or RetrievalConfig()
+        rows = ds.split(*splits) if rows is None else rows
+        seqs = r.encode_histories(user_sequences(rows)[Col.HISTORY])
+        recent = _recent_scores(ds.items, rows, cfg.recent_hours) if RECENT in cfg.sources else None
+        return cls(item_ids, seqs, aligned_vectors(vectors, item_ids), cfg, recent)
 
     def encode_histories(self, histories: pl.Series | Sequence[Sequence[str]]) -> list[np.ndarray]:
         """Item-id lists to index arrays; ids outside the catalogue are dropped."""
@@ -199,6 +210,8 @@ class Retriever:
                 user = recent @ self.text
                 user /= np.maximum(np.linalg.norm(user, axis=1, keepdims=True), 1e-12)
                 s = user @ self.text.T
+            elif source == RECENT:
+                s = np.broadcast_to(self.recent_scores, (len(histories), n)).copy()
             else:
                 s = np.broadcast_to(self.popularity, (len(histories), n)).copy()
             out[source] = np.asarray(s, dtype=np.float32)
@@ -327,6 +340,24 @@ class Retrieved:
             union[f"recall@{n}"] = recall_at_k(np.where(hit, 1, n + 1), n)
         out["union"] = union
         return out
+
+
+def _recent_scores(items: pl.DataFrame, rows: pl.DataFrame, hours: float) -> np.ndarray:
+    """Clicks per item (in `items` order) in the last `hours` before the rows' latest time, plus 0.5 for
+    an item published in that window (so fresh items with no clicks yet can still be retrieved)."""
+    if rows.is_empty():
+        return np.zeros(items.height, dtype=np.float32)
+    cutoff = rows[Col.TIME].max() - timedelta(hours=hours)
+    clicks = (
+        explode_candidates(rows.filter(pl.col(Col.TIME) >= cutoff))
+        .filter(pl.col(Col.LABEL) == 1)
+        .group_by(Col.ITEM)
+        .len("clicks")
+    )
+    scored = items.select(Col.ITEM, Col.PUBLISHED).join(clicks, on=Col.ITEM, how="left").select(
+        pl.col("clicks").fill_null(0) + 0.5 * (pl.col(Col.PUBLISHED) >= cutoff).fill_null(False).cast(pl.Float32())
+    )
+    return scored.to_series().to_numpy().astype(np.float32)
 
 
 def aligned_vectors(vectors: object, item_ids: list[str]) -> np.ndarray | None:

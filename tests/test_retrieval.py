@@ -10,7 +10,7 @@ import pytest
 from conftest_shop import sequences, write_unisrec
 from recsys.data import Col, Dataset, Split
 from recsys.loaders.amazon import load_amazon
-from recsys.retrieval import ALL_SOURCES, ITEM_INDEX, ROW, TEXT, TRANSITIONS, RetrievalConfig, Retriever, user_sequences
+from recsys.retrieval import DEFAULT_SOURCES, ITEM_INDEX, ROW, TEXT, TRANSITIONS, RetrievalConfig, Retriever, user_sequences
 
 N_ITEMS = 40
 HOLDOUT_DEV, HOLDOUT_TEST = N_ITEMS - 2, N_ITEMS - 1  # items that only ever appear as one dev / test target
@@ -57,9 +57,9 @@ def test_union_recall_is_at_least_each_sources(shop: tuple[Dataset, list[list[in
     targets = np.array([r.index[c[0]] for c in dev[Col.CANDIDATES]])
     got = r.retrieve(histories, targets)
     recall = got.recall(ns=(1, 5, 10))
-    assert set(recall) == set(ALL_SOURCES) | {"union"}
+    assert set(recall) == set(DEFAULT_SOURCES) | {"union"}
     for n in (1, 5, 10):
-        assert all(recall["union"][f"recall@{n}"] >= recall[s][f"recall@{n}"] - 1e-12 for s in ALL_SOURCES)
+        assert all(recall["union"][f"recall@{n}"] >= recall[s][f"recall@{n}"] - 1e-12 for s in DEFAULT_SOURCES)
     # The chain makes transitions informative: far better than popularity, and the union beats both.
     assert recall[TRANSITIONS]["recall@5"] > 2 * recall["popularity"]["recall@5"]
     assert recall["union"]["recall@5"] > recall[TRANSITIONS]["recall@5"]
@@ -98,3 +98,30 @@ def test_config_is_checked() -> None:
     with pytest.raises(ValueError):
         RetrievalConfig(decay=0.0)
     assert TEXT in RetrievalConfig().sources
+
+
+def test_recent_source_ranks_the_fresh_catalogue_not_all_time_popularity() -> None:
+    from datetime import datetime, timedelta
+
+    from recsys.data import IMPRESSIONS_SCHEMA, ITEMS_SCHEMA, Col, Dataset
+    from recsys.retrieval import DEFAULT_SOURCES, POPULARITY, RECENT, RetrievalConfig, Retriever
+
+    now = datetime(2024, 3, 1, 12)
+    old, fresh = now - timedelta(days=10), now - timedelta(hours=1)
+    items = pl.DataFrame({Col.ITEM: ["A", "B", "C", "D"], Col.TITLE: ["a", "b", "c", "d"],
+                          Col.PUBLISHED: [old, old, fresh, old]}, schema_overrides={Col.PUBLISHED: pl.Datetime("us")})
+    items = items.with_columns(pl.lit(None, dtype=dt).alias(c) for c, dt in ITEMS_SCHEMA.items() if c not in items.columns).select(list(ITEMS_SCHEMA))
+    clicks = [("A", old)] * 5 + [("B", now - timedelta(minutes=m)) for m in (5, 30)] + [("D", now)]
+    rows = pl.DataFrame({
+        Col.IMPRESSION: [f"i{k}" for k in range(len(clicks))], Col.USER: [f"u{k}" for k in range(len(clicks))],
+        Col.TIME: [t for _, t in clicks], Col.HISTORY: [[] for _ in clicks], Col.CANDIDATES: [[item, "D"] if item != "D" else ["D"] for item, _ in clicks],
+        Col.LABELS: [[1, 0] if item != "D" else [0] for item, _ in clicks], Col.SPLIT: ["train"] * len(clicks),
+    }, schema=IMPRESSIONS_SCHEMA)
+    ds = Dataset(items=items, impressions=rows, manifest={})
+    retriever = Retriever.fit(ds, None, RetrievalConfig(sources=(*DEFAULT_SOURCES, RECENT), per_source=4))
+    scores = retriever.score([np.zeros(0, dtype=np.int64)])
+    recent, popular = scores[RECENT][0], scores[POPULARITY][0]
+    assert list(np.argsort(-recent, kind="stable")[:2]) == [1, 2]  # B clicked in the window, then C published in it
+    assert recent[0] == 0.0 and recent[3] == 0.0  # A only clicked long ago; D shown but never clicked
+    assert popular.argmax() == 0  # all-time popularity still prefers A
+    assert RECENT not in Retriever.fit(ds, None, RetrievalConfig()).sources  # off by default (sequence-order logs)
