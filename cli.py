@@ -72,13 +72,14 @@ def ingest_mind(train: Path | None, dev: Path | None, test: Path | None, out: Pa
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="Dataset directory to write.")
 @click.option("--session-gap", default=30.0, show_default=True, help="Minutes of silence that end an impression (no request_id).")
 @click.option("--dev-fraction", default=0.1, show_default=True, help="Latest share of impressions for dev (no split column).")
+@click.option("--test-fraction", default=0.0, show_default=True, help="Latest share for test, after dev (no split column).")
 @click.option("--max-history", default=50, show_default=True, help="Most recent clicks kept as history.")
 @click.option("--skip-bad-rows", is_flag=True, help="Skip and count bad rows (rejects.parquet) instead of stopping.")
-def ingest_events(items: Path, events: Path, out: Path, session_gap: float, dev_fraction: float, max_history: int, skip_bad_rows: bool) -> None:
+def ingest_events(items: Path, events: Path, out: Path, session_gap: float, dev_fraction: float, test_fraction: float, max_history: int, skip_bad_rows: bool) -> None:
     """Ingest an items table and an events log (impression/click/purchase events)."""
     from recsys.loaders import EventsConfig, EventsSource, load
 
-    cfg = EventsConfig(session_gap, dev_fraction, max_history, "skip" if skip_bad_rows else "raise")
+    cfg = EventsConfig(session_gap, dev_fraction, max_history, "skip" if skip_bad_rows else "raise", test_fraction)
     result = load(EventsSource(items, events, cfg), out)
     _ingested(result.path, result.manifest)
 

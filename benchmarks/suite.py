@@ -181,7 +181,7 @@ def _speed(rec: Recorder, plan: Plan, work: Path) -> None:
     if encode is not None:
         _encode_rows(rec, encode, size)
     feats = rec.stage("features bench", "benchmarks.speed:external",
-                      {"target": "benchmarks.features:run", "offer": {"rows": plan.feature_rows, "workdir": str(work)}}, f"{plan.feature_rows} rows")
+                      {"target": "benchmarks.features:run", "offer": {"rows": plan.feature_rows, "workdir": str(work), "memory_limit": "4GB"}}, f"{plan.feature_rows} rows")
     if feats is not None:
         rec.add_speed("feature rows (all features, DuckDB)", feats["features"]["rows_per_s"], "rows/s", size=f"{plan.feature_rows} rows",
                       baseline="pandas, 2 features", baseline_value=feats["pandas"]["rows_per_s"])

@@ -241,9 +241,7 @@ def generate(cfg: SynthConfig) -> Dataset:
         }
     )
     impressions = pl.DataFrame({Col.USER: user_ids.gather(imp_user), Col.TIME: times})
-    split = split_by_time(times, cfg.dev_fraction + cfg.test_fraction)
-    if cfg.test_fraction:
-        split = pl.select(pl.when(split_by_time(times, cfg.test_fraction) == Split.DEV).then(pl.lit(Split.TEST)).otherwise(split)).to_series()
+    split = split_by_time(times, cfg.dev_fraction, cfg.test_fraction)
     impressions = impressions.with_columns(
         pl.format("{}-{}", split, pl.int_range(1, pl.len() + 1).over(split)).alias(Col.IMPRESSION),
         histories_before(impressions, clicks, cfg.max_history),

@@ -58,6 +58,8 @@ class EventsConfig:
     Attributes:
         session_gap_minutes: without request ids, a user's silence longer than this starts a new impression.
         dev_fraction: without a split column, the latest fraction of impressions (by time) that becomes dev.
+        test_fraction: without a split column, the latest fraction that becomes test (after dev), e.g.
+            for a click-only log evaluated over the whole catalogue by time.
         max_history: keep the most recent N positive events as history (None: all).
         on_bad_rows: ``"raise"`` or ``"skip"``.
     """
@@ -66,12 +68,13 @@ class EventsConfig:
     dev_fraction: float = 0.1
     max_history: int | None = 50
     on_bad_rows: str = RAISE
+    test_fraction: float = 0.0
 
     def __post_init__(self) -> None:
         if self.session_gap_minutes <= 0:
             raise RecsysError(f"session_gap_minutes must be positive, got {self.session_gap_minutes}")
-        if not 0 <= self.dev_fraction < 1:
-            raise RecsysError(f"dev_fraction must be in [0, 1), got {self.dev_fraction}")
+        if not (0 <= self.dev_fraction and 0 <= self.test_fraction and self.dev_fraction + self.test_fraction < 1):
+            raise RecsysError(f"dev_fraction and test_fraction must be >= 0 with a sum below 1, got {self.dev_fraction}, {self.test_fraction}")
         if self.max_history is not None and self.max_history < 0:
             raise RecsysError(f"max_history must be >= 0, got {self.max_history}")
         check_on_bad_rows(self.on_bad_rows)
@@ -172,7 +175,7 @@ def build_impressions(events: pl.DataFrame, cfg: EventsConfig) -> tuple[pl.DataF
             *([Col.SPLIT] if Col.SPLIT in events.columns else []),
         )
     if Col.SPLIT not in imps.columns:
-        imps = imps.with_columns(split_by_time(imps[Col.TIME], cfg.dev_fraction))
+        imps = imps.with_columns(split_by_time(imps[Col.TIME], cfg.dev_fraction, cfg.test_fraction))
     imps = imps.with_columns(histories_before(imps, clicks, cfg.max_history))
     return imps.select(Col.IMPRESSION, Col.USER, Col.TIME, Col.HISTORY, Col.CANDIDATES, Col.LABELS, Col.SPLIT), kind
 

@@ -53,16 +53,26 @@ def histories_before(impressions: pl.DataFrame, clicks: pl.DataFrame, max_len: i
     return pl.Series(Col.HISTORY, arrow, dtype=pl.List(pl.String()))
 
 
-def split_by_time(times: pl.Series, dev_fraction: float) -> pl.Series:
-    """``"dev"`` for the latest ``dev_fraction`` of ``times`` (ties at the cut go to dev), else ``"train"``.
+def split_by_time(times: pl.Series, dev_fraction: float, test_fraction: float = 0.0) -> pl.Series:
+    """``"test"`` for the latest ``test_fraction`` of ``times``, ``"dev"`` for the ``dev_fraction`` before it,
+    else ``"train"`` (ties at a cut go to the later split).
 
     Raises:
-        RecsysError: if ``dev_fraction`` is not in [0, 1).
+        RecsysError: if the fractions are negative or leave no room for train.
     """
-    if not 0 <= dev_fraction < 1:
-        raise RecsysError(f"dev fraction must be in [0, 1), got {dev_fraction}")
-    n_dev = round(times.len() * dev_fraction)
-    if n_dev == 0:
+    if not (0 <= dev_fraction and 0 <= test_fraction and dev_fraction + test_fraction < 1):
+        raise RecsysError(f"dev and test fractions must be >= 0 with a sum below 1, got {dev_fraction}, {test_fraction}")
+    ordered = times.sort()
+
+    def cutoff(fraction: float) -> object:
+        n = round(times.len() * fraction)
+        return ordered[times.len() - n] if n else None
+
+    dev_cut, test_cut = cutoff(dev_fraction + test_fraction), cutoff(test_fraction)
+    if dev_cut is None:
         return pl.Series(Col.SPLIT, [Split.TRAIN] * times.len(), dtype=pl.String())
-    cutoff = times.sort()[times.len() - n_dev]
-    return pl.select(pl.when(times >= cutoff).then(pl.lit(Split.DEV)).otherwise(pl.lit(Split.TRAIN)).alias(Col.SPLIT)).to_series()
+    split = pl.lit(Split.TRAIN)
+    split = pl.when(times >= dev_cut).then(pl.lit(Split.DEV)).otherwise(split)
+    if test_cut is not None:
+        split = pl.when(times >= test_cut).then(pl.lit(Split.TEST)).otherwise(split)
+    return pl.select(split.alias(Col.SPLIT)).to_series()
