@@ -290,7 +290,13 @@ class Retriever:
             .agg(pl.col(ITEM_INDEX).alias("_c"))
         )
         filled = todo.select("_r").with_row_index(ROW).with_columns(pl.col(ROW).cast(pl.Int32())).join(lists, on=ROW, how="left")
-        mapped = filled.select("_r", pl.col("_c").list.eval(pl.element().map_elements(lambda i: ids[i], return_dtype=pl.String())).alias("_c"))
+        # Indices to ids in one vectorised gather (no Python call per candidate: this is the batch job's hot path).
+        flat = filled.select("_r", "_c").explode("_c")
+        mapped = (
+            flat.with_columns(ids.gather(flat["_c"]).alias("_c"))
+            .group_by("_r", maintain_order=True)
+            .agg(pl.col("_c").drop_nulls())
+        )
         out = impressions.with_row_index("_r").join(mapped, on="_r", how="left")
         return out.with_columns(
             pl.when(empty).then(pl.col("_c").fill_null([])).otherwise(pl.col(Col.CANDIDATES)).alias(Col.CANDIDATES),
