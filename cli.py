@@ -238,8 +238,10 @@ def _text_options(f):  # type: ignore[no-untyped-def]
 @click.option("--out", "out", required=True, type=click.Path(file_okay=False, path_type=Path), help="Model directory.")
 @click.option("--force", is_flag=True, help="Redo every stage even if its inputs are unchanged.")
 @click.option("--fine-tune/--frozen", default=False, show_default=True, help="Interaction logs: also fine-tune the encoder (slow on CPU).")
+@click.option("--text-fraction", default=0.5, show_default=True,
+              help="Impression logs: earliest share of training impressions for the text fine-tune; the ranker learns from the rest.")
 @_text_options
-def train_cmd(dataset: Path, out: Path, force: bool, fine_tune: bool, encoder: str | None, epochs: int | None, max_train: int | None, max_tokens: int | None) -> None:
+def train_cmd(dataset: Path, out: Path, force: bool, fine_tune: bool, text_fraction: float, encoder: str | None, epochs: int | None, max_train: int | None, max_tokens: int | None) -> None:
     """Train on DATASET: text encoder, features and ranker (impression logs), or retrieval + ranker (interaction logs)."""
     from recsys.catalogue import CatalogueConfig
     from recsys.pipeline import TrainConfig, train
@@ -248,7 +250,7 @@ def train_cmd(dataset: Path, out: Path, force: bool, fine_tune: bool, encoder: s
     catalogue = CatalogueConfig(fine_tune=fine_tune)
     if any(v is not None for v in (encoder, epochs, max_train, max_tokens)):
         catalogue = CatalogueConfig(fine_tune=fine_tune, text=text)  # type: ignore[arg-type]
-    summary = train(dataset, out, TrainConfig(text=text, catalogue=catalogue), force=force)  # type: ignore[arg-type]
+    summary = train(dataset, out, TrainConfig(text=text, text_fraction=text_fraction, catalogue=catalogue), force=force)  # type: ignore[arg-type]
     for stage, seconds in summary["stage_seconds"].items():
         click.echo(f"{stage:<16} {'up to date' if seconds == 0 else f'{seconds:8.1f} s'}")
     click.echo(f"model written to {out}")

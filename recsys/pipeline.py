@@ -37,6 +37,7 @@ from recsys.data import Col, Dataset, Split, load_dataset
 from recsys.encode import ItemVectors, encode_items
 from recsys.errors import RecsysError
 from recsys.io import read_json, write_json, write_parquet
+from recsys.text_data import time_split as split_impressions
 from recsys.text_features import TEXT_FEATURES, text_features
 from recsys.text_model import TextConfig
 from recsys.text_train import load_text_model, pretrained_text_model, train_text_model
@@ -51,13 +52,18 @@ class TrainConfig:
     text: TextConfig = field(default_factory=TextConfig)
     features: FeatureConfig = field(default_factory=FeatureConfig)
     ranker: RankerConfig = field(default_factory=RankerConfig)
-    valid_fraction: float = 0.15  # last share of training impressions (by time) for early stopping
+    valid_fraction: float = 0.15  # last share of the ranker's impressions (by time) for early stopping
+    # Stacking by time: the text model learns from the earliest share of training impressions and the
+    # ranker from the rest, so the text scores it learns to trust are out-of-sample, as at serving time.
+    text_fraction: float = 0.5
     # Interaction-only logs (manifest kind "interactions") train a retrieval + ranker model instead.
     catalogue: CatalogueConfig = field(default_factory=CatalogueConfig)
 
     def __post_init__(self) -> None:
         if not 0.0 < self.valid_fraction < 0.5:
-            raise ValueError(f"valid_fraction must be in (0, 0.5), got {self.valid_fraction}")
+            raise RecsysError(f"TrainConfig.valid_fraction must be in (0, 0.5), got {self.valid_fraction}")
+        if not 0.0 < self.text_fraction < 1.0:
+            raise RecsysError(f"TrainConfig.text_fraction must be in (0, 1), got {self.text_fraction}")
 
 
 def fingerprint(*parts: Any) -> str:
@@ -118,10 +124,11 @@ def train(dataset_dir: Path, out_dir: Path, cfg: TrainConfig | None = None, *, f
     stages = Stages(out_dir, force)
     data_fp = fingerprint(ds.manifest)
     train_rows = ds.split(Split.TRAIN)
+    text_rows, _ = split_impressions(train_rows, 1.0 - cfg.text_fraction)
 
     text_fp = stages.run(
-        "text_model", [data_fp, asdict(cfg.text)], [out_dir / "text" / "text_config.json"],
-        lambda: train_text_model(train_rows, ds.items, cfg.text, out_dir / "text"),
+        "text_model", [data_fp, asdict(cfg.text), cfg.text_fraction], [out_dir / "text" / "text_config.json"],
+        lambda: train_text_model(text_rows, ds.items, cfg.text, out_dir / "text"),
     )
     vec_fp = _vectors_stage(stages, "encode", lambda: load_text_model(out_dir / "text"), ds.items,
                             out_dir / "item_vectors.parquet", text_fp, out_dir / "cache")
@@ -140,7 +147,8 @@ def train(dataset_dir: Path, out_dir: Path, cfg: TrainConfig | None = None, *, f
     )
 
     def fit_rankers() -> None:
-        table = pl.read_parquet(out_dir / "features.parquet").filter(pl.col(Col.SPLIT) == Split.TRAIN)
+        table = pl.read_parquet(out_dir / "features.parquet").filter(
+            pl.col(Col.SPLIT) == Split.TRAIN, ~pl.col(Col.IMPRESSION).is_in(text_rows[Col.IMPRESSION].implode()))
         fit_part, valid_part = time_split(table, cfg.valid_fraction)
         names = feature_names(table.columns)
         extra = {"encoder_fingerprint": text_fp, "dataset": str(dataset_dir), "train_time_range": [str(table[Col.TIME].min()), str(table[Col.TIME].max())]}
@@ -148,10 +156,10 @@ def train(dataset_dir: Path, out_dir: Path, cfg: TrainConfig | None = None, *, f
         behaviour_only = [n for n in names if n not in TEXT_FEATURES]
         save_ranker(fit(fit_part, valid_part, behaviour_only, cfg.ranker), out_dir, name="ranker_features_only", **extra)
 
-    stages.run("ranker", [feat_fp, asdict(cfg.ranker), cfg.valid_fraction], [out_dir / "ranker.txt", out_dir / "ranker_features_only.txt"], fit_rankers)
+    stages.run("ranker", [feat_fp, asdict(cfg.ranker), cfg.valid_fraction, cfg.text_fraction], [out_dir / "ranker.txt", out_dir / "ranker_features_only.txt"], fit_rankers)
 
     summary = {"kind": "impressions", "trained_at": time.strftime("%Y-%m-%dT%H:%M:%S"), "dataset_dir": str(dataset_dir.resolve()), "model_dir": str(out_dir), "stage_seconds": stages.timings,
-               "train_impressions": train_rows.height, "items": ds.items.height}
+               "train_impressions": train_rows.height, "text_model_impressions": text_rows.height, "items": ds.items.height}
     write_json(summary, out_dir / "summary.json")
     return summary
 

@@ -71,6 +71,8 @@ class TextConfig:
         cache_refresh_steps: Re-encode the history cache every N optimiser steps (0 = once per epoch).
             Histories are read from the cache while candidates come from the live encoder; a stale cache
             lets the two drift apart within an epoch, so short runs refresh it often.
+        val_check_steps: Validate every N optimiser steps instead of once per epoch (None = per epoch),
+            so a one-epoch run keeps the weights of its best point, not only of its end.
     """
 
     encoder: str | None = None
@@ -98,6 +100,7 @@ class TextConfig:
     max_train_impressions: int | None = None
     encode_batch_size: int = 256
     cache_refresh_steps: int = 10
+    val_check_steps: int | None = None
 
     def __post_init__(self) -> None:
         self.fields = tuple(self.fields)
@@ -112,7 +115,7 @@ class TextConfig:
         for name in positive:
             if getattr(self, name) < 1:
                 raise RecsysError(f"TextConfig.{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("max_steps", "projection_dim", "max_train_impressions"):
+        for name in ("max_steps", "projection_dim", "max_train_impressions", "val_check_steps"):
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise RecsysError(f"TextConfig.{name} must be >= 1 or None, got {value}")
@@ -168,6 +171,10 @@ class ItemEncoder(nn.Module):
         self.pooling = pooling
         hidden = int(bert.config.hidden_size)
         self.projection = nn.Linear(hidden, projection_dim) if projection_dim else None
+        if self.projection is not None and projection_dim == hidden:
+            # A square projection starts as the identity: training begins at the pretrained geometry.
+            nn.init.eye_(self.projection.weight)
+            nn.init.zeros_(self.projection.bias)
         self.dim = projection_dim or hidden
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:

@@ -8,7 +8,9 @@ and saves them with :func:`recsys.text_model.save_text_model`.
 
 from __future__ import annotations
 
+import itertools
 import logging
+import math
 import time
 from pathlib import Path
 from typing import Any
@@ -21,7 +23,7 @@ import torch.nn.functional as F
 from transformers import get_linear_schedule_with_warmup
 
 from recsys.data import Col, validate_impressions, validate_items
-from recsys.device import lightning_accelerator, lightning_precision, pin_memory, resolve_device
+from recsys.device import inference_context, lightning_accelerator, lightning_precision, pin_memory, resolve_device
 from recsys.encode import embed_rows
 from recsys.errors import RecsysError
 from recsys.evaluation import auc
@@ -33,6 +35,8 @@ log = logging.getLogger(__name__)
 
 # Scores are cosines in [-1, 1]; a softmax over them needs a temperature (sentence-transformers uses 20).
 SCORE_SCALE = 20.0
+# The temperature must settle within a short run (tens of steps), so it learns much faster than the weights.
+SCALE_LR = 0.05
 METRICS_FILE = "train_metrics.json"
 
 __all__ = ["train_text_model", "load_text_model", "pretrained_text_model", "TextModule"]
@@ -48,6 +52,10 @@ class TextModule(L.LightningModule):
         self._cache: torch.Tensor | None = None  # (n_items + 1, d); last row = padding; not a buffer, never saved
         self._cache_step = -1
         self._auc_sum, self._auc_n = 0.0, 0
+        # A learned softmax temperature (CLIP-style). With a fixed one the encoder meets a wrong
+        # temperature by squeezing all vectors together, which blurs the topics apart from each other.
+        # It starts where the untrained model fits best (:meth:`calibrate_scale`).
+        self.log_scale = torch.nn.Parameter(torch.tensor(math.log(SCORE_SCALE)))
 
     # --- the history cache ------------------------------------------------------------------
     def _refresh_cache(self) -> None:
@@ -66,9 +74,39 @@ class TextModule(L.LightningModule):
 
     # --- training ---------------------------------------------------------------------------------
     def on_fit_start(self) -> None:
+        self.calibrate_scale()
         # transformers 5 hands models over in eval mode; dropout must be on while training.
         self.item_encoder.train()
         self.user_encoder.train()
+
+    @torch.no_grad()
+    def calibrate_scale(self, batches: int = 8) -> float:
+        """Set the temperature to the one that minimises the untrained model's loss on a few batches.
+
+        A grid search over 1..100 on the scores of the first ``batches`` training batches. Starting
+        from a temperature that fits, the first steps improve the vectors instead of reshaping them.
+        """
+        self.item_encoder.eval()
+        self.user_encoder.eval()
+        self._refresh_cache()
+        scores = []
+        for batch in itertools.islice(self.trainer.datamodule.train_dataloader(), batches):
+            batch = {k: v.to(self.device) for k, v in batch.items()}
+            with inference_context(self.device, self.cfg.precision):
+                cands = self.item_encoder(batch["input_ids"], batch["attention_mask"])[batch["cand_inverse"]]
+            users = self._users(batch["hist"], batch["hist_mask"])
+            scores.append(torch.einsum("bd,bkd->bk", users.float(), cands.float()))
+        if not scores:
+            return float(self.log_scale.exp())
+        logits = torch.cat(scores)
+        target = torch.zeros(len(logits), dtype=torch.long, device=logits.device)
+        grid = torch.logspace(0, 2, 41, device=logits.device)
+        losses = torch.stack([F.cross_entropy(scale * logits, target) for scale in grid])
+        # Every DDP rank saw other batches: agree on one value, or the replicas would drift apart.
+        log_best = torch.log(grid[losses.argmin()]).to(torch.float64)
+        self.log_scale.fill_(float(self.trainer.strategy.reduce(log_best, reduce_op="mean")))
+        log.info("text model: softmax temperature calibrated to %.1f", float(self.log_scale.exp()))
+        return float(self.log_scale.exp())
 
     def on_train_epoch_start(self) -> None:
         self._refresh_cache()  # may flip the encoder to eval and back
@@ -83,12 +121,13 @@ class TextModule(L.LightningModule):
         # Scores in fp32 even under bf16 autocast: bf16 would round cosines to ~0.004 steps.
         with torch.autocast(self.device.type, enabled=False):
             users, cands = users.float(), cands.float()
-            logits = SCORE_SCALE * torch.einsum("bd,bkd->bk", users, cands)
+            scale = self.log_scale.float().exp()
+            logits = scale * torch.einsum("bd,bkd->bk", users, cands)
             if not self.cfg.in_batch_negatives:
                 return F.cross_entropy(logits, torch.zeros(len(logits), dtype=torch.long, device=logits.device))
             # Other users' clicks as extra negatives: they are as popular as this click, so only
             # matching this user's interests (not item popularity) separates them. Same item = no negative.
-            others = SCORE_SCALE * users @ cands[:, 0].T
+            others = scale * users @ cands[:, 0].T
             pos_ids = batch["cand_inverse"][:, 0]
             same = (pos_ids.unsqueeze(0) == pos_ids.unsqueeze(1)) & ~torch.eye(len(pos_ids), dtype=torch.bool, device=pos_ids.device)
             logits = torch.cat([others.masked_fill(same, float("-inf")), logits[:, 1:]], dim=1)
@@ -130,6 +169,7 @@ class TextModule(L.LightningModule):
         if self.item_encoder.projection is not None:
             head += list(self.item_encoder.projection.parameters())
         groups = [{"params": enc, "lr": self.cfg.lr}, {"params": head, "lr": self.cfg.head_lr}]
+        groups.append({"params": [self.log_scale], "lr": SCALE_LR, "weight_decay": 0.0})
         optimizer = torch.optim.AdamW([g for g in groups if g["params"]], weight_decay=0.01)
         total = int(self.trainer.estimated_stepping_batches)
         schedule = get_linear_schedule_with_warmup(optimizer, num_warmup_steps=max(1, total // 10), num_training_steps=max(total, 1))
@@ -232,7 +272,8 @@ def train_text_model(impressions: pl.DataFrame, items: pl.DataFrame, cfg: TextCo
         precision=lightning_precision(device, cfg.precision), max_epochs=cfg.epochs, max_steps=cfg.max_steps or -1,
         accumulate_grad_batches=cfg.accumulate, gradient_clip_val=1.0, callbacks=callbacks, logger=False,
         enable_checkpointing=False, num_sanity_val_steps=0, enable_progress_bar=show_progress, enable_model_summary=False,
-        limit_val_batches=1.0 if has_val else 0, use_distributed_sampler=False, default_root_dir=str(out_dir),
+        limit_val_batches=1.0 if has_val else 0, val_check_interval=cfg.val_check_steps and cfg.val_check_steps * cfg.accumulate,
+        check_val_every_n_epoch=None if cfg.val_check_steps else 1, use_distributed_sampler=False, default_root_dir=str(out_dir),
     )
     data = TextDataModule(samples, val_rows, tokens, cfg.batch_size, cfg.seed, pin_memory(device))
 
@@ -249,7 +290,7 @@ def train_text_model(impressions: pl.DataFrame, items: pl.DataFrame, cfg: TextCo
         write_json({
             "best_epoch": best.best_epoch, "best_val_auc": best.best_auc if best.state is not None else None,
             "history": best.history, "train_samples": len(samples), "val_impressions": len(val_rows),
-            "steps": trainer.global_step, "seconds": round(elapsed, 2), "precision": trainer.precision, "device": str(device),
+            "steps": trainer.global_step, "score_scale": round(float(module.log_scale.detach().exp()), 3), "seconds": round(elapsed, 2), "precision": trainer.precision, "device": str(device),
         }, Path(out_dir) / METRICS_FILE)
     return Path(out_dir)
 

@@ -47,6 +47,17 @@ def test_train_writes_safe_artifacts_and_skips_finished_stages(world: dict[str, 
     assert set(again["stage_seconds"].values()) == {0.0}, "an unchanged re-run must skip every stage"
 
 
+def test_ranker_learns_from_impressions_the_text_model_never_saw(world: dict[str, Path]) -> None:
+    from recsys.data import load_dataset
+
+    train_rows = load_dataset(world["data"]).split(Split.TRAIN).sort(Col.TIME, Col.IMPRESSION)
+    summary = json.loads((world["model"] / "summary.json").read_text())
+    n_text = summary["text_model_impressions"]
+    assert n_text == train_rows.height // 2  # TrainConfig.text_fraction = 0.5
+    ranker_start = json.loads((world["model"] / "ranker.json").read_text())["train_time_range"][0]
+    assert ranker_start >= str(train_rows[Col.TIME][n_text - 1])
+
+
 def test_changed_ranker_config_reruns_only_the_ranker(world: dict[str, Path], tmp_path: Path) -> None:
     import shutil
 
@@ -128,6 +139,8 @@ def test_cli_jobs_and_one_line_errors(world: dict[str, Path], tmp_path: Path) ->
     res = runner.invoke(main, ["evaluate", str(tmp_path), str(world["data"])])
     assert res.exit_code == 1
     assert "not a trained model" in res.output and "Traceback" not in res.output
+    res = runner.invoke(main, ["train", str(world["data"]), "--out", str(tmp_path / "m"), "--text-fraction", "1"])
+    assert res.exit_code == 1 and "text_fraction must be in (0, 1)" in res.output and not (tmp_path / "m").exists()
 
 
 def test_demo_runs_the_whole_path(world: dict[str, Path], tmp_path: Path) -> None:

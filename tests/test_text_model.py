@@ -62,6 +62,24 @@ def test_training_loss_falls_and_best_is_saved(world: dict) -> None:
     assert (world["out"] / "encoder" / "model.safetensors").exists() and (world["out"] / "user_encoder.safetensors").exists()
 
 
+def test_softmax_temperature_is_calibrated_and_learned(world: dict, tmp_path: Path) -> None:
+    from recsys.text_train import SCORE_SCALE
+
+    metrics = json.loads((world["out"] / "train_metrics.json").read_text())
+    assert 1.0 <= metrics["score_scale"] <= 1000.0 and metrics["score_scale"] != pytest.approx(SCORE_SCALE)
+    # Validation every 2 steps: the kept weights come from the best step, not only from an epoch end.
+    cfg = tiny_config(world["encoder"], val_check_steps=2, max_steps=6, epochs=5)
+    out = train_text_model(topic_impressions(world["items"], n_users=40, per_user=2), world["items"], cfg, tmp_path / "m", show_progress=False)
+    history = json.loads((out / "train_metrics.json").read_text())["history"]
+    assert [h["step"] for h in history if h["val_auc"] is not None] == [0, 2, 4, 6]
+
+
+def test_square_projection_starts_as_the_identity(world: dict) -> None:
+    plain = encode_items(build_text_model(world["cfg"]), world["held"], show_progress=False)
+    projected = encode_items(build_text_model(tiny_config(world["encoder"], projection_dim=32)), world["held"], show_progress=False)
+    np.testing.assert_allclose(projected.vectors, plain.vectors, atol=1e-6)
+
+
 def test_trained_model_ranks_unseen_items_better_than_untrained(world: dict) -> None:
     trained = _heldout_auc(load_text_model(world["out"]), world)
     untrained = _heldout_auc(build_text_model(world["cfg"]), world)
