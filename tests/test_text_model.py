@@ -56,7 +56,7 @@ def _heldout_auc(model, world: dict) -> float:
 def test_training_loss_falls_and_best_is_saved(world: dict) -> None:
     metrics = json.loads((world["out"] / "train_metrics.json").read_text())
     losses = [h["train_loss"] for h in metrics["history"] if h["epoch"] >= 0]
-    assert len(losses) == 3 and losses[-1] < 0.6 * losses[0]
+    assert len(losses) == 3 and losses[-1] < 0.7 * losses[0]  # from ~log(K + batch) at chance
     aucs = [h["val_auc"] for h in metrics["history"]]
     assert metrics["best_val_auc"] == max(aucs) and metrics["best_val_auc"] > aucs[0]  # epoch -1 = untrained
     assert (world["out"] / "encoder" / "model.safetensors").exists() and (world["out"] / "user_encoder.safetensors").exists()
@@ -153,7 +153,7 @@ def test_features_handle_empty_histories_and_unknown_items(world: dict) -> None:
 
 
 def test_training_options_bf16_lora_freeze_projection(world: dict, tmp_path: Path) -> None:
-    cfg = tiny_config(world["encoder"], precision="bf16", lora_rank=2, freeze_layers=1, accumulate=2, projection_dim=8, in_batch_negatives=True,
+    cfg = tiny_config(world["encoder"], precision="bf16", lora_rank=2, freeze_layers=1, accumulate=2, projection_dim=8, in_batch_negatives=False,
                       pooling="cls", user_pooling="mean", max_steps=3, val_fraction=0.0, epochs=2)
     imps = topic_impressions(world["items"], n_users=24, per_user=2)
     out = train_text_model(imps, world["items"], cfg, tmp_path / "m", show_progress=False)
