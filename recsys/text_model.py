@@ -73,8 +73,9 @@ class TextConfig:
         cache_refresh_steps: Re-encode the history cache every N optimiser steps (0 = once per epoch).
             Histories are read from the cache while candidates come from the live encoder; a stale cache
             lets the two drift apart within an epoch, so short runs refresh it often.
-        val_check_steps: Validate every N optimiser steps instead of once per epoch (None = per epoch),
-            so a one-epoch run keeps the weights of its best point, not only of its end.
+        val_check_steps: Validate every N optimiser steps (N x ``accumulate`` batches) instead of once
+            per epoch (None = per epoch), and once more after the last step, so a one-epoch run keeps
+            the weights of its best point, not only of its end.
     """
 
     encoder: str | None = None

@@ -37,6 +37,8 @@ log = logging.getLogger(__name__)
 SCORE_SCALE = 20.0
 # The temperature must settle within a short run (tens of steps), so it learns much faster than the weights.
 SCALE_LR = 0.05
+# A cap on the learned temperature, as CLIP has: beyond it one pair's score decides the whole softmax.
+MAX_SCALE = 100.0
 METRICS_FILE = "train_metrics.json"
 
 __all__ = ["train_text_model", "load_text_model", "pretrained_text_model", "TextModule"]
@@ -52,6 +54,7 @@ class TextModule(L.LightningModule):
         self._cache: torch.Tensor | None = None  # (n_items + 1, d); last row = padding; not a buffer, never saved
         self._cache_step = -1
         self._auc_sum, self._auc_n = 0.0, 0
+        self.calibrated_scale = SCORE_SCALE
         # A learned softmax temperature (CLIP-style). With a fixed one the encoder meets a wrong
         # temperature by squeezing all vectors together, which blurs the topics apart from each other.
         # It starts where the untrained model fits best (:meth:`calibrate_scale`).
@@ -74,37 +77,34 @@ class TextModule(L.LightningModule):
 
     # --- training ---------------------------------------------------------------------------------
     def on_fit_start(self) -> None:
-        self.calibrate_scale()
+        self.calibrated_scale = self.calibrate_scale()
         # transformers 5 hands models over in eval mode; dropout must be on while training.
         self.item_encoder.train()
         self.user_encoder.train()
 
     @torch.no_grad()
     def calibrate_scale(self, batches: int = 8) -> float:
-        """Set the temperature to the one that minimises the untrained model's loss on a few batches.
+        """Set the temperature to the one that minimises the untrained model's training loss on a few batches.
 
-        A grid search over 1..100 on the scores of the first ``batches`` training batches. Starting
-        from a temperature that fits, the first steps improve the vectors instead of reshaping them.
+        A grid search over 1..:data:`MAX_SCALE` on the first ``batches`` training batches, with the
+        same negatives as :meth:`click_loss`. Starting from a temperature that fits, the first steps
+        improve the vectors instead of reshaping them.
         """
         self.item_encoder.eval()
         self.user_encoder.eval()
         self._refresh_cache()
-        scores = []
+        grid = torch.logspace(0, math.log10(MAX_SCALE), 41, device=self.device)
+        losses = torch.zeros_like(grid)
         for batch in itertools.islice(self.trainer.datamodule.train_dataloader(), batches):
             batch = {k: v.to(self.device) for k, v in batch.items()}
             with inference_context(self.device, self.cfg.precision):
-                cands = self.item_encoder(batch["input_ids"], batch["attention_mask"])[batch["cand_inverse"]]
-            users = self._users(batch["hist"], batch["hist_mask"])
-            scores.append(torch.einsum("bd,bkd->bk", users.float(), cands.float()))
-        if not scores:
-            return float(self.log_scale.exp())
-        logits = torch.cat(scores)
-        target = torch.zeros(len(logits), dtype=torch.long, device=logits.device)
-        grid = torch.logspace(0, 2, 41, device=logits.device)
-        losses = torch.stack([F.cross_entropy(scale * logits, target) for scale in grid])
-        # Every DDP rank saw other batches: agree on one value, or the replicas would drift apart.
-        log_best = torch.log(grid[losses.argmin()]).to(torch.float64)
-        self.log_scale.fill_(float(self.trainer.strategy.reduce(log_best, reduce_op="mean")))
+                unique = self.item_encoder(batch["input_ids"], batch["attention_mask"])
+            logits, target, exclude = self._cosine_logits(batch, unique)
+            losses += torch.stack([softmax_loss(logits, target, exclude, scale) for scale in grid])
+        log_best = torch.log(grid[losses.argmin()]) if losses.any() else self.log_scale.detach().clone()
+        # Every DDP rank saw other batches (or none): all agree on one value, or the replicas would drift apart.
+        log_best = self.trainer.strategy.reduce(log_best.to(torch.float64), reduce_op="mean")
+        self.log_scale.fill_(float(log_best))
         log.info("text model: softmax temperature calibrated to %.1f", float(self.log_scale.exp()))
         return float(self.log_scale.exp())
 
@@ -113,25 +113,34 @@ class TextModule(L.LightningModule):
         self.item_encoder.train()
         self.user_encoder.train()
 
-    def click_loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Cross-entropy of the click among its K+1 candidates (the standard news-rec objective)."""
-        unique = self.item_encoder(batch["input_ids"], batch["attention_mask"])  # each candidate text once
+    def _cosine_logits(self, batch: dict[str, torch.Tensor], unique: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """Unscaled logits of each click against its negatives, the column of the click, and the
+        entries to leave out (None = none); :func:`softmax_loss` turns them into the loss.
+
+        ``unique`` holds the vectors of the batch's distinct candidate texts. The negatives are the
+        K non-clicks of the impression and, with ``in_batch_negatives``, the batch's other clicks.
+        """
         cands = unique[batch["cand_inverse"]]  # (B, K+1, d); column 0 is the click
         users = self._users(batch["hist"], batch["hist_mask"])
         # Scores in fp32 even under bf16 autocast: bf16 would round cosines to ~0.004 steps.
         with torch.autocast(self.device.type, enabled=False):
             users, cands = users.float(), cands.float()
-            scale = self.log_scale.float().exp()
-            logits = scale * torch.einsum("bd,bkd->bk", users, cands)
+            logits = torch.einsum("bd,bkd->bk", users, cands)
             if not self.cfg.in_batch_negatives:
-                return F.cross_entropy(logits, torch.zeros(len(logits), dtype=torch.long, device=logits.device))
+                return logits, torch.zeros(len(logits), dtype=torch.long, device=logits.device), None
             # Other users' clicks as extra negatives: they are as popular as this click, so only
             # matching this user's interests (not item popularity) separates them. Same item = no negative.
-            others = scale * users @ cands[:, 0].T
+            others = users @ cands[:, 0].T
             pos_ids = batch["cand_inverse"][:, 0]
             same = (pos_ids.unsqueeze(0) == pos_ids.unsqueeze(1)) & ~torch.eye(len(pos_ids), dtype=torch.bool, device=pos_ids.device)
-            logits = torch.cat([others.masked_fill(same, float("-inf")), logits[:, 1:]], dim=1)
-            return F.cross_entropy(logits, torch.arange(len(logits), device=logits.device))
+            exclude = torch.cat([same, torch.zeros_like(logits[:, 1:], dtype=torch.bool)], dim=1)
+            return torch.cat([others, logits[:, 1:]], dim=1), torch.arange(len(logits), device=logits.device), exclude
+
+    def click_loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Cross-entropy of the click among its negatives (the standard news-rec objective)."""
+        unique = self.item_encoder(batch["input_ids"], batch["attention_mask"])  # each candidate text once
+        logits, target, exclude = self._cosine_logits(batch, unique)
+        return softmax_loss(logits, target, exclude, self.log_scale.float().clamp(max=math.log(MAX_SCALE)).exp())
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         every = self.cfg.cache_refresh_steps
@@ -176,34 +185,59 @@ class TextModule(L.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
 
 
+def softmax_loss(logits: torch.Tensor, target: torch.Tensor, exclude: torch.Tensor | None, scale: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy of ``scale * logits`` with the ``exclude`` entries left out of the softmax.
+
+    The entries are masked after scaling: masked first, their -inf would reach the temperature's
+    gradient as 0 * -inf = NaN.
+    """
+    scaled = scale * logits
+    if exclude is not None:
+        scaled = scaled.masked_fill(exclude, float("-inf"))
+    return F.cross_entropy(scaled, target)
+
+
 class BestWeights(L.Callback):
-    """Keep a CPU copy of the weights with the best validation AUC, plus the per-epoch history."""
+    """Keep a CPU copy of the weights with the best validation AUC, plus the history of validations."""
 
     def __init__(self) -> None:
         self.best_auc = float("-inf")
         self.best_epoch: int | None = None
+        self.best_step: int | None = None
         self.state: dict[str, torch.Tensor] | None = None
         self.history: list[dict[str, Any]] = []
+        self._epoch = -1  # the epoch of the latest training step; -1 = before any training
+
+    def on_train_epoch_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        self._epoch = trainer.current_epoch
 
     def on_validation_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
         if trainer.sanity_checking:
             return
         value = float(trainer.callback_metrics.get("val_auc", float("nan")))
-        fitting = trainer.state.fn == "fit"
-        epoch = trainer.current_epoch if fitting else -1  # -1 = before any training
-        self.history.append({"epoch": epoch, "step": trainer.global_step, "val_auc": value, "train_loss": None})
+        last = self.history[-1] if self.history else None
+        if last is not None and last["step"] == trainer.global_step and last["val_auc"] is None:
+            last["val_auc"] = value  # the check after fit, at the step whose epoch loss is recorded
+        else:
+            self.history.append({"epoch": self._epoch, "step": trainer.global_step, "val_auc": value, "train_loss": None})
         if value > self.best_auc:
-            self.best_auc, self.best_epoch = value, epoch
+            self.best_auc, self.best_epoch, self.best_step = value, self._epoch, trainer.global_step
             self.state = {k: v.detach().to("cpu", copy=True) for k, v in module.state_dict().items()}
 
     def on_train_epoch_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
-        # Lightning validates before the epoch's mean loss exists: attach it to that epoch's entry now.
+        # Lightning validates before the epoch's mean loss exists: attach it to the epoch's last entry now.
         loss = trainer.callback_metrics.get("train_loss_epoch")
-        entry = next((h for h in self.history if h["epoch"] == trainer.current_epoch), None)
-        if entry is None:
+        entries = [h for h in self.history if h["epoch"] == trainer.current_epoch]
+        if entries and entries[-1]["step"] == trainer.global_step:
+            entry = entries[-1]
+        else:  # no validation at this epoch's end (none at all, or only mid-epoch ones)
             entry = {"epoch": trainer.current_epoch, "step": trainer.global_step, "val_auc": None}
             self.history.append(entry)
         entry["train_loss"] = None if loss is None else float(loss)
+
+    @property
+    def last_validated_step(self) -> int | None:
+        return max((h["step"] for h in self.history if h["val_auc"] is not None), default=None)
 
 
 def _prepare(impressions: pl.DataFrame, cfg: TextConfig, tokens: ItemTokens) -> tuple[ClickSamples, ImpressionRows, np.ndarray]:
@@ -281,6 +315,10 @@ def train_text_model(impressions: pl.DataFrame, items: pl.DataFrame, cfg: TextCo
     if has_val:
         trainer.validate(module, datamodule=data, verbose=False)  # the untrained model's AUC, for the record
     trainer.fit(module, datamodule=data)
+    calibrated_scale = module.calibrated_scale
+    if has_val and best.last_validated_step != trainer.global_step:
+        # Validating every N steps leaves the steps after the last multiple of N unchecked.
+        trainer.validate(module, datamodule=data, verbose=False)
     elapsed = time.perf_counter() - start
     if best.state is not None:
         module.load_state_dict(best.state)
@@ -288,9 +326,11 @@ def train_text_model(impressions: pl.DataFrame, items: pl.DataFrame, cfg: TextCo
         module.cpu()
         save_text_model(model, Path(out_dir))
         write_json({
-            "best_epoch": best.best_epoch, "best_val_auc": best.best_auc if best.state is not None else None,
+            "best_epoch": best.best_epoch, "best_step": best.best_step, "best_val_auc": best.best_auc if best.state is not None else None,
             "history": best.history, "train_samples": len(samples), "val_impressions": len(val_rows),
-            "steps": trainer.global_step, "score_scale": round(float(module.log_scale.detach().exp()), 3), "seconds": round(elapsed, 2), "precision": trainer.precision, "device": str(device),
+            "time_range": [str(impressions[Col.TIME].min()), str(impressions[Col.TIME].max())],
+            "steps": trainer.global_step, "calibrated_scale": round(calibrated_scale, 3),
+            "score_scale": round(float(module.log_scale.detach().exp()), 3), "seconds": round(elapsed, 2), "precision": trainer.precision, "device": str(device),
         }, Path(out_dir) / METRICS_FILE)
     return Path(out_dir)
 

@@ -56,6 +56,8 @@ def test_ranker_learns_from_impressions_the_text_model_never_saw(world: dict[str
     assert n_text == train_rows.height // 2  # TrainConfig.text_fraction = 0.5
     ranker_start = json.loads((world["model"] / "ranker.json").read_text())["train_time_range"][0]
     assert ranker_start >= str(train_rows[Col.TIME][n_text - 1])
+    text_range = json.loads((world["model"] / "text" / "train_metrics.json").read_text())["time_range"]
+    assert text_range[1] == str(train_rows[Col.TIME][n_text - 1]) <= ranker_start  # the text model saw only the earlier part
 
 
 def test_changed_ranker_config_reruns_only_the_ranker(world: dict[str, Path], tmp_path: Path) -> None:
