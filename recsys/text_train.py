@@ -60,6 +60,11 @@ class TextModule(L.LightningModule):
         # It starts where the untrained model fits best (:meth:`calibrate_scale`).
         self.log_scale = torch.nn.Parameter(torch.tensor(math.log(SCORE_SCALE)))
 
+    @property
+    def score_scale(self) -> torch.Tensor:
+        """The softmax temperature in use: ``exp(log_scale)``, capped at :data:`MAX_SCALE`."""
+        return self.log_scale.float().clamp(max=math.log(MAX_SCALE)).exp()
+
     # --- the history cache ------------------------------------------------------------------
     def _refresh_cache(self) -> None:
         """Re-encode every item a history or validation impression uses, once per weights version."""
@@ -105,8 +110,8 @@ class TextModule(L.LightningModule):
         # Every DDP rank saw other batches (or none): all agree on one value, or the replicas would drift apart.
         log_best = self.trainer.strategy.reduce(log_best.to(torch.float64), reduce_op="mean")
         self.log_scale.fill_(float(log_best))
-        log.info("text model: softmax temperature calibrated to %.1f", float(self.log_scale.exp()))
-        return float(self.log_scale.exp())
+        log.info("text model: softmax temperature calibrated to %.1f", float(self.score_scale))
+        return float(self.score_scale)
 
     def on_train_epoch_start(self) -> None:
         self._refresh_cache()  # may flip the encoder to eval and back
@@ -140,7 +145,7 @@ class TextModule(L.LightningModule):
         """Cross-entropy of the click among its negatives (the standard news-rec objective)."""
         unique = self.item_encoder(batch["input_ids"], batch["attention_mask"])  # each candidate text once
         logits, target, exclude = self._cosine_logits(batch, unique)
-        return softmax_loss(logits, target, exclude, self.log_scale.float().clamp(max=math.log(MAX_SCALE)).exp())
+        return softmax_loss(logits, target, exclude, self.score_scale)
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         every = self.cfg.cache_refresh_steps
@@ -330,7 +335,7 @@ def train_text_model(impressions: pl.DataFrame, items: pl.DataFrame, cfg: TextCo
             "history": best.history, "train_samples": len(samples), "val_impressions": len(val_rows),
             "time_range": [str(impressions[Col.TIME].min()), str(impressions[Col.TIME].max())],
             "steps": trainer.global_step, "calibrated_scale": round(calibrated_scale, 3),
-            "score_scale": round(float(module.log_scale.detach().exp()), 3), "seconds": round(elapsed, 2), "precision": trainer.precision, "device": str(device),
+            "score_scale": round(float(module.score_scale.detach()), 3), "seconds": round(elapsed, 2), "precision": trainer.precision, "device": str(device),
         }, Path(out_dir) / METRICS_FILE)
     return Path(out_dir)
 
