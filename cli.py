@@ -155,8 +155,8 @@ def train_encoder_cmd(dataset: Path, out: Path, fields: str, **options: object) 
     """Fine-tune the text encoder on DATASET's train split (best validation AUC kept)."""
     from recsys.data import Split, load_dataset
     from recsys.io import read_json
-    from recsys.text_model import TextConfig
-    from recsys.text_train import METRICS_FILE, train_text_model
+    from recsys.text.model import TextConfig
+    from recsys.text.train import METRICS_FILE, train_text_model
 
     cfg = TextConfig(fields=tuple(f.strip() for f in fields.split(",")), **options)  # type: ignore[arg-type]
     ds = load_dataset(dataset)
@@ -176,8 +176,8 @@ def train_encoder_cmd(dataset: Path, out: Path, fields: str, **options: object) 
 def encode_cmd(dataset: Path, model_dir: Path | None, out: Path, batch_size: int, cache_dir: Path | None) -> None:
     """Encode every item of DATASET into a text vector."""
     from recsys.data import load_dataset
-    from recsys.encode import encode_items
-    from recsys.text_train import load_text_model, pretrained_text_model
+    from recsys.text.encode import encode_items
+    from recsys.text.train import load_text_model, pretrained_text_model
 
     model = load_text_model(model_dir) if model_dir else pretrained_text_model()
     vectors = encode_items(model, load_dataset(dataset).items, batch_size=batch_size, cache_dir=cache_dir)
@@ -219,7 +219,7 @@ def features_cmd(dataset: Path, out: Path, rows: Path | None, text: Path | None,
 
 
 def _text_config(encoder: str | None, epochs: int | None, max_train: int | None, max_tokens: int | None) -> object:
-    from recsys.text_model import TextConfig
+    from recsys.text.model import TextConfig
 
     overrides = {"encoder": encoder, "epochs": epochs, "max_train_impressions": max_train, "max_tokens": max_tokens}
     return TextConfig(**{k: v for k, v in overrides.items() if v is not None})

@@ -4,7 +4,7 @@ Encoding (items per second):
 
 * ``naive``: one ``AutoModel.from_pretrained`` in fp32 called item by item, catalogue order
   (timed on a sample of ``naive_items``; its rate does not depend on the catalogue size);
-* ``batched_fp32``: :func:`recsys.encode.embed_rows`, length-sorted batches, fp32;
+* ``batched_fp32``: :func:`recsys.text.encode.embed_rows`, length-sorted batches, fp32;
 * ``batched_bf16_autocast``: the same under bf16 autocast over fp32 weights (the in-training cache path);
 * ``batched_bf16``: the same with bf16 weights on a bf16 CPU (what :func:`encode_items` does),
   or autocast on a GPU; its vectors' minimum cosine to the fp32 ones is reported.
@@ -32,12 +32,12 @@ import polars as pl
 import torch
 
 from recsys.data import Col, Split, item_text, load_dataset
-from recsys.device import resolve_device
-from recsys.encode import embed_rows
+from recsys.text.device import resolve_device
+from recsys.text.encode import embed_rows
 from recsys.synth import SynthConfig, generate
-from recsys.text_data import ClickSamples, ItemTokens, TrainCollate, candidate_rows, to_indices
-from recsys.text_model import TextConfig, build_text_model, encoder_path
-from recsys.text_train import TextModule
+from recsys.text.data import ClickSamples, ItemTokens, TrainCollate, candidate_rows, to_indices
+from recsys.text.model import TextConfig, build_text_model, encoder_path
+from recsys.text.train import TextModule
 
 log = logging.getLogger(__name__)
 

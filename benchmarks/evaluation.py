@@ -1,4 +1,4 @@
-"""Speed of :func:`recsys.evaluation.impression_metrics` against a per-impression Python loop.
+"""Speed of :func:`recsys.evaluation.metrics.impression_metrics` against a per-impression Python loop.
 
 The baseline is the obvious implementation: group rows by impression and call the single-list
 functions (:func:`auc`, :func:`mrr`, :func:`ndcg`) on each. Both run in the same process on the same
@@ -21,7 +21,7 @@ import numpy as np
 import polars as pl
 
 from recsys.data import Col
-from recsys.evaluation import auc, impression_metrics, mrr, ndcg, per_impression
+from recsys.evaluation.metrics import auc, impression_metrics, mrr, ndcg, per_impression
 
 
 def _table(n_impressions: int, size: int, seed: int) -> pl.DataFrame:

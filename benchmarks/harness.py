@@ -135,7 +135,7 @@ def hardware_info() -> dict[str, Any]:
     import polars
     import torch
 
-    from recsys.device import cpu_supports_bf16
+    from recsys.text.device import cpu_supports_bf16
 
     cpu = platform.processor() or platform.machine()
     try:

@@ -45,7 +45,7 @@ def train_config(text_impressions: int | None) -> Any:
     epoch's validation, and the fine-tune keeps the weights of the best validation AUC.
     """
     from recsys.pipeline import TrainConfig
-    from recsys.text_model import TextConfig
+    from recsys.text.model import TextConfig
 
     return TrainConfig(text=TextConfig(max_train_impressions=text_impressions, epochs=1))
 
@@ -100,12 +100,12 @@ def train_stage(dataset: str, model_dir: str, text_impressions: int | None = Non
 
 
 def evaluate_stage(model_dir: str, dataset: str, report_dir: str, split: str = "dev") -> dict[str, Any]:
-    """Replay the ``split`` impressions through the model and its baselines (:func:`recsys.replay.evaluate`).
+    """Replay the ``split`` impressions through the model and its baselines (:func:`recsys.evaluation.replay.evaluate`).
 
     Returns:
         ``{"table": {ranking: {metric: value}}, "report": path}``.
     """
-    from recsys.replay import EvalConfig, evaluate
+    from recsys.evaluation.replay import EvalConfig, evaluate
 
     table = evaluate(Path(model_dir), Path(dataset), Path(report_dir), EvalConfig(split=split))
     return {"table": table, "report": str(Path(report_dir) / "report.md")}
@@ -123,7 +123,7 @@ def amazon_stage(data_dir: str, work_dir: str, fine_tune: bool = False) -> dict[
         ``{"table": {ranking: {metric: value}}, "stage_seconds": ..., "report": path}``.
     """
     from recsys.catalogue import CatalogueConfig, train_catalogue
-    from recsys.catalogue_eval import evaluate_catalogue
+    from recsys.evaluation.catalogue import evaluate_catalogue
     from recsys.data import Split
     from recsys.io import read_json
     from recsys.loaders.amazon import load_amazon

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from recsys.io import atomic_path, read_json, write_json
-from recsys.report import metric_table_md
+from recsys.evaluation.report import metric_table_md
 
 from benchmarks.harness import BASELINE, result_stem
 

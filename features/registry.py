@@ -81,7 +81,7 @@ _CONTEXT = (
     Feature("ctx_freshness_rank", CONTEXT, pl.Int32(), "rank of the candidate's age (publish time, else first seen) within its impression (1 = newest; never-seen items count as newest)"),
 )
 
-# Written by recsys/text_features.py (H-text), joined by (impression, candidate) when given.
+# Written by recsys/text/features.py (H-text), joined by (impression, candidate) when given.
 _TEXT = (
     Feature("text_score", TEXT, pl.Float32(), "text model's interest score of the user in the candidate"),
     Feature("text_max_sim", TEXT, pl.Float32(), "max cosine similarity of the candidate to the user's history items"),

@@ -3,9 +3,9 @@
 The standard recipe (leave-one-out: the last item tests, the second-last validates, the rest trains):
 
 1. text: encode the catalogue with the pretrained encoder (frozen) and, optionally, fine-tune it on the train
-   rows with sampled negatives (:mod:`recsys.sampling`) and encode again;
-2. fit retrieval statistics (:class:`~recsys.retrieval.Retriever`) on the **train** rows only, retrieve candidates
-   for the **dev** rows' histories, label the dev target, add features (:mod:`recsys.catalogue_features`);
+   rows with sampled negatives (:mod:`recsys.candidates.sampling`) and encode again;
+2. fit retrieval statistics (:class:`~recsys.candidates.retrieval.Retriever`) on the **train** rows only, retrieve candidates
+   for the **dev** rows' histories, label the dev target, add features (:mod:`features.pairs`);
 3. train the ranker on those dev groups (a seeded share of users early-stops it), plus the same ranker without
    text features (a baseline);
 4. evaluation refits the statistics on **train + dev** and ranks the test targets among all items, the user's
@@ -39,14 +39,14 @@ import numpy as np
 import polars as pl
 
 from ranker.lambdarank import RankerConfig, fit, save_ranker
-from recsys.catalogue_features import feature_names, item_codes, pair_features
+from features.pairs import feature_names, item_codes, pair_features
 from recsys.data import Col, Dataset, Split
-from recsys.encode import ItemVectors, encode_items
+from recsys.text.encode import ItemVectors, encode_items
 from recsys.errors import RecsysError
 from recsys.io import write_json
-from recsys.retrieval import ITEM_INDEX, ROW, RetrievalConfig, Retrieved, Retriever, aligned_vectors
-from recsys.sampling import SamplingConfig, sample_negatives
-from recsys.text_model import TextConfig
+from recsys.candidates.retrieval import ITEM_INDEX, ROW, RetrievalConfig, Retrieved, Retriever, aligned_vectors
+from recsys.candidates.sampling import SamplingConfig, sample_negatives
+from recsys.text.model import TextConfig
 
 log = logging.getLogger(__name__)
 
@@ -164,7 +164,7 @@ def _load_vectors(path: Path, ds: Dataset) -> np.ndarray:
 
 def _encode(model_dir: Path, ds: Dataset, cfg: CatalogueConfig, timings: dict[str, float]) -> dict[str, np.ndarray]:
     """Frozen (and fine-tuned) catalogue vectors, written into the model directory."""
-    from recsys.text_train import load_text_model, pretrained_text_model, train_text_model
+    from recsys.text.train import load_text_model, pretrained_text_model, train_text_model
 
     if not cfg.use_text:
         return {}

@@ -12,8 +12,8 @@ from recsys.data import Col, Split, load_dataset
 from recsys.io import write_parquet
 from recsys.pipeline import TrainConfig, train
 from recsys.recommend import REQUEST, RecommendConfig, recommend
-from recsys.replay import EvalConfig, evaluate
-from recsys.text_model import TextConfig
+from recsys.evaluation.replay import EvalConfig, evaluate
+from recsys.text.model import TextConfig
 
 SAMPLE = Path(__file__).resolve().parents[1] / "data" / "sample"
 

@@ -34,13 +34,13 @@ from features.registry import feature_names
 from ranker.lambdarank import RankerConfig, fit, save_ranker, time_split
 from recsys.catalogue import CatalogueConfig, train_catalogue
 from recsys.data import Col, Dataset, Split, load_dataset
-from recsys.encode import ItemVectors, encode_items
+from recsys.text.encode import ItemVectors, encode_items
 from recsys.errors import RecsysError
 from recsys.io import read_json, write_json, write_parquet
-from recsys.text_data import time_split as split_impressions
-from recsys.text_features import TEXT_FEATURES, text_features
-from recsys.text_model import TextConfig
-from recsys.text_train import load_text_model, pretrained_text_model, train_text_model
+from recsys.text.data import time_split as split_impressions
+from recsys.text.features import TEXT_FEATURES, text_features
+from recsys.text.model import TextConfig
+from recsys.text.train import load_text_model, pretrained_text_model, train_text_model
 
 log = logging.getLogger(__name__)
 
@@ -189,9 +189,9 @@ def load_model_dataset(model_dir: Path) -> Dataset:
 def evaluate_model(model_dir: Path, log_dir: Path, report_dir: Path, split: str) -> dict[str, dict[str, float]]:
     """`recsys evaluate`: impression replay for impression logs, full-catalogue ranking for interaction logs."""
     if model_summary(model_dir)["kind"] == "interactions":
-        from recsys.catalogue_eval import evaluate_catalogue
+        from recsys.evaluation.catalogue import evaluate_catalogue
 
         return evaluate_catalogue(Path(model_dir), load_dataset(log_dir), split, Path(report_dir), show_progress=True)
-    from recsys.replay import EvalConfig, evaluate
+    from recsys.evaluation.replay import EvalConfig, evaluate
 
     return evaluate(Path(model_dir), Path(log_dir), Path(report_dir), EvalConfig(split=split))

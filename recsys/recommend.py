@@ -25,13 +25,13 @@ from tqdm.auto import tqdm
 from features.build import build_features
 from ranker.lambdarank import load_ranker
 from recsys.data import IMPRESSIONS_SCHEMA, Col, Dataset, Split
-from recsys.encode import ItemVectors
+from recsys.text.encode import ItemVectors
 from recsys.errors import DataError
 from recsys.io import atomic_path, read_json, write_parquet
 from recsys.pipeline import load_model_dataset, model_summary
-from recsys.retrieval import DEFAULT_SOURCES, RECENT, RetrievalConfig, Retriever
-from recsys.text_features import text_features
-from recsys.text_train import load_text_model
+from recsys.candidates.retrieval import DEFAULT_SOURCES, RECENT, RetrievalConfig, Retriever
+from recsys.text.features import text_features
+from recsys.text.train import load_text_model
 
 log = logging.getLogger(__name__)
 
@@ -139,7 +139,7 @@ def _impression_ranking(model_dir: Path, ds: Dataset, cfg: RecommendConfig) -> R
 def _catalogue_ranking(model_dir: Path, ds: Dataset, cfg: RecommendConfig) -> Ranking:
     """Ranks a chunk of requests over the whole catalogue with an interaction-log model."""
     from recsys.catalogue import CatalogueConfig, load_vectors, main_vectors
-    from recsys.catalogue_eval import recommend_catalogue
+    from recsys.evaluation.catalogue import recommend_catalogue
 
     catalogue_cfg = CatalogueConfig.from_dict(read_json(model_dir / "config.json"))
     retriever = Retriever.fit(ds, main_vectors(load_vectors(model_dir, ds)), catalogue_cfg.retrieval, splits=Split.ALL)

@@ -15,7 +15,7 @@ import torch
 from transformers import BertConfig, BertModel
 
 from recsys.data import IMPRESSIONS_SCHEMA, ITEMS_SCHEMA, Col, Split
-from recsys.text_model import TextConfig
+from recsys.text.model import TextConfig
 
 TOKENIZER_FILES = ("vocab.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
 

@@ -14,13 +14,13 @@ from conftest_shop import sequences, write_unisrec
 from conftest_text import make_tiny_encoder, tiny_config
 from ranker.lambdarank import RankerConfig
 from recsys.catalogue import CatalogueConfig, Requests, candidate_table, splits_before, time_split, train_catalogue
-from recsys.catalogue_eval import FULL, NO_TEXT, evaluate_catalogue
-from recsys.catalogue_features import item_codes
+from recsys.evaluation.catalogue import FULL, NO_TEXT, evaluate_catalogue
+from features.pairs import item_codes
 from recsys.data import Col, Dataset, Split
 from recsys.errors import RecsysError
 from recsys.loaders.amazon import load_amazon
-from recsys.retrieval import ITEM_INDEX, ROW, RetrievalConfig, Retriever
-from recsys.sampling import SamplingConfig
+from recsys.candidates.retrieval import ITEM_INDEX, ROW, RetrievalConfig, Retriever
+from recsys.candidates.sampling import SamplingConfig
 
 N_ITEMS = 40
 
@@ -97,7 +97,7 @@ def test_time_split_needs_real_timestamps(shop: Dataset) -> None:
 
 
 def test_recommend_excludes_own_items_and_follows_the_chain(shop: Dataset, tmp_path: Path) -> None:
-    from recsys.catalogue_eval import recommend_catalogue
+    from recsys.evaluation.catalogue import recommend_catalogue
 
     model = train_catalogue(shop, small_cfg(), tmp_path / "model")
     requests = pl.DataFrame({Col.IMPRESSION: ["r1", "r2"], Col.USER: ["new", "U0001"], Col.TIME: [dt.datetime(2001, 1, 1)] * 2,

@@ -10,7 +10,7 @@ import numpy as np
 import polars as pl
 import pytest
 
-from recsys import evaluation as ev
+from recsys.evaluation import metrics as ev
 from recsys.data import Col
 
 

@@ -237,7 +237,7 @@ def test_cli_writes_table_and_summary(tmp_path: Path) -> None:
 
 def test_text_feature_names_match_the_text_model() -> None:
     # Read, not imported: importing the text model pulls in torch, which costs seconds.
-    source = ast.parse((Path(__file__).parents[1] / "recsys" / "text_features.py").read_text())
+    source = ast.parse((Path(__file__).parents[1] / "recsys" / "text" / "features.py").read_text())
     written = [ast.literal_eval(node.value) for node in source.body
                if isinstance(node, ast.Assign) and any(getattr(t, "id", None) == "TEXT_FEATURES" for t in node.targets)]
     assert written == [TEXT_FEATURES]

@@ -15,7 +15,7 @@ from recsys.data import Col, Split, save_dataset
 from recsys.demo import demo
 from recsys.pipeline import TrainConfig, train
 from recsys.recommend import RECS_SCHEMA, REQUEST, RecommendConfig, recommend
-from recsys.replay import EvalConfig, evaluate
+from recsys.evaluation.replay import EvalConfig, evaluate
 from recsys.synth import SynthConfig, generate
 from conftest_text import make_tiny_encoder, tiny_config
 

@@ -12,7 +12,7 @@ import pytest
 from ranker.lambdarank import MANIFEST_FILE, MODEL_FILE, RankerConfig, fit, load_ranker, save_ranker, time_split
 from recsys.data import Col, Split
 from recsys.errors import DataError, ModelMismatchError, RecsysError
-from recsys.evaluation import impression_metrics
+from recsys.evaluation.metrics import impression_metrics
 from recsys.io import read_json, write_json
 
 FEATURES = ["item_pop", "affinity", "noise"]

@@ -10,7 +10,7 @@ import polars as pl
 import pytest
 from matplotlib.image import imread
 
-from recsys.report import BY_GROUP_PNG, IMPORTANCE_PNG, METRICS_JSON, METRICS_PNG, REPORT, write_report
+from recsys.evaluation.report import BY_GROUP_PNG, IMPORTANCE_PNG, METRICS_JSON, METRICS_PNG, REPORT, write_report
 
 TABLE = {
     "full model": {"auc": 0.7123, "mrr": 0.3511, "ndcg@5": 0.3901, "ndcg@10": 0.4502, "impressions": 1234.0},

@@ -10,7 +10,7 @@ import pytest
 from conftest_shop import sequences, write_unisrec
 from recsys.data import Col, Dataset, Split
 from recsys.loaders.amazon import load_amazon
-from recsys.retrieval import DEFAULT_SOURCES, ITEM_INDEX, ROW, TEXT, TRANSITIONS, RetrievalConfig, Retriever, user_sequences
+from recsys.candidates.retrieval import DEFAULT_SOURCES, ITEM_INDEX, ROW, TEXT, TRANSITIONS, RetrievalConfig, Retriever, user_sequences
 
 N_ITEMS = 40
 HOLDOUT_DEV, HOLDOUT_TEST = N_ITEMS - 2, N_ITEMS - 1  # items that only ever appear as one dev / test target
@@ -104,7 +104,7 @@ def test_recent_source_ranks_the_fresh_catalogue_not_all_time_popularity() -> No
     from datetime import datetime, timedelta
 
     from recsys.data import IMPRESSIONS_SCHEMA, ITEMS_SCHEMA, Col, Dataset
-    from recsys.retrieval import DEFAULT_SOURCES, POPULARITY, RECENT, RetrievalConfig, Retriever
+    from recsys.candidates.retrieval import DEFAULT_SOURCES, POPULARITY, RECENT, RetrievalConfig, Retriever
 
     now = datetime(2024, 3, 1, 12)
     old, fresh = now - timedelta(days=10), now - timedelta(hours=1)

@@ -10,7 +10,7 @@ import pytest
 
 from recsys.data import Col, Split, validate_impressions
 from recsys.errors import RecsysError
-from recsys.sampling import POPULARITY, UNIFORM, SamplingConfig, sample_negatives
+from recsys.candidates.sampling import POPULARITY, UNIFORM, SamplingConfig, sample_negatives
 
 ITEMS = [f"i{k}" for k in range(20)]
 

@@ -12,14 +12,14 @@ import torch
 from safetensors import safe_open
 
 from conftest_text import make_tiny_encoder, tiny_config, topic_impressions, topic_items
-from recsys import encode as encode_mod
+from recsys.text import encode as encode_mod
 from recsys.data import Col, explode_candidates
-from recsys.encode import ItemVectors, encode_items
+from recsys.text.encode import ItemVectors, encode_items
 from recsys.errors import RecsysError
-from recsys.evaluation import AUC, impression_metrics
-from recsys.text_features import TEXT_FEATURES, text_features, user_vectors
-from recsys.text_model import TextConfig, build_text_model
-from recsys.text_train import load_text_model, train_text_model
+from recsys.evaluation.metrics import AUC, impression_metrics
+from recsys.text.features import TEXT_FEATURES, text_features, user_vectors
+from recsys.text.model import TextConfig, build_text_model
+from recsys.text.train import load_text_model, train_text_model
 
 
 @pytest.fixture(scope="module")
@@ -63,7 +63,7 @@ def test_training_loss_falls_and_best_is_saved(world: dict) -> None:
 
 
 def test_softmax_temperature_is_calibrated_and_learned(world: dict, tmp_path: Path) -> None:
-    from recsys.text_train import MAX_SCALE, SCORE_SCALE
+    from recsys.text.train import MAX_SCALE, SCORE_SCALE
 
     metrics = json.loads((world["out"] / "train_metrics.json").read_text())
     calibrated, learned = metrics["calibrated_scale"], metrics["score_scale"]
@@ -94,7 +94,7 @@ def test_trained_model_ranks_unseen_items_better_than_untrained(world: dict) -> 
 
 
 def test_save_load_round_trip_gives_same_vectors(world: dict, tmp_path: Path) -> None:
-    from recsys.text_model import save_text_model
+    from recsys.text.model import save_text_model
 
     first = load_text_model(world["out"])
     save_text_model(first, tmp_path / "again")

@@ -10,10 +10,10 @@ import pytest
 import torch
 
 from conftest_text import topic_items
-from recsys import device as dev
+from recsys.text import device as dev
 from recsys.data import IMPRESSIONS_SCHEMA, Col, Split
 from recsys.errors import RecsysError
-from recsys.text_data import BucketBatchSampler, pad, time_split
+from recsys.text.data import BucketBatchSampler, pad, time_split
 
 
 def test_precision_choice_follows_setting_and_hardware(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -79,8 +79,8 @@ def test_pad_marks_presence() -> None:
 
 @pytest.mark.slow
 def test_packaged_minilm_loads_offline_and_separates_topics() -> None:
-    from recsys.encode import encode_items
-    from recsys.text_train import pretrained_text_model
+    from recsys.text.encode import encode_items
+    from recsys.text.train import pretrained_text_model
 
     items = topic_items(n_per_topic=3)
     model = pretrained_text_model()

@@ -25,11 +25,11 @@ import torch
 from tqdm.auto import tqdm
 
 from recsys.data import Col, item_text, validate_items
-from recsys.device import inference_context, inference_weight_dtype, resolve_device
+from recsys.text.device import inference_context, inference_weight_dtype, resolve_device
 from recsys.errors import DataError
 from recsys.io import atomic_path
-from recsys.text_data import ItemTokens
-from recsys.text_model import ItemEncoder, TextModel
+from recsys.text.data import ItemTokens
+from recsys.text.model import ItemEncoder, TextModel
 
 log = logging.getLogger(__name__)
 
@@ -116,7 +116,7 @@ def embed_rows(
         tokens: Tokenised items.
         rows: Item rows to encode.
         device: Where to run.
-        precision: ``"auto"`` | ``"bf16"`` | ``"fp32"`` (see :mod:`recsys.device`).
+        precision: ``"auto"`` | ``"bf16"`` | ``"fp32"`` (see :mod:`recsys.text.device`).
         batch_size: Items per forward pass.
         cast_weights: Allow a bf16-weight copy on a bf16 CPU (faster than autocast; for one-off encodes).
         show_progress: tqdm bar.

@@ -22,7 +22,7 @@ import polars as pl
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from recsys.evaluation import AUC, IMPRESSIONS, ndcg_key
+from recsys.evaluation.metrics import AUC, IMPRESSIONS, ndcg_key
 from recsys.io import atomic_path, write_json
 
 logger = logging.getLogger(__name__)

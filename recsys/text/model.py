@@ -29,7 +29,7 @@ from torch import nn
 from transformers import AutoModel, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from recsys.data import ITEMS_SCHEMA, Col
-from recsys.device import DEVICES, PRECISIONS
+from recsys.text.device import DEVICES, PRECISIONS
 from recsys.errors import RecsysError
 from recsys.io import atomic_path, read_json, write_json
 

@@ -24,13 +24,13 @@ import polars as pl
 from features.build import build_features
 from ranker.lambdarank import load_ranker
 from recsys.data import Col, Dataset, Split, load_dataset
-from recsys.encode import ItemVectors
-from recsys.evaluation import impression_metrics
+from recsys.text.encode import ItemVectors
+from recsys.evaluation.metrics import impression_metrics
 from recsys.export import write_mind_prediction
 from recsys.io import read_json, write_parquet
-from recsys.report import write_report
-from recsys.text_features import text_features
-from recsys.text_train import load_text_model, pretrained_text_model
+from recsys.evaluation.report import write_report
+from recsys.text.features import text_features
+from recsys.text.train import load_text_model, pretrained_text_model
 
 log = logging.getLogger(__name__)
 

@@ -34,7 +34,7 @@ from tqdm.auto import tqdm
 
 from recsys.data import Col, Dataset, Split, explode_candidates
 from recsys.errors import RecsysError
-from recsys.evaluation import held_out_ranks, recall_at_k
+from recsys.evaluation.metrics import held_out_ranks, recall_at_k
 
 log = logging.getLogger(__name__)
 
@@ -173,7 +173,7 @@ class Retriever:
         Args:
             ds: the dataset; its items define the catalogue (in ``ds.items`` order).
             vectors: (n_items, d) text vectors in ``ds.items`` order, or an object with ``ids``/``vectors``
-                (recsys.encode.ItemVectors), or None to skip the text source.
+                (recsys.text.encode.ItemVectors), or None to skip the text source.
             cfg: the configuration.
             splits: which splits' rows the statistics may use.
             rows: use exactly these impression rows instead of `splits`.

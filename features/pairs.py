@@ -1,6 +1,6 @@
 """Ranker features of retrieved (history, candidate item) pairs for full-catalogue ranking.
 
-On top of every retrieval source's score and rank (:mod:`recsys.retrieval`), each pair gets:
+On top of every retrieval source's score and rank (:mod:`recsys.candidates.retrieval`), each pair gets:
 
 * ``hist_len``, ``log_pop``                       the user's history length, the item's log(1 + interactions)
 * ``trans_last``, ``trans_rev``, ``cooc_last``,   item-item signals of the user's *last* item alone
@@ -11,7 +11,7 @@ On top of every retrieval source's score and rank (:mod:`recsys.retrieval`), eac
 * ``same_category_last``, ``category_share``,     metadata agreement with the last item / share of the
   ``same_brand_last``, ``brand_share``            recent items with the candidate's category (brand = first tag)
 
-All statistics come from the fitted :class:`~recsys.retrieval.Retriever`, i.e. only from the data allowed
+All statistics come from the fitted :class:`~recsys.candidates.retrieval.Retriever`, i.e. only from the data allowed
 when it was fitted. Work is done in batches of requests with dense (batch x catalogue) rows, so memory
 stays bounded and lookups are plain array gathers.
 """
@@ -25,7 +25,7 @@ import polars as pl
 import scipy.sparse as sp
 
 from recsys.data import Col
-from recsys.retrieval import ITEM_INDEX, ROW, Retriever, rank_col, score_col
+from recsys.candidates.retrieval import ITEM_INDEX, ROW, Retriever, rank_col, score_col
 
 BEHAVIOUR_FEATURES = ("hist_len", "log_pop", "trans_last", "trans_rev", "cooc_last", "ease_last")
 META_FEATURES = ("same_category_last", "category_share", "same_brand_last", "brand_share")

@@ -1,9 +1,9 @@
 """Fine-tune the text model on impressions: softmax over one click and K non-clicks of its impression.
 
 Read top to bottom: :func:`train_text_model` splits impressions by time, builds the samples
-(:mod:`recsys.text_data`), trains :class:`TextModule` with Lightning (precision, accumulation, DDP are
+(:mod:`recsys.text.data`), trains :class:`TextModule` with Lightning (precision, accumulation, DDP are
 Trainer arguments), keeps the weights of the best validation AUC in memory (no pickled checkpoint)
-and saves them with :func:`recsys.text_model.save_text_model`.
+and saves them with :func:`recsys.text.model.save_text_model`.
 """
 
 from __future__ import annotations
@@ -23,13 +23,13 @@ import torch.nn.functional as F
 from transformers import get_linear_schedule_with_warmup
 
 from recsys.data import Col, validate_impressions, validate_items
-from recsys.device import inference_context, lightning_accelerator, lightning_precision, pin_memory, resolve_device
-from recsys.encode import embed_rows
+from recsys.text.device import inference_context, lightning_accelerator, lightning_precision, pin_memory, resolve_device
+from recsys.text.encode import embed_rows
 from recsys.errors import RecsysError
-from recsys.evaluation import auc
+from recsys.evaluation.metrics import auc
 from recsys.io import write_json
-from recsys.text_data import ClickSamples, ImpressionRows, ItemTokens, TextDataModule, candidate_rows, time_split, to_indices
-from recsys.text_model import TextConfig, TextModel, build_text_model, freeze_lower_layers, load_text_model, save_text_model
+from recsys.text.data import ClickSamples, ImpressionRows, ItemTokens, TextDataModule, candidate_rows, time_split, to_indices
+from recsys.text.model import TextConfig, TextModel, build_text_model, freeze_lower_layers, load_text_model, save_text_model
 
 log = logging.getLogger(__name__)
 
@@ -261,7 +261,7 @@ def _prepare(impressions: pl.DataFrame, cfg: TextConfig, tokens: ItemTokens) -> 
     if len(samples) == 0:
         raise RecsysError(
             "no training impression has both a known clicked and a known non-clicked candidate; "
-            "for an interaction-only log add sampled negatives first (recsys.sampling), or check that item ids match items.parquet")
+            "for an interaction-only log add sampled negatives first (recsys.candidates.sampling), or check that item ids match items.parquet")
     used = parts[0][0] + [h for h, _, _ in val_rows.rows] + [c for _, c, _ in val_rows.rows]
     cache_rows = np.unique(np.concatenate(used)) if used else np.zeros(0, dtype=np.int64)
     return samples, val_rows, cache_rows

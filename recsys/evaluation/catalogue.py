@@ -1,7 +1,7 @@
 """Full-catalogue evaluation and serving of a :func:`recsys.catalogue.train_catalogue` model.
 
 Every row of the evaluated split holds out one item; each model ranks **all** items, the user's earlier items
-excluded, and :mod:`recsys.evaluation` turns the held-out item's rank into Recall@k, NDCG@k and MRR, plus
+excluded, and :mod:`recsys.evaluation.metrics` turns the held-out item's rank into Recall@k, NDCG@k and MRR, plus
 coverage, intra-list diversity (frozen text vectors) and popularity bias of the top 10. Rows in the table:
 
 * ``popularity``, ``transitions``, ``cooccurrence``, ``ease``: one retrieval source alone, over the catalogue;
@@ -25,13 +25,13 @@ import polars as pl
 from ranker.lambdarank import Ranker, load_ranker
 from recsys.catalogue import (FROZEN, FT, NO_TEXT_DIR, RANKER_DIR, TOP, CatalogueConfig, Requests, candidate_table, load_vectors,
                               main_vectors, peak_memory_mb, splits_before)
-from recsys.catalogue_features import item_codes
+from features.pairs import item_codes
 from recsys.data import Col, Dataset, Split
 from recsys.errors import RecsysError
-from recsys.evaluation import FULL_KS, catalogue_coverage, held_out_ranks, intra_list_diversity, ndcg_key, popularity_bias, rank_metrics, recall_key
+from recsys.evaluation.metrics import FULL_KS, catalogue_coverage, held_out_ranks, intra_list_diversity, ndcg_key, popularity_bias, rank_metrics, recall_key
 from recsys.io import read_json, write_json
-from recsys.report import GROUP_KEY, MODEL_KEY, write_report
-from recsys.retrieval import COOCCURRENCE, EASE, ITEM_INDEX, POPULARITY, ROW, TEXT, TRANSITIONS, Retriever, score_col
+from recsys.evaluation.report import GROUP_KEY, MODEL_KEY, write_report
+from recsys.candidates.retrieval import COOCCURRENCE, EASE, ITEM_INDEX, POPULARITY, ROW, TEXT, TRANSITIONS, Retriever, score_col
 
 log = logging.getLogger(__name__)
 

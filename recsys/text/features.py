@@ -19,10 +19,10 @@ import polars as pl
 import torch
 
 from recsys.data import Col
-from recsys.encode import ItemVectors
+from recsys.text.encode import ItemVectors
 from recsys.errors import ModelMismatchError
-from recsys.text_data import candidate_indices, pad, to_indices
-from recsys.text_model import TextModel
+from recsys.text.data import candidate_indices, pad, to_indices
+from recsys.text.model import TextModel
 
 log = logging.getLogger(__name__)
 
