@@ -8,35 +8,62 @@ Targets (:func:`write`)::
     postgresql://user:pw@host:5432/db?table=schema.recs       PostgreSQL (also postgres://, and libpq
                                                               query options such as ?host=/socket/dir)
 
-A database export loads a staging table in one transaction (COPY for PostgreSQL), then drops the old
-table and renames the staging table into place before committing: readers see the old rows or the new
-ones, never a mix, and a failure leaves the old table untouched. Re-running replaces the table. Grants
-and indexes on the old table are not carried over; a view that depends on it makes the swap fail.
+A database export loads a fresh staging table ``<table>__recsys_staging_<random hex>`` in one
+transaction (COPY for PostgreSQL), created with a plain CREATE so it can never replace a table of
+yours, then drops the old table and renames the staging table into place before committing: readers
+see the old rows or the new ones, never a mix, and a failure rolls back, which discards the staging
+table and leaves the old table untouched. Re-running replaces the table. Grants and indexes on the old
+table are not carried over; a view that depends on it makes the swap fail. The DuckDB file is attached
+as DuckDB storage whatever its suffix: an existing file that is not a DuckDB database is refused and
+left as it is. Table names are letters, digits and _ (``schema.table`` allowed), always quoted;
+``table=`` may be given once. See :mod:`recsys.export_target` for how URLs are read.
+
+Passwords never leave this module: summaries, logs and errors show ``***`` for the password in every
+form (``user:pw@``, ``?password=``, as written or percent-decoded), even inside driver messages. Driver
+and file-system failures become one-line :class:`RecsysError` messages naming the target.
+
+CSV has no list type: a list column is written as its elements joined by single spaces (``"a b c"``;
+empty and null lists both become an empty field), which is how ``recsys recommend`` reads lists from
+CSV. Lists whose elements are null, empty or hold whitespace, nested lists and structs are refused.
+
+A file export writes a hidden temp file ``.<name>.<8 random chars>.tmp`` beside the target first. One
+killed midway (SIGKILL, power loss) leaves it behind, so each export to a target first removes that
+target's temp files that are plain files untouched for :data:`STALE_TEMP_SECONDS` (an hour). The age
+rule is the safe one: the temp name holds no process id, and a live export keeps its file fresh. No
+other file is touched.
 
 :func:`write_mind_prediction` writes MIND's leaderboard ``prediction.txt``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
+import re
+import stat
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import polars as pl
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from recsys.data import Col, Split
 from recsys.errors import DataError, RecsysError
+from recsys.export_target import DEFAULT_TABLE, DbTarget, parse, redact, scheme_of, staging_name
 from recsys.io import atomic_path
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_TABLE = "recs"
+__all__ = ["DEFAULT_TABLE", "ExportSummary", "write", "write_mind_prediction"]
+
 BATCH_ROWS = 100_000
+STALE_TEMP_SECONDS = 3600
 FILE_FORMATS = {".parquet": "parquet", ".jsonl": "jsonl", ".ndjson": "jsonl", ".csv": "csv"}
+_DUCKDB_ALIAS = "recsys_export_target"
 
 _PG_TYPES: dict[type[pl.DataType], str] = {
     pl.String: "text", pl.Categorical: "text", pl.Boolean: "boolean",
@@ -61,24 +88,20 @@ class ExportSummary:
         return f"{self.rows:,} rows to {where} as {self.kind} in {self.seconds:.2f} s"
 
 
-def _redact(target: str) -> str:
-    parts = urlsplit(target)
-    if parts.password:
-        netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
-        return urlunsplit(parts._replace(netloc=netloc))
-    return target
-
-
 def _source(recs: pl.DataFrame | str | Path) -> tuple[pl.Schema, int, Iterator[pl.DataFrame]]:
     """Schema, row count and batches of the input: a frame, or a Parquet file read batch by batch."""
     if isinstance(recs, pl.DataFrame):
         return recs.schema, recs.height, recs.iter_slices(BATCH_ROWS)
     path = Path(recs)
-    if path.suffix.lower() != ".parquet" or not path.exists():
+    if path.suffix.lower() != ".parquet" or not path.is_file():
         raise DataError(path, None, None, "input to export must be an existing .parquet file (e.g. from `recsys recommend`)")
-    pf = pq.ParquetFile(path)
+    try:
+        pf = pq.ParquetFile(path)
+        schema = pl.scan_parquet(path).collect_schema()
+    except (pa.ArrowException, pl.exceptions.PolarsError, OSError) as exc:
+        raise DataError(path, None, None, f"cannot read it as Parquet: {' '.join(str(exc).split())}") from exc
     batches = (pl.DataFrame(pl.from_arrow(b)) for b in pf.iter_batches(batch_size=BATCH_ROWS))
-    return pl.scan_parquet(path).collect_schema(), pf.metadata.num_rows, batches
+    return schema, pf.metadata.num_rows, batches
 
 
 def write(recs: pl.DataFrame | str | Path, target: str | Path) -> ExportSummary:
@@ -89,25 +112,27 @@ def write(recs: pl.DataFrame | str | Path, target: str | Path) -> ExportSummary:
         target: A file path (.parquet, .jsonl/.ndjson, .csv) or a ``duckdb://`` / ``postgresql://`` URL.
 
     Returns:
-        An :class:`ExportSummary`.
+        An :class:`ExportSummary` (password hidden).
 
     Raises:
-        RecsysError: Unknown target form, or a database error (with the target named).
-        DataError: Input file missing, or a column type the database cannot hold.
+        RecsysError: Unknown or malformed target, or a database or file-system failure (one line,
+            target named, password hidden).
+        DataError: Input file missing or unreadable, or a column the target cannot hold.
     """
     start = time.perf_counter()
     target = str(target)
-    scheme = urlsplit(target).scheme.lower() if "://" in target else ""
+    scheme = scheme_of(target)
+    if scheme and scheme not in ("duckdb", "postgresql", "postgres"):
+        raise RecsysError(f"unknown export target {redact(target)!r}; use a .parquet/.jsonl/.csv path, duckdb:///path.db?table=NAME or postgresql://...")
+    db = parse(target) if scheme else None  # a bad URL fails before any reading or connecting
     schema, rows, batches = _source(recs)
-    if scheme == "duckdb":
-        kind, table = "duckdb", _write_duckdb(schema, batches, target)
-    elif scheme in ("postgresql", "postgres"):
-        kind, table = "postgresql", _write_postgres(schema, batches, target)
-    elif scheme:
-        raise RecsysError(f"unknown export target {_redact(target)!r}; use a .parquet/.jsonl/.csv path, duckdb:///path.db?table=NAME or postgresql://...")
+    if db is None:
+        kind, table, shown = _write_file(recs, schema, Path(target)), None, target
     else:
-        kind, table = _write_file(recs, Path(target)), None
-    summary = ExportSummary(_redact(target), kind, rows, list(schema.names()), table, round(time.perf_counter() - start, 3))
+        writer = _write_duckdb if db.kind == "duckdb" else _write_postgres
+        writer(schema, batches, db)
+        kind, table, shown = db.kind, db.table, db.shown
+    summary = ExportSummary(shown, kind, rows, list(schema.names()), table, round(time.perf_counter() - start, 3))
     logger.info("exported %d rows to %s", rows, summary.target)
     return summary
 
@@ -115,66 +140,115 @@ def write(recs: pl.DataFrame | str | Path, target: str | Path) -> ExportSummary:
 # --- files ---------------------------------------------------------------------------------------
 
 
-def _write_file(recs: pl.DataFrame | str | Path, path: Path) -> str:
+def _remove_stale_temp_files(path: Path) -> int:
+    """Remove the temp files an interrupted export to `path` left behind; see the module docstring."""
+    pattern = re.compile(re.escape(f".{path.name}.") + r"[a-z0-9_]{8}\.tmp")  # tempfile.mkstemp's names
+    cutoff = time.time() - STALE_TEMP_SECONDS
+    removed = 0
+    with contextlib.suppress(OSError), os.scandir(path.parent) as entries:
+        for entry in entries:
+            if not pattern.fullmatch(entry.name):
+                continue
+            with contextlib.suppress(OSError):  # gone already, or not ours to remove
+                st = entry.stat(follow_symlinks=False)
+                if stat.S_ISREG(st.st_mode) and st.st_mtime < cutoff:
+                    os.unlink(entry.path)
+                    removed += 1
+    if removed:
+        logger.info("removed %d stale temp file(s) of %s", removed, path)
+    return removed
+
+
+def _csv_lists(lf: pl.LazyFrame, schema: pl.Schema, path: Path) -> pl.LazyFrame:
+    """List columns as space-separated text (see the module docstring); refuse what would not read back."""
+    lists = []
+    for name, dtype in schema.items():
+        if isinstance(dtype, (pl.List, pl.Array)) and not dtype.inner.is_nested():
+            lists.append(name)
+        elif dtype.is_nested():
+            raise DataError(path, None, name, f"type {dtype} cannot go to CSV; export to .parquet or .jsonl")
+    if not lists:
+        return lf
+    text = [pl.col(c).cast(pl.List(schema[c].inner)).cast(pl.List(pl.String)) for c in lists]  # type: ignore[attr-defined]
+    elem = pl.element()
+    bad = elem.is_null() | (elem == "") | elem.str.contains(r"\s")
+    found = lf.select(t.list.eval(bad).list.any().any().alias(c) for t, c in zip(text, lists)).collect().row(0)
+    for name, is_bad in zip(lists, found):
+        if is_bad:
+            raise DataError(path, None, name, "list elements that are null, empty or hold spaces cannot be written as space-separated CSV; export to .parquet or .jsonl")
+    return lf.with_columns(t.list.join(" ").alias(c) for t, c in zip(text, lists))
+
+
+def _write_file(recs: pl.DataFrame | str | Path, schema: pl.Schema, path: Path) -> str:
     kind = FILE_FORMATS.get(path.suffix.lower())
     if kind is None:
         raise RecsysError(f"{path}: unknown export format {path.suffix!r}; use one of {sorted(FILE_FORMATS)}")
+    if path.is_dir():
+        raise RecsysError(f"cannot export to {path}: it is a directory; give a file path")
     # A lazy frame streams a Parquet input to the output without loading it whole.
     lf = recs.lazy() if isinstance(recs, pl.DataFrame) else pl.scan_parquet(recs)
-    with atomic_path(path) as tmp:
-        if kind == "parquet":
-            lf.sink_parquet(tmp, compression="zstd")
-        elif kind == "jsonl":
-            lf.sink_ndjson(tmp)
-        else:
-            lf.sink_csv(tmp)
+    if kind == "csv":
+        lf = _csv_lists(lf, schema, path)
+    _remove_stale_temp_files(path)
+    try:
+        with atomic_path(path) as tmp:
+            if kind == "parquet":
+                lf.sink_parquet(tmp, compression="zstd")
+            elif kind == "jsonl":
+                lf.sink_ndjson(tmp)
+            else:
+                lf.sink_csv(tmp)
+    except OSError as exc:
+        raise RecsysError(f"cannot export to {path}: {exc.strerror or ' '.join(str(exc).split())}") from exc
+    except pl.exceptions.PolarsError as exc:
+        raise RecsysError(f"cannot export to {path}: {' '.join(str(exc).split())}") from exc
     return kind
 
 
 # --- databases -----------------------------------------------------------------------------------
 
 
-def _table_name(target: str) -> tuple[str, dict[str, str]]:
-    """The ``table`` query option (default :data:`DEFAULT_TABLE`) and the remaining options."""
-    options = dict(parse_qsl(urlsplit(target).query))
-    table = options.pop("table", DEFAULT_TABLE)
-    if not table or any(not part.replace("_", "").isalnum() for part in table.split(".")) or table.count(".") > 1:
-        raise RecsysError(f"bad table name {table!r} in {_redact(target)!r}; use letters, digits and _ (optionally schema.table)")
-    return table, options
+def _quote(name: str) -> str:
+    """`name` as a double-quoted DuckDB identifier (inner quotes doubled)."""
+    return '"' + name.replace('"', '""') + '"'
 
 
-def _write_duckdb(schema: pl.Schema, batches: Iterator[pl.DataFrame], target: str) -> str:
+def _write_duckdb(schema: pl.Schema, batches: Iterator[pl.DataFrame], db: DbTarget) -> None:
     import duckdb
 
-    table, _ = _table_name(target)
-    parts = urlsplit(target)
-    db_path = Path(parts.netloc + parts.path)
-    db_path.parent.mkdir(parents=True, exist_ok=True)
-    schema_name, _, name = table.rpartition(".")
-    staging = f"{name}__staging"
-    qualified = (f'"{schema_name}".' if schema_name else "") + f'"{name}"'
-    qualified_staging = (f'"{schema_name}".' if schema_name else "") + f'"{staging}"'
-    con = duckdb.connect(str(db_path))
+    path = Path(db.location)
+    if path.is_dir():
+        raise RecsysError(f"export to {db.shown} failed: {path} is a directory; give a database file path")
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise RecsysError(f"export to {db.shown} failed: cannot create {path.parent}: {exc.strerror}") from exc
+    prefix = f"{_quote(db.schema)}." if db.schema else ""
+    qualified, staging = prefix + _quote(db.name), prefix + _quote(staging_name(db.name))
+    con = duckdb.connect()  # in memory; the file is attached as DuckDB storage whatever its suffix
+    try:
+        literal = "'" + str(path).replace("'", "''") + "'"
+        con.execute(f"ATTACH {literal} AS {_DUCKDB_ALIAS} (TYPE DUCKDB)")
+        con.execute(f"USE {_DUCKDB_ALIAS}")
         con.begin()
-        con.register("_export_batch", pl.DataFrame(schema=schema).to_arrow())
-        con.execute(f"CREATE OR REPLACE TABLE {qualified_staging} AS SELECT * FROM _export_batch")
-        for batch in batches:
-            con.register("_export_batch", batch.to_arrow())
-            con.execute(f"INSERT INTO {qualified_staging} SELECT * FROM _export_batch")
-        con.unregister("_export_batch")
-        con.execute(f"DROP TABLE IF EXISTS {qualified}")
-        con.execute(f'ALTER TABLE {qualified_staging} RENAME TO "{name}"')
-        con.commit()
+        try:
+            con.register("_export_batch", pl.DataFrame(schema=schema).to_arrow())
+            con.execute(f"CREATE TABLE {staging} AS SELECT * FROM _export_batch")  # never OR REPLACE
+            for batch in batches:
+                con.register("_export_batch", batch.to_arrow())
+                con.execute(f"INSERT INTO {staging} SELECT * FROM _export_batch")
+            con.unregister("_export_batch")
+            con.execute(f"DROP TABLE IF EXISTS {qualified}")
+            con.execute(f"ALTER TABLE {staging} RENAME TO {_quote(db.name)}")
+            con.commit()
+        except BaseException:
+            with contextlib.suppress(duckdb.Error):
+                con.rollback()  # discards the staging table with everything else
+            raise
     except duckdb.Error as exc:
-        con.rollback()
-        raise RecsysError(f"export to {target} failed: {exc}") from exc
-    except BaseException:
-        con.rollback()
-        raise
+        raise RecsysError(f"export to {db.shown} failed: {db.hide(str(exc))}") from None  # see _write_postgres
     finally:
         con.close()
-    return table
 
 
 def _pg_type(name: str, dtype: pl.DataType) -> str:
@@ -186,34 +260,29 @@ def _pg_type(name: str, dtype: pl.DataType) -> str:
     return pg
 
 
-def _write_postgres(schema: pl.Schema, batches: Iterator[pl.DataFrame], target: str) -> str:
+def _write_postgres(schema: pl.Schema, batches: Iterator[pl.DataFrame], db: DbTarget) -> None:
     import psycopg
     from psycopg import sql
 
-    table, options = _table_name(target)
-    # Rebuilt by hand: urlunsplit would drop the empty host of postgresql:///db?host=/socket/dir.
-    conninfo = target.split("?", 1)[0] + (f"?{urlencode(options)}" if options else "")
-    schema_name, _, name = table.rpartition(".")
-    ident = (lambda n: sql.Identifier(schema_name, n)) if schema_name else sql.Identifier
-    staging = f"{name}__staging"
+    ident = (lambda n: sql.Identifier(db.schema, n)) if db.schema else sql.Identifier
+    staging = staging_name(db.name)
     columns = sql.SQL(", ").join(sql.SQL("{} {}").format(sql.Identifier(c), sql.SQL(_pg_type(c, t))) for c, t in schema.items())
     names = sql.SQL(", ").join(sql.Identifier(c) for c in schema.names())
     try:
-        with psycopg.connect(conninfo) as conn:  # commits on success, rolls back on any exception
+        with psycopg.connect(db.location) as conn:  # commits on success, rolls back on any exception
             with conn.cursor() as cur:
-                cur.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(ident(staging)))
-                cur.execute(sql.SQL("CREATE TABLE {} ({})").format(ident(staging), columns))
+                cur.execute(sql.SQL("CREATE TABLE {} ({})").format(ident(staging), columns))  # fails, never replaces
                 copy_sql = sql.SQL("COPY {} ({}) FROM STDIN (FORMAT csv)").format(ident(staging), names)
                 with cur.copy(copy_sql) as copy:
                     for batch in batches:
                         # Polars' CSV: nulls unquoted empty, empty strings quoted, ISO timestamps,
                         # shortest round-trip floats; exactly what COPY's csv format reads back.
                         copy.write(batch.write_csv(include_header=False))
-                cur.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(ident(name)))
-                cur.execute(sql.SQL("ALTER TABLE {} RENAME TO {}").format(ident(staging), sql.Identifier(name)))
+                cur.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(ident(db.name)))
+                cur.execute(sql.SQL("ALTER TABLE {} RENAME TO {}").format(ident(staging), sql.Identifier(db.name)))
     except psycopg.Error as exc:
-        raise RecsysError(f"export to {_redact(target)} failed: {str(exc).strip()}") from exc
-    return table
+        # `from None`: the driver's own message may quote the URL; --debug must not show it either.
+        raise RecsysError(f"export to {db.shown} failed: {db.hide(str(exc))}") from None
 
 
 # --- MIND leaderboard ----------------------------------------------------------------------------

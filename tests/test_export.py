@@ -1,4 +1,5 @@
-"""Export round trips (Parquet, JSONL, CSV, DuckDB, a real PostgreSQL), atomicity, replacement, prediction.txt."""
+"""Export round trips (Parquet, JSONL, CSV, DuckDB, a real PostgreSQL), atomicity, replacement, prediction.txt;
+hostile input: passwords, tables that are not ours, unwritable targets, bad options, stale temp files."""
 
 from __future__ import annotations
 
@@ -7,12 +8,16 @@ import os
 import shutil
 import subprocess
 import tempfile
+import time
+import traceback
 from collections.abc import Iterator
 from pathlib import Path
 
 import polars as pl
 import pytest
+from click.testing import CliRunner
 
+from cli import main
 from recsys import export
 from recsys.data import Col
 from recsys.errors import DataError, RecsysError
@@ -76,7 +81,7 @@ def test_file_failure_leaves_previous_output(tmp_path: Path, monkeypatch: pytest
         raise OSError("disk full")
 
     monkeypatch.setattr(pl.LazyFrame, "sink_csv", half_then_fail)
-    with pytest.raises(OSError, match="disk full"):
+    with pytest.raises(RecsysError, match=f"cannot export to {out}: disk full"):
         export.write(recs(model="m2"), out)
     assert out.read_bytes() == before
     assert [p.name for p in tmp_path.iterdir()] == ["recs.csv"]
@@ -118,8 +123,6 @@ def test_duckdb_round_trip_replace_and_atomicity(tmp_path: Path, monkeypatch: py
     with pytest.raises(RuntimeError, match="crash"):
         export.write(recs(n_requests=5, model="m2"), f"duckdb://{db}?table=recs")
     assert _duck_rows(db).equals(df)
-    with pytest.raises(RecsysError, match="bad table name"):
-        export.write(df, f"duckdb://{db}?table=x;drop")
 
 
 # --- PostgreSQL: a throwaway server in a temp dir, reached over a unix socket --------------------
@@ -172,10 +175,13 @@ def _pg_rows(url: str, table: str) -> pl.DataFrame:
         return pl.DataFrame(cur.fetchall(), schema=recs().schema, orient="row")
 
 
-def test_postgres_round_trip_replace_and_atomicity(pg_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_postgres_round_trip_replace_and_atomicity(pg_url: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
     df = recs().with_columns(pl.when(pl.col(RANK) == 2).then(None).otherwise(pl.col(Col.ITEM)).alias(Col.ITEM))
-    summary = export.write(df, f"{pg_url}&table=public.recs")
+    caplog.set_level("INFO", logger="recsys.export")
+    summary = export.write(df, f"{pg_url}&password=Top%23Secret2&table=public.recs")  # trust auth ignores it
     assert summary.kind == "postgresql" and summary.table == "public.recs"
+    assert "password=***" in str(summary) and "password=***" in caplog.text  # the summary and the log
+    assert "Secret2" not in str(summary) + caplog.text
     got = _pg_rows(pg_url, "public.recs")
     assert got.equals(df)  # nulls stay null, the empty user id stays an empty string, floats exact
     assert got[Col.USER].to_list().count("") == 4 and got[Col.ITEM].null_count() == 3
@@ -193,6 +199,165 @@ def test_postgres_errors_are_clear(pg_url: str) -> None:
         export.write(recs(), "postgresql://u:secret@127.0.0.1:1/none?connect_timeout=2")
     with pytest.raises(DataError, match="tags"):
         export.write(recs().with_columns(pl.lit(["a"]).alias("tags")), f"{pg_url}&table=bad")
+
+
+# --- hostile input: every failure is one line, no password, nothing of yours destroyed ---------------
+
+
+def _cli_error(args: list[str]) -> str:
+    """Run ``recsys export ...``; assert it failed with one line; return that line."""
+    result = CliRunner().invoke(main, ["export", *args])
+    assert result.exit_code == 1, result.output
+    assert "Traceback" not in result.output and result.output.startswith("error: ")
+    assert result.output.count("\n") == 1, result.output
+    return result.output
+
+
+def test_passwords_never_leave_export(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    src = tmp_path / "recs.parquet"
+    recs().write_parquet(src)
+    targets = [
+        "postgresql://localhost:1/app?user=u&password=TopSecret2&table=recs",  # libpq: connection refused
+        "postgresql://u:Top%23Sec%2Fret2@localhost:1/app?connect_timeout=2",  # percent-encoded # and /
+        "postgresql://u:Top#Secret2@localhost:1/app?table=r",  # raw #: no "fragment" for libpq
+        "postgresql://u:Top/Secret2@localhost:1/app",  # raw /: ambiguous, refused
+        "postgresql://u:Top%zzSecret2@h/app",  # libpq echoes the bad token
+        "postgresql:///app?host=/nonexistent&password=Top%zzSecret2",
+        "mysql://u:TopSecret2@h/db",
+    ]
+    for target in targets:
+        line = _cli_error([str(src), "--to", target])
+        assert "Secret" not in line and "Sec%2F" not in line and "***" in line, line
+        debug = CliRunner().invoke(main, ["--debug", "export", str(src), "--to", target])
+        assert "Secret" not in "".join(traceback.format_exception(debug.exception)), target  # chained causes too
+    import psycopg
+
+    def echo(conninfo: str, **kw: object) -> None:  # a driver message quoting the URL, raw and decoded
+        raise psycopg.OperationalError(f"cannot use {conninfo!r}\nhint: password 'Top#Sec/ret2' rejected")
+
+    monkeypatch.setattr(psycopg, "connect", echo)
+    line = _cli_error([str(src), "--to", "postgresql://u:Top%23Sec%2Fret2@h/app"])
+    assert "Top" not in line and "postgresql://u:***@h/app" in line
+
+
+@pytest.mark.parametrize("backend", ["duckdb", "postgresql"])
+def test_export_never_drops_a_table_it_did_not_create(backend: str, tmp_path: Path, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    if backend == "duckdb":
+        import duckdb
+
+        db = tmp_path / "out.db"
+        url = f"duckdb://{db}?table=recs"
+
+        def run(q: str) -> list:
+            with duckdb.connect(str(db)) as con:
+                return con.execute(q).fetchall()
+
+    else:
+        import psycopg
+
+        base = request.getfixturevalue("pg_url")
+        url = f"{base}&table=public.recs"
+
+        def run(q: str) -> list:
+            with psycopg.connect(base) as conn, conn.cursor() as cur:
+                cur.execute(q)
+                return cur.fetchall() if cur.description else []
+
+        run("DROP TABLE IF EXISTS recs, recs__staging")
+    run("CREATE TABLE recs__staging (note text)")
+    run("INSERT INTO recs__staging VALUES ('mine')")
+    export.write(recs(), url)
+    export.write(recs(), url)
+    with monkeypatch.context() as m:  # even a staging name that collides fails rather than replaces
+        m.setattr(export, "staging_name", lambda name: f"{name}__staging")
+        with pytest.raises(RecsysError, match="already exists"):
+            export.write(recs(), url)
+    monkeypatch.setattr(export, "BATCH_ROWS", 5)
+    _failing_batches(monkeypatch)
+    with pytest.raises(RuntimeError, match="crash"):
+        export.write(recs(), url)
+    assert run("SELECT note FROM recs__staging") == [("mine",)]
+    assert run("SELECT count(*) FROM recs") == [(recs().height,)]
+    tables = run("SELECT table_name FROM information_schema.tables WHERE table_name LIKE 'recs%'")
+    assert sorted(t for (t,) in tables) == ["recs", "recs__staging"]  # no staging table left behind
+
+
+def test_non_duckdb_file_is_refused_untouched(tmp_path: Path) -> None:
+    src, target = tmp_path / "recs.parquet", tmp_path / "out.csv"
+    recs().write_parquet(src)
+    target.write_text("a,b\n1,2\n")
+    before = sorted(p.name for p in tmp_path.iterdir())
+    line = _cli_error([str(src), "--to", f"duckdb://{target}?table=recs"])
+    assert "not a valid DuckDB database" in line and str(target) in line
+    assert target.read_text() == "a,b\n1,2\n" and sorted(p.name for p in tmp_path.iterdir()) == before
+
+
+def test_unwritable_targets_fail_in_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import duckdb
+
+    src = tmp_path / "recs.parquet"
+    recs().write_parquet(src)
+    (tmp_path / "dir.csv").mkdir()
+    assert "is a directory" in _cli_error([str(src), "--to", str(tmp_path / "dir.csv")])
+    assert "is a directory" in _cli_error([str(src), "--to", f"duckdb://{tmp_path / 'dir.csv'}"])
+    (tmp_path / "file").write_text("")
+    assert "cannot export to" in _cli_error([str(src), "--to", str(tmp_path / "file" / "out.csv")])
+    assert "cannot create" in _cli_error([str(src), "--to", f"duckdb://{tmp_path / 'file' / 'out.db'}"])
+    held = duckdb.connect(str(tmp_path / "held.db"))  # another connection holds the file
+    try:
+        assert str(tmp_path / "held.db") in _cli_error([str(src), "--to", f"duckdb://{tmp_path / 'held.db'}"])
+    finally:
+        held.close()
+    ro = tmp_path / "ro"
+    ro.mkdir(mode=0o555)
+    if os.geteuid() == 0:  # root writes anywhere: make the temp file creation fail as it would
+
+        def denied(*a: object, **kw: object) -> None:
+            raise PermissionError(13, "Permission denied")
+
+        monkeypatch.setattr(tempfile, "mkstemp", denied)
+    assert "Permission denied" in _cli_error([str(src), "--to", str(ro / "out.csv")])
+
+
+def test_csv_list_columns_are_space_separated(tmp_path: Path) -> None:
+    df = recs(n_requests=2, k=1).with_columns(pl.Series("history", [["n1", "n2"], []]), pl.Series("ids", [[3, 4], None]))
+    out = export.write(df, tmp_path / "recs.csv")
+    back = pl.read_csv(tmp_path / "recs.csv", infer_schema=False)
+    assert back["history"].to_list() == ["n1 n2", ""] and back["ids"].to_list() == ["3 4", None]
+    # read back as `recsys recommend` reads CSV lists
+    lists = back["history"].fill_null("").str.split(" ").list.eval(pl.element().filter(pl.element() != ""))
+    assert lists.to_list() == df["history"].to_list() and out.columns == df.columns
+    for bad in (pl.Series("history", [["a b"], []]), pl.Series("history", [[["x"]], []]), pl.Series("history", [[None, "x"], []])):
+        with pytest.raises(DataError, match="history"):
+            export.write(df.with_columns(bad), tmp_path / "bad.csv")
+    assert not (tmp_path / "bad.csv").exists()
+
+
+def test_table_options_are_checked(tmp_path: Path) -> None:
+    src = tmp_path / "recs.parquet"
+    recs().write_parquet(src)
+    assert "given 2 times" in _cli_error([str(src), "--to", f"duckdb://{tmp_path / 'o.db'}?table=a&table=b"])
+    assert "63" in _cli_error([str(src), "--to", "postgresql://localhost:1/db?table=" + "é" * 32])  # 64 bytes
+    assert "63" in _cli_error([str(src), "--to", "postgresql://localhost:1/db?table=s." + "t" * 64])
+    for bad in ("x;drop", "a.b.c", "", 'x"y'):
+        assert "bad table name" in _cli_error([str(src), "--to", f"duckdb://{tmp_path / 'o.db'}?table={bad}"])
+    assert not (tmp_path / "o.db").exists()
+
+
+def test_stale_temp_files_are_removed(tmp_path: Path) -> None:
+    out, old = tmp_path / "recs.csv", time.time() - 2 * export.STALE_TEMP_SECONDS
+    stale, fresh = tmp_path / ".recs.csv.k2x9_a0q.tmp", tmp_path / ".recs.csv.abcdefgh.tmp"
+    others = [tmp_path / ".other.csv.k2x9_a0q.tmp", tmp_path / ".recs.csv.notes.tmp", tmp_path / "recs.csv.k2x9_a0q.tmp"]
+    for p in (stale, fresh, *others):
+        p.write_text("x")
+    (tmp_path / ".recs.csv.dir00000.tmp").mkdir()
+    (tmp_path / ".recs.csv.lnk00000.tmp").symlink_to(others[0])
+    others += [tmp_path / ".recs.csv.dir00000.tmp", tmp_path / ".recs.csv.lnk00000.tmp"]
+    for p in (stale, *others):
+        os.utime(p, (old, old), follow_symlinks=False)
+    export.write(recs(), out)
+    assert not stale.exists()
+    assert fresh.exists() and all(p.exists() or p.is_symlink() for p in others)
 
 
 # --- MIND prediction.txt -------------------------------------------------------------------------
