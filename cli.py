@@ -217,56 +217,86 @@ def features_cmd(dataset: Path, out: Path, rows: Path | None, text: Path | None,
 
 # --- jobs: train, recommend, evaluate, export, demo ---------------------------------------------------
 
-
-def _text_config(encoder: str | None, epochs: int | None, max_train: int | None, max_tokens: int | None) -> object:
-    from recsys.text.model import TextConfig
-
-    overrides = {"encoder": encoder, "epochs": epochs, "max_train_impressions": max_train, "max_tokens": max_tokens}
-    return TextConfig(**{k: v for k, v in overrides.items() if v is not None})
+_DATASET = click.Path(exists=True, file_okay=False, path_type=Path)
+_MODEL = click.Path(exists=True, file_okay=False, path_type=Path)
+_CONFIG = click.option("--config", "config_file", type=click.Path(dir_okay=False, path_type=Path), default=None,
+                       help="Settings file (TOML, or JSON such as a model's model.json); flags override it.")
 
 
-def _text_options(f):  # type: ignore[no-untyped-def]
-    f = click.option("--max-tokens", type=int, default=None, help="Token budget per item text.")(f)
-    f = click.option("--max-train-impressions", "max_train", type=int, default=None, help="Fine-tune on a sample of this many impressions.")(f)
-    f = click.option("--epochs", type=int, default=None, help="Encoder fine-tuning epochs.")(f)
-    f = click.option("--encoder", type=click.Path(exists=True, file_okay=False), default=None, help="A local Hugging Face BERT directory (default: packaged all-MiniLM-L6-v2).")(f)
+def _resource_options(f):  # type: ignore[no-untyped-def]
+    f = click.option("--temp-dir", type=click.Path(file_okay=False), default=None, help="Scratch directory for spills (resource).")(f)
+    f = click.option("--threads", type=int, default=None, help="DuckDB threads (resource: never retrains).")(f)
+    f = click.option("--memory-limit", default=None, help="DuckDB memory limit, e.g. 4GB (resource: never retrains).")(f)
     return f
 
 
-@main.command("train")
-@click.argument("dataset", type=click.Path(exists=True, file_okay=False, path_type=Path))
-@click.option("--out", "out", required=True, type=click.Path(file_okay=False, path_type=Path), help="Model directory.")
-@click.option("--force", is_flag=True, help="Redo every stage even if its inputs are unchanged.")
-@click.option("--fine-tune/--frozen", default=False, show_default=True, help="Interaction logs: also fine-tune the encoder (slow on CPU).")
-@click.option("--text-fraction", default=0.5, show_default=True,
-              help="Impression logs: earliest share of training impressions for the text fine-tune; the ranker learns from the rest.")
-@_text_options
-def train_cmd(dataset: Path, out: Path, force: bool, fine_tune: bool, text_fraction: float, encoder: str | None, epochs: int | None, max_train: int | None, max_tokens: int | None) -> None:
-    """Train on DATASET: text encoder, features and ranker (impression logs), or retrieval + ranker (interaction logs)."""
-    from recsys.catalogue import CatalogueConfig
-    from recsys.pipeline import TrainConfig, train
+def _resources(memory_limit: str | None, threads: int | None, temp_dir: str | None) -> dict[str, object]:
+    return {"features.memory_limit": memory_limit, "features.threads": threads, "features.temp_dir": temp_dir}
 
-    text = _text_config(encoder, epochs, max_train, max_tokens)
-    catalogue = CatalogueConfig(fine_tune=fine_tune)
-    if any(v is not None for v in (encoder, epochs, max_train, max_tokens)):
-        catalogue = CatalogueConfig(fine_tune=fine_tune, text=text)  # type: ignore[arg-type]
-    summary = train(dataset, out, TrainConfig(text=text, text_fraction=text_fraction, catalogue=catalogue), force=force)  # type: ignore[arg-type]
-    for stage, seconds in summary["stage_seconds"].items():
+
+def _train_config(ds: object, config_file: Path | None, **flags: object) -> object:
+    """The log kind's defaults, then the config file, then the flags (each flag changes only its own setting)."""
+    from recsys.config import TrainConfig, load_config, override
+
+    base = TrainConfig.for_dataset(ds.manifest)  # type: ignore[attr-defined]
+    return override(load_config(config_file, base) if config_file else base, **flags)
+
+
+@main.command("train")
+@click.argument("dataset", type=_DATASET)
+@click.option("--out", "out", required=True, type=click.Path(file_okay=False, path_type=Path), help="Model directory.")
+@_CONFIG
+@click.option("--force", is_flag=True, help="Redo every stage even if its inputs are unchanged.")
+@click.option("--fine-tune/--frozen", default=None, help="Fine-tune the encoder or use it as pretrained [default: per log kind].")
+@click.option("--text-fraction", type=float, default=None, help="Impression logs: earliest share of training impressions for the text fine-tune.")
+@click.option("--encoder", type=click.Path(exists=True, file_okay=False), default=None, help="A local Hugging Face BERT directory (default: packaged all-MiniLM-L6-v2).")
+@click.option("--epochs", type=int, default=None, help="Encoder fine-tuning epochs.")
+@click.option("--max-train-impressions", "max_train", type=int, default=None, help="Fine-tune on a sample of this many impressions.")
+@click.option("--max-tokens", type=int, default=None, help="Token budget per item text.")
+@_resource_options
+def train_cmd(dataset: Path, out: Path, config_file: Path | None, force: bool, fine_tune: bool | None, text_fraction: float | None, encoder: str | None,
+              epochs: int | None, max_train: int | None, max_tokens: int | None, memory_limit: str | None, threads: int | None, temp_dir: str | None) -> None:
+    """Train on DATASET: text -> candidates -> features -> ranker, the same path for every log kind."""
+    from recsys.api import Recommender
+    from recsys.data import Dataset
+
+    ds = Dataset.load(dataset)
+    cfg = _train_config(ds, config_file, fine_tune=fine_tune, text_fraction=text_fraction, **{
+        "text.encoder": encoder, "text.epochs": epochs, "text.max_train_impressions": max_train, "text.max_tokens": max_tokens},
+        **_resources(memory_limit, threads, temp_dir))
+    rec = Recommender.fit(ds, cfg, out=out, force=force)  # type: ignore[arg-type]
+    for stage, seconds in rec.meta["summary"]["stage_seconds"].items():
         click.echo(f"{stage:<16} {'up to date' if seconds == 0 else f'{seconds:8.1f} s'}")
-    click.echo(f"model written to {out}")
+    click.echo(f"model {rec.model_id} ({rec.kind} log, {rec.meta['candidates']} candidates) written to {out}")
+
+
+def _load_model(model_dir: Path, dataset: Path | None, allow_other: bool, config_file: Path | None) -> object:
+    from recsys.api import Recommender
+    from recsys.config import with_resources
+    from recsys.data import Dataset
+
+    rec = Recommender.load(model_dir, Dataset.load(dataset) if dataset else None, allow_other_dataset=allow_other)
+    if config_file:
+        rec.config = with_resources(rec.config, config_file)
+    return rec
+
+
+_ALLOW_OTHER = click.option("--allow-other-dataset", is_flag=True, help="Use a log other than the training one (e.g. a newer log of the same site).")
 
 
 @main.command("evaluate")
-@click.argument("model_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
-@click.argument("log", type=click.Path(exists=True, file_okay=False, path_type=Path))
-@click.option("--split", default="dev", show_default=True, help="Which split of LOG to replay (interaction logs: usually test).")
+@click.argument("model_dir", type=_MODEL)
+@click.argument("log", type=_DATASET, required=False)
+@click.option("--split", default="dev", show_default=True, help="Which split to evaluate (interaction logs: usually test).")
+@click.option("--protocol", type=click.Choice(["replay", "catalogue"]), default=None, help="[default: replay for logged candidates, else catalogue]")
 @click.option("--report", "report_dir", type=click.Path(file_okay=False, path_type=Path), default=None, help="Report directory (default MODEL_DIR/report-SPLIT).")
-def evaluate_cmd(model_dir: Path, log: Path, split: str, report_dir: Path | None) -> None:
-    """Replay LOG's impressions through the model and its baselines; write a report."""
-    from recsys.pipeline import evaluate_model
-
+@_ALLOW_OTHER
+@_CONFIG
+def evaluate_cmd(model_dir: Path, log: Path | None, split: str, protocol: str | None, report_dir: Path | None, allow_other_dataset: bool, config_file: Path | None) -> None:
+    """Evaluate the model and its baselines on LOG (default: its training dataset); write a report."""
+    rec = _load_model(model_dir, log, allow_other_dataset, config_file)
     report_dir = report_dir or model_dir / f"report-{split}"
-    table = evaluate_model(model_dir, log, report_dir, split)
+    table = rec.evaluate(split=split, protocol=protocol, report_dir=report_dir, allow_other_dataset=allow_other_dataset)  # type: ignore[attr-defined]
     click.echo(_format_table(table) if table else f"unlabelled split: predictions written to {report_dir / 'prediction.txt'}")
     click.echo(f"report: {report_dir / 'report.md'}")
 
@@ -289,16 +319,21 @@ def _cell(value: object, width: int) -> str:
 
 
 @main.command("recommend")
-@click.argument("model_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.argument("model_dir", type=_MODEL)
 @click.argument("requests", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--top-k", default=10, show_default=True, help="Items per list.")
 @click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path), help="Output Parquet file.")
 @click.option("--chunk-size", default=20_000, show_default=True, help="Requests per chunk (bounds memory).")
-def recommend_cmd(model_dir: Path, requests: Path, top_k: int, out: Path, chunk_size: int) -> None:
+@click.option("--dataset", type=_DATASET, default=None, help="The log to serve from [default: the training dataset].")
+@_ALLOW_OTHER
+@_CONFIG
+def recommend_cmd(model_dir: Path, requests: Path, top_k: int, out: Path, chunk_size: int, dataset: Path | None, allow_other_dataset: bool,
+                  config_file: Path | None) -> None:
     """Write top-k lists for REQUESTS (Parquet/JSONL/CSV: user_id, optional request_id, history, candidates, timestamp)."""
-    from recsys.recommend import RecommendConfig, recommend
+    from recsys.recommend import RecommendConfig
 
-    summary = recommend(model_dir, requests, out, RecommendConfig(top_k=top_k, chunk_size=chunk_size))
+    rec = _load_model(model_dir, dataset, allow_other_dataset, config_file)
+    summary = rec.recommend_file(requests, out, RecommendConfig(top_k=top_k, chunk_size=chunk_size))  # type: ignore[attr-defined]
     click.echo(f"{summary['requests']} requests, {summary['rows']} rows written to {out} ({summary['short_lists']} lists shorter than {top_k})")
 
 
@@ -316,11 +351,15 @@ def export_cmd(recs: Path, target: str) -> None:
 @main.command("demo")
 @click.option("--out", default=Path("runs/demo"), show_default=True, type=click.Path(file_okay=False, path_type=Path))
 @click.option("--force", is_flag=True, help="Retrain even if the model is up to date.")
-def demo_cmd(out: Path, force: bool) -> None:
+@_CONFIG
+def demo_cmd(out: Path, force: bool, config_file: Path | None) -> None:
     """Train on the embedded sample, evaluate on its dev split, write ranked lists."""
-    from recsys.demo import demo
+    from recsys.config import load_config
+    from recsys.data import Dataset
+    from recsys.demo import SAMPLE, demo, demo_config
 
-    result = demo(out, force=force)
+    cfg = load_config(config_file, demo_config(Dataset.load(SAMPLE))) if config_file else None
+    result = demo(out, force=force, cfg=cfg)
     click.echo("\nReplay of the sample's dev split (per-impression means):\n")
     click.echo(_format_table(result["table"]))
     click.echo(f"\nreport:        {result['report']}")

@@ -18,7 +18,7 @@ from typing import Any
 from unittest import mock
 
 # The stages of recsys.pipeline.train, in the order it runs them; the last one completes the run.
-PIPELINE_STAGES = ("text_model", "encode", "encode_frozen", "text_features", "features", "ranker")
+PIPELINE_STAGES = ("encode_frozen", "text_model", "encode", "features", "ranker")
 
 
 class _StageDone(Exception):
@@ -44,10 +44,9 @@ def train_config(text_impressions: int | None) -> Any:
     The cut is on data, not steps: a run stopped by a step cap mid-epoch would end without the
     epoch's validation, and the fine-tune keeps the weights of the best validation AUC.
     """
-    from recsys.pipeline import TrainConfig
-    from recsys.text.model import TextConfig
+    from recsys.config import TrainConfig, override
 
-    return TrainConfig(text=TextConfig(max_train_impressions=text_impressions, epochs=1))
+    return override(TrainConfig.default("impressions"), **{"text.max_train_impressions": text_impressions, "text.epochs": 1})
 
 
 def train_stage(dataset: str, model_dir: str, text_impressions: int | None = None, until: str | None = None) -> dict[str, Any]:
@@ -63,6 +62,7 @@ def train_stage(dataset: str, model_dir: str, text_impressions: int | None = Non
         ``seconds`` of ``until`` as the pipeline timed it, seconds of every stage that ran (0 = up
         to date), and, once the run is complete, the training rows and the text fine-tune figures.
     """
+    from recsys.data import load_dataset
     from recsys.io import read_json
     from recsys.pipeline import Stages, train
 
@@ -80,7 +80,7 @@ def train_stage(dataset: str, model_dir: str, text_impressions: int | None = Non
     stopping = until is not None and until != PIPELINE_STAGES[-1]
     try:
         with mock.patch.object(Stages, "run", run_then_stop) if stopping else contextlib.nullcontext():
-            summary = train(Path(dataset), model, cfg)
+            summary = train(load_dataset(dataset), model, cfg, show_progress=False)
     except _StageDone:
         summary = None
     timings = read_json(model / "stages.json")
@@ -88,7 +88,7 @@ def train_stage(dataset: str, model_dir: str, text_impressions: int | None = Non
     if until is not None:
         figures["seconds"] = timings[until]["seconds"]
     if summary is not None:
-        figures.update(train_impressions=summary["train_impressions"], items=summary["items"])
+        figures.update(train_impressions=summary["summary"]["train_rows"], items=summary["summary"]["items"])
         features_meta = model / "features.json"
         if features_meta.exists():  # written by features.build beside the table
             figures["feature_rows"] = read_json(features_meta).get("summary", {}).get("rows")
@@ -100,19 +100,20 @@ def train_stage(dataset: str, model_dir: str, text_impressions: int | None = Non
 
 
 def evaluate_stage(model_dir: str, dataset: str, report_dir: str, split: str = "dev") -> dict[str, Any]:
-    """Replay the ``split`` impressions through the model and its baselines (:func:`recsys.evaluation.replay.evaluate`).
+    """Replay the ``split`` impressions through the model and its baselines (:func:`recsys.evaluate.evaluate`).
 
     Returns:
         ``{"table": {ranking: {metric: value}}, "report": path}``.
     """
-    from recsys.evaluation.replay import EvalConfig, evaluate
+    from recsys.data import load_dataset
+    from recsys.evaluate import evaluate
 
-    table = evaluate(Path(model_dir), Path(dataset), Path(report_dir), EvalConfig(split=split))
+    table = evaluate(Path(model_dir), load_dataset(dataset), split, report_dir=Path(report_dir))
     return {"table": table, "report": str(Path(report_dir) / "report.md")}
 
 
 def amazon_stage(data_dir: str, work_dir: str, fine_tune: bool = False) -> dict[str, Any]:
-    """Train and evaluate on the real Amazon Scientific log: the full-catalogue protocol of :mod:`recsys.catalogue`.
+    """Train and evaluate on the real Amazon Scientific log: the catalogue protocol of :mod:`recsys.evaluation.catalogue`.
 
     Args:
         data_dir: the UniSRec-layout directory (``../shared/data/amazon-scientific``).
@@ -122,15 +123,14 @@ def amazon_stage(data_dir: str, work_dir: str, fine_tune: bool = False) -> dict[
     Returns:
         ``{"table": {ranking: {metric: value}}, "stage_seconds": ..., "report": path}``.
     """
-    from recsys.catalogue import CatalogueConfig, train_catalogue
-    from recsys.evaluation.catalogue import evaluate_catalogue
-    from recsys.data import Split
-    from recsys.io import read_json
-    from recsys.loaders.amazon import load_amazon
+    from recsys.api import Recommender
+    from recsys.config import TrainConfig, override
+    from recsys.data import Dataset, Split
+    from recsys.loaders.amazon import ingest_amazon
 
-    ds = load_amazon(Path(data_dir))
-    model = train_catalogue(ds, CatalogueConfig(fine_tune=fine_tune), Path(work_dir) / "model")
-    table = evaluate_catalogue(model, ds, Split.TEST, Path(work_dir) / "report")
-    summary = read_json(model / "summary.json")
-    return {"table": table, "stage_seconds": summary.get("stage_seconds"), "fine_tune": fine_tune,
+    ingest_amazon(Path(data_dir), Path(work_dir) / "data")
+    ds = Dataset.load(Path(work_dir) / "data")
+    rec = Recommender.fit(ds, override(TrainConfig.for_dataset(ds.manifest), fine_tune=fine_tune), out=Path(work_dir) / "model", show_progress=False)
+    table = rec.evaluate(split=Split.TEST, report_dir=Path(work_dir) / "report")
+    return {"table": table, "stage_seconds": rec.meta["summary"]["stage_seconds"], "fine_tune": fine_tune,
             "report": str(Path(work_dir) / "report" / "report.md")}

@@ -19,26 +19,28 @@ from typing import Any
 
 
 def _requests(dataset: str, n: int, path: Path) -> None:
-    """``n`` requests for dev users (cycled when there are fewer), no history given: it comes from the log."""
+    """``n`` requests from dev impressions (cycled when there are fewer) with their shown candidates; the
+    history comes from the log."""
     import polars as pl
 
     from recsys.data import Col, Split, load_dataset
     from recsys.io import write_parquet
     from recsys.recommend import REQUEST
 
-    users = load_dataset(dataset).split(Split.DEV)[Col.USER].unique(maintain_order=True)
-    picked = users.gather([i % users.len() for i in range(n)])
-    write_parquet(pl.DataFrame({REQUEST: [f"bench-{i}" for i in range(n)], Col.USER: picked}), path)
+    dev = load_dataset(dataset).split(Split.DEV)
+    picked = dev.select(Col.USER, Col.CANDIDATES)[[i % dev.height for i in range(n)]]
+    write_parquet(picked.with_columns(pl.Series(REQUEST, [f"bench-{i}" for i in range(n)])), path)
 
 
 def recommend_speed(model_dir: str, dataset: str, requests: int = 200, top_k: int = 10) -> dict[str, Any]:
-    """Requests per second of :func:`recsys.recommend.recommend`, end to end and at the margin.
+    """Requests per second of the batch job (:meth:`recsys.api.Recommender.recommend_file`), end to end and at the margin.
 
     Runs the job for ``requests // 5`` and for ``requests`` requests. End to end = ``requests`` over
     its whole wall time (loading the model, fitting retrieval, ranking, writing); marginal = the
     extra requests over the extra time, what one more request costs once the job is running.
     """
-    from recsys.recommend import RecommendConfig, recommend
+    from recsys.api import Recommender
+    from recsys.recommend import RecommendConfig
 
     small = max(1, requests // 5)
     seconds: dict[int, float] = {}
@@ -46,8 +48,8 @@ def recommend_speed(model_dir: str, dataset: str, requests: int = 200, top_k: in
         for n in (small, requests):
             _requests(dataset, n, Path(tmp) / f"req{n}.parquet")
             start = time.perf_counter()
-            summary = recommend(Path(model_dir), Path(tmp) / f"req{n}.parquet", Path(tmp) / f"recs{n}.parquet",
-                                RecommendConfig(top_k=top_k), show_progress=False)
+            summary = Recommender.load(model_dir).recommend_file(Path(tmp) / f"req{n}.parquet", Path(tmp) / f"recs{n}.parquet",
+                                                                 RecommendConfig(top_k=top_k), show_progress=False)
             seconds[n] = time.perf_counter() - start
     extra = seconds[requests] - seconds[small]
     # Too few extra requests to time above the noise (tiny sizes): no marginal figure rather than a wild one.

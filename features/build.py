@@ -32,10 +32,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
-from features.registry import CLICK_PROB, TEXT_FEATURES, Feature, registry
+from features.registry import BEHAVIOUR, CLICK_PROB, FAMILIES, TEXT, TEXT_FEATURES, Feature, registry
 from recsys.data import IMPRESSIONS_SCHEMA, OPTIONAL_IMPRESSION_COLUMNS, Col, explode_candidates
 from recsys.errors import DataError, RecsysError
 from recsys.io import atomic_path, read_json, write_json
+from recsys.resources import resource
 
 log = logging.getLogger(__name__)
 
@@ -66,30 +67,36 @@ class FeatureConfig:
         memory_limit: DuckDB memory limit ("4GB"); beyond it DuckDB spills to `temp_dir`.
         temp_dir: scratch directory for intermediate files and spills (default: system temp).
         threads: DuckDB threads (default: all cores).
+        families: the feature families the ranker reads (``behaviour``, ``text``, ``retrieval``, ``pairs``;
+            see :mod:`features.registry`); this builder writes the behaviour family.
     """
 
     windows_hours: tuple[int, ...] = (1, 6, 24)
     ctr_prior: float = 0.05
     ctr_prior_weight: float = 20.0
-    memory_limit: str = "4GB"
-    temp_dir: str | None = None
-    threads: int | None = None
+    memory_limit: str = resource("4GB")
+    temp_dir: str | None = resource(None)
+    threads: int | None = resource(None)
+    families: tuple[str, ...] = (BEHAVIOUR, TEXT)
 
     def __post_init__(self) -> None:
         windows = tuple(int(h) for h in self.windows_hours)
         if not windows or min(windows) <= 0 or len(set(windows)) != len(windows):
-            raise ValueError(f"windows_hours must be distinct positive hours, got {self.windows_hours}")
+            raise RecsysError(f"FeatureConfig.windows_hours must be distinct positive hours, got {self.windows_hours}")
         self.windows_hours = tuple(sorted(windows))
         if not 0.0 <= self.ctr_prior <= 1.0:
-            raise ValueError(f"ctr_prior must be in [0, 1], got {self.ctr_prior}")
+            raise RecsysError(f"FeatureConfig.ctr_prior must be in [0, 1], got {self.ctr_prior}")
         if self.ctr_prior_weight <= 0:
-            raise ValueError(f"ctr_prior_weight must be > 0, got {self.ctr_prior_weight}")
+            raise RecsysError(f"FeatureConfig.ctr_prior_weight must be > 0, got {self.ctr_prior_weight}")
         if not _MEMORY.match(self.memory_limit):
-            raise ValueError(f"memory_limit must look like '4GB' or '512MB', got {self.memory_limit!r}")
+            raise RecsysError(f"FeatureConfig.memory_limit must look like '4GB' or '512MB', got {self.memory_limit!r}")
         if self.temp_dir is not None:
             self.temp_dir = str(self.temp_dir)
         if self.threads is not None and self.threads < 1:
-            raise ValueError(f"threads must be >= 1, got {self.threads}")
+            raise RecsysError(f"FeatureConfig.threads must be >= 1, got {self.threads}")
+        self.families = tuple(self.families)
+        if not self.families or set(self.families) - set(FAMILIES):
+            raise RecsysError(f"FeatureConfig.families must be a non-empty subset of {FAMILIES}, got {self.families}")
 
 
 @dataclass
@@ -197,7 +204,7 @@ def output_features(cfg: FeatureConfig, kind: str, text: list[str]) -> list[Feat
     """The registry features the builder writes for this config, log kind and text columns."""
     return [
         f for f in registry(cfg.windows_hours)
-        if not (f.needs_impressions and kind == "interactions") and (f.family != "text" or f.name in text)
+        if not (f.needs_impressions and kind == "interactions") and (f.group == BEHAVIOUR or (f.family == TEXT and f.name in text))
     ]
 
 

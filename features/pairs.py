@@ -1,4 +1,4 @@
-"""Ranker features of retrieved (history, candidate item) pairs for full-catalogue ranking.
+"""The pairs feature family: item-item, metadata and text signals of (history, candidate item) pairs.
 
 On top of every retrieval source's score and rank (:mod:`recsys.candidates.retrieval`), each pair gets:
 
@@ -25,23 +25,9 @@ import polars as pl
 import scipy.sparse as sp
 
 from recsys.data import Col
-from recsys.candidates.retrieval import ITEM_INDEX, ROW, Retriever, rank_col, score_col
+from recsys.candidates.retrieval import ITEM_INDEX, ROW, Retriever
 
-BEHAVIOUR_FEATURES = ("hist_len", "log_pop", "trans_last", "trans_rev", "cooc_last", "ease_last")
-META_FEATURES = ("same_category_last", "category_share", "same_brand_last", "brand_share")
-TEXT_KINDS = ("text_last", "text_max", "text_user")
 RECENT = 5
-
-
-def text_feature_names(encoders: Sequence[str]) -> list[str]:
-    return [f"{kind}_{enc}" for enc in encoders for kind in TEXT_KINDS]
-
-
-def feature_names(retriever: Retriever, encoders: Sequence[str], *, text: bool = True) -> list[str]:
-    """The ranker's feature columns; ``text=False`` drops every text-derived one (the "no text" baseline)."""
-    sources = [s for s in retriever.sources if text or s != "text"]
-    names = ["n_sources"] + [c for s in sources for c in (score_col(s), rank_col(s))] + list(BEHAVIOUR_FEATURES) + list(META_FEATURES)
-    return names + (text_feature_names(encoders) if text else [])
 
 
 def item_codes(items: pl.DataFrame) -> tuple[np.ndarray, np.ndarray]:

@@ -22,8 +22,12 @@ DEFAULT_WINDOWS: tuple[int, ...] = (1, 6, 24)
 # Passed through from synthetic data: the true click probability of a candidate. Never a feature.
 CLICK_PROB = "click_prob"
 
-ITEM, USER, CONTEXT, TEXT = "item", "user", "context", "text"
-FAMILIES = (ITEM, USER, CONTEXT, TEXT)
+# Families the ranker can be told to read (FeatureConfig.families). Behaviour features come from the
+# point-in-time SQL (features/*.sql, in three kinds: item, user, context), text features from the text
+# model (recsys/text/features.py), retrieval and pair features from the fitted retriever (features/pairs.py).
+BEHAVIOUR, TEXT, RETRIEVAL, PAIRS = "behaviour", "text", "retrieval", "pairs"
+FAMILIES = (BEHAVIOUR, TEXT, RETRIEVAL, PAIRS)
+ITEM, USER, CONTEXT = "item", "user", "context"  # the kinds of behaviour feature
 
 
 @dataclass(frozen=True)
@@ -32,11 +36,12 @@ class Feature:
 
     Attributes:
         name: column name in the feature table.
-        family: ``item``, ``user``, ``context`` or ``text``.
+        family: ``item``, ``user`` or ``context`` (behaviour), ``text``, ``retrieval`` or ``pairs``.
         dtype: Polars dtype of the column.
         description: what the value means, including what a null means.
         needs_impressions: computed from non-clicked impressions too, so absent for an
             interactions-only log (where every logged row is a click).
+        reads_text: derived from item text (left out of the "without text" baseline ranker).
     """
 
     name: str
@@ -44,6 +49,12 @@ class Feature:
     dtype: pl.DataType
     description: str
     needs_impressions: bool = False
+    reads_text: bool = False
+
+    @property
+    def group(self) -> str:
+        """The family as FeatureConfig.families names it (item, user and context are all behaviour)."""
+        return BEHAVIOUR if self.family in (ITEM, USER, CONTEXT) else self.family
 
 
 def _windowed(hours: Sequence[int]) -> list[Feature]:
@@ -83,17 +94,56 @@ _CONTEXT = (
 
 # Written by recsys/text/features.py (H-text), joined by (impression, candidate) when given.
 _TEXT = (
-    Feature("text_score", TEXT, pl.Float32(), "text model's interest score of the user in the candidate"),
-    Feature("text_max_sim", TEXT, pl.Float32(), "max cosine similarity of the candidate to the user's history items"),
-    Feature("text_mean_sim", TEXT, pl.Float32(), "mean cosine similarity of the candidate to the user's history items"),
-    Feature("text_recent_sim", TEXT, pl.Float32(), "similarity of the candidate to the user's most recent history items"),
+    Feature("text_score", TEXT, pl.Float32(), "text model's interest score of the user in the candidate", reads_text=True),
+    Feature("text_max_sim", TEXT, pl.Float32(), "max cosine similarity of the candidate to the user's history items", reads_text=True),
+    Feature("text_mean_sim", TEXT, pl.Float32(), "mean cosine similarity of the candidate to the user's history items", reads_text=True),
+    Feature("text_recent_sim", TEXT, pl.Float32(), "similarity of the candidate to the user's most recent history items", reads_text=True),
 )
 TEXT_FEATURES: tuple[str, ...] = tuple(f.name for f in _TEXT)
 
+# Retrieval sources (recsys/candidates/retrieval.py) and the text encoders of the pair features.
+SOURCES = ("ease", "transitions", "cooccurrence", "text", "popularity", "recent")
+ENCODERS = ("ft", "frozen")  # fine-tuned, pretrained
+
+
+def source_score(source: str) -> str:
+    return f"src_{source}_score"
+
+
+def source_rank(source: str) -> str:
+    return f"src_{source}_rank"
+
+
+_RETRIEVAL = (
+    Feature("n_sources", RETRIEVAL, pl.Float32(), "how many retrieval sources have the candidate in their top per_source"),
+    *(f for s in SOURCES for f in (
+        Feature(source_score(s), RETRIEVAL, pl.Float32(), f"the {s} source's score of the candidate for the user's history", reads_text=s == "text"),
+        Feature(source_rank(s), RETRIEVAL, pl.Float32(), f"the candidate's rank (1 = best) over the catalogue by the {s} source", reads_text=s == "text"),
+    )),
+)
+
+_PAIRS = (
+    Feature("hist_len", PAIRS, pl.Float32(), "length of the user's history"),
+    Feature("log_pop", PAIRS, pl.Float32(), "log(1 + interactions) of the candidate in the fitted rows"),
+    Feature("trans_last", PAIRS, pl.Float32(), "P(candidate follows the user's last item) in other users' sequences"),
+    Feature("trans_rev", PAIRS, pl.Float32(), "P(the user's last item follows the candidate)"),
+    Feature("cooc_last", PAIRS, pl.Float32(), "co-occurrence cosine of the candidate and the user's last item"),
+    Feature("ease_last", PAIRS, pl.Float32(), "EASE weight from the user's last item to the candidate"),
+    Feature("same_category_last", PAIRS, pl.Float32(), "1 if the candidate's category equals the last item's"),
+    Feature("category_share", PAIRS, pl.Float32(), "share of the user's recent items in the candidate's category"),
+    Feature("same_brand_last", PAIRS, pl.Float32(), "1 if the candidate's brand (first tag) equals the last item's"),
+    Feature("brand_share", PAIRS, pl.Float32(), "share of the user's recent items with the candidate's brand"),
+    *(f for enc in ENCODERS for f in (
+        Feature(f"text_last_{enc}", PAIRS, pl.Float32(), f"cosine of the candidate to the user's last item ({enc} encoder)", reads_text=True),
+        Feature(f"text_max_{enc}", PAIRS, pl.Float32(), f"best cosine of the candidate to the user's recent items ({enc} encoder)", reads_text=True),
+        Feature(f"text_user_{enc}", PAIRS, pl.Float32(), f"cosine of the candidate to the recency-weighted mean of the recent items ({enc} encoder)", reads_text=True),
+    )),
+)
+
 
 def registry(windows_hours: Sequence[int] = DEFAULT_WINDOWS) -> tuple[Feature, ...]:
-    """All features the builder can write for the given trailing windows, in table order."""
-    return (*_windowed(sorted(windows_hours)), *_ITEM_STATIC, *_USER, *_CONTEXT, *_TEXT)
+    """All features recsys can compute for the given trailing windows, in table order."""
+    return (*_windowed(sorted(windows_hours)), *_ITEM_STATIC, *_USER, *_CONTEXT, *_TEXT, *_RETRIEVAL, *_PAIRS)
 
 
 FEATURES: tuple[Feature, ...] = registry()
@@ -110,6 +160,12 @@ def feature_names(columns: Iterable[str]) -> list[str]:
     columns = list(columns)
     present = set(columns)
     return [f.name for f in registry(_windows_in(columns)) if f.name in present]
+
+
+def ranker_features(columns: Iterable[str], families: Sequence[str], *, text: bool = True) -> list[str]:
+    """The feature columns among `columns` that a ranker of these families reads; ``text=False`` drops every
+    feature derived from item text (the "without text" baseline)."""
+    return [f.name for f in describe(columns) if f.group in families and (text or not f.reads_text)]
 
 
 def describe(columns: Iterable[str]) -> list[Feature]:

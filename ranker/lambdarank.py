@@ -32,6 +32,7 @@ from tqdm.auto import tqdm
 from recsys.data import Col
 from recsys.errors import DataError, ModelMismatchError, RecsysError
 from recsys.io import atomic_path, read_json, write_json
+from recsys.resources import resource
 
 logger = logging.getLogger(__name__)
 
@@ -64,8 +65,8 @@ class RankerConfig:
     seed: int = 42
     # 0 = auto: one thread below SMALL_TABLE_ROWS training rows (there OpenMP start-up and spinning
     # cost more than they save, and on a busy machine 2 threads ran 20x slower than 1), else all cores.
-    num_threads: int = 0
-    log_every: int = 50
+    num_threads: int = resource(0)
+    log_every: int = resource(50)
 
     def __post_init__(self) -> None:
         self.label_gain = tuple(float(g) for g in self.label_gain)

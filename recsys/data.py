@@ -23,6 +23,8 @@ generator: the true click probability of each candidate, for the oracle ranking.
 
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -175,15 +177,27 @@ def explode_candidates(impressions: pl.DataFrame) -> pl.DataFrame:
 
 @dataclass
 class Dataset:
-    """A validated dataset directory in memory."""
+    """A validated dataset directory in memory (``path`` is None for one built in memory and not saved yet)."""
 
     items: pl.DataFrame
     impressions: pl.DataFrame
     manifest: dict[str, Any] = field(default_factory=dict)
+    path: Path | None = None
+
+    @classmethod
+    def load(cls, path: str | Path) -> Dataset:
+        """Read and validate a dataset directory (see :func:`load_dataset`)."""
+        return load_dataset(path)
 
     @property
     def kind(self) -> str:
         return str(self.manifest.get("kind", "impressions"))
+
+    @property
+    def fingerprint(self) -> str:
+        """A stable hash of the manifest (counts, time ranges, source): which log this is."""
+        blob = json.dumps(self.manifest, sort_keys=True, default=str).encode()
+        return hashlib.sha256(blob).hexdigest()[:16]
 
     def split(self, *names: str) -> pl.DataFrame:
         """Impressions of the given split(s)."""
@@ -223,6 +237,7 @@ def save_dataset(ds: Dataset, path: str | Path) -> Path:
     write_parquet(ds.items, path / "items.parquet")
     write_parquet(ds.impressions, path / "impressions.parquet")
     write_json(ds.manifest, path / "manifest.json")
+    ds.path = path
     return path
 
 
@@ -237,7 +252,7 @@ def load_dataset(path: str | Path) -> Dataset:
         raise RecsysError(f"{manifest_path}: schema version {manifest.get('schema_version')}, this recsys reads {SCHEMA_VERSION}; re-ingest the data")
     items = validate_items(pl.read_parquet(path / "items.parquet"), str(path / "items.parquet"))
     impressions = validate_impressions(pl.read_parquet(path / "impressions.parquet"), str(path / "impressions.parquet"))
-    return Dataset(items=items, impressions=impressions, manifest=manifest)
+    return Dataset(items=items, impressions=impressions, manifest=manifest, path=path)
 
 
 def item_text(items: pl.DataFrame, fields: tuple[str, ...] = (Col.TITLE, Col.ABSTRACT, Col.CATEGORY)) -> pl.Series:

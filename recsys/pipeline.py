@@ -1,19 +1,23 @@
-"""`recsys train`: text encoder fine-tune -> catalogue vectors -> text features -> feature table -> ranker.
+"""One path for every log: text -> candidates -> features -> rank.
 
-Each stage writes its outputs into the model directory together with a fingerprint of its inputs
-(``stages.json``). Re-running skips a stage whose fingerprint and outputs are unchanged, so a failure
-half way loses nothing already done; ``force=True`` redoes everything.
+The log's kind chooses only where candidates and labels come from (:func:`candidate_source`):
 
-Model directory layout::
+* impression logs: the **logged** candidates of each impression, labelled by its clicks;
+* interaction logs: **retrieved** candidates over the whole catalogue, labelled by the held-out next item.
 
-    text/                  fine-tuned encoder (safetensors) + user encoder + text_config.json
-    item_vectors.parquet   catalogue vectors of the fine-tuned encoder
-    frozen_vectors.parquet catalogue vectors of the pretrained encoder (the frozen baseline)
-    text_features.parquet  per (impression, candidate) text-interest features, all splits
-    features.parquet       the full feature table of the training dataset
-    ranker.txt, ranker.json            the LightGBM model and its manifest
-    ranker_features_only.txt/.json     the same ranker without text features (a baseline)
-    config.json, stages.json, summary.json
+Everything after that is the same code for training, replay, catalogue evaluation and serving:
+:func:`features.collect.collect_features`, then the LightGBM ranker. :func:`train` runs the stages below,
+each cached in ``stages.json`` by a fingerprint of its inputs (result settings only: resource settings such
+as threads or memory never retrain), so a re-run skips what is unchanged and ``force=True`` redoes all:
+
+1. ``encode_frozen``  catalogue vectors of the pretrained encoder          -> frozen_vectors.parquet
+2. ``text_model``     fine-tune the encoder on the earliest training rows   -> text/               (fine_tune)
+3. ``encode``         catalogue vectors of the fine-tuned encoder           -> item_vectors.parquet (fine_tune)
+4. ``features``       the ranker's training candidates and their features   -> features.parquet
+5. ``ranker``         lambdarank, and the same ranker without text features -> ranker/, ranker_no_text/
+
+and last ``model.json`` (see :mod:`recsys.model`). Statistics a feature reads are fitted only on rows
+before the ones it scores (:mod:`recsys.splits`), so no target is ever in what scores it.
 """
 
 from __future__ import annotations
@@ -23,47 +27,37 @@ import json
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import polars as pl
 
-from features.build import FeatureConfig, build_features
-from features.registry import feature_names
-from ranker.lambdarank import RankerConfig, fit, save_ranker, time_split
-from recsys.catalogue import CatalogueConfig, train_catalogue
-from recsys.data import Col, Dataset, Split, load_dataset
-from recsys.text.encode import ItemVectors, encode_items
+from features.collect import FeatureInputs, collect_features
+from features.registry import ENCODERS, ranker_features
+from ranker.lambdarank import Ranker, fit, load_ranker, save_ranker
+from recsys.candidates.logged import logged_candidates
+from recsys.candidates.retrieval import Retriever, aligned_vectors
+from recsys.candidates.retrieved import Requests, retrieved_candidates, subsample_negatives
+from recsys.candidates.sampling import sample_negatives
+from recsys.config import IMPRESSIONS, TrainConfig, to_toml
+from recsys.data import Col, Dataset, Split
 from recsys.errors import RecsysError
-from recsys.io import read_json, write_json, write_parquet
-from recsys.text.data import time_split as split_impressions
-from recsys.text.features import TEXT_FEATURES, text_features
-from recsys.text.model import TextConfig
-from recsys.text.train import load_text_model, pretrained_text_model, train_text_model
+from recsys.io import atomic_path, read_json, write_json, write_parquet
+from recsys.model import FROZEN_VECTORS, ITEM_VECTORS, NO_TEXT_DIR, RANKER_DIR, TEXT_DIR, write_model_json
+from recsys.resources import result_settings
+from recsys.splits import held_out_users, last_per_user, split_latest, splits_before
 
 log = logging.getLogger(__name__)
 
+LOGGED, RETRIEVED = "logged", "retrieved"
+FT, FROZEN = ENCODERS
 
-@dataclass
-class TrainConfig:
-    """Everything `recsys train` needs; each stage takes its own part."""
 
-    text: TextConfig = field(default_factory=TextConfig)
-    features: FeatureConfig = field(default_factory=FeatureConfig)
-    ranker: RankerConfig = field(default_factory=RankerConfig)
-    valid_fraction: float = 0.15  # last share of the ranker's impressions (by time) for early stopping
-    # Stacking by time: the text model learns from the earliest share of training impressions and the
-    # ranker from the rest, so the text scores it learns to trust are out-of-sample, as at serving time.
-    text_fraction: float = 0.5
-    # Interaction-only logs (manifest kind "interactions") train a retrieval + ranker model instead.
-    catalogue: CatalogueConfig = field(default_factory=CatalogueConfig)
-
-    def __post_init__(self) -> None:
-        if not 0.0 < self.valid_fraction < 0.5:
-            raise RecsysError(f"TrainConfig.valid_fraction must be in (0, 0.5), got {self.valid_fraction}")
-        if not 0.0 < self.text_fraction < 1.0:
-            raise RecsysError(f"TrainConfig.text_fraction must be in (0, 1), got {self.text_fraction}")
+def candidate_source(kind: str) -> str:
+    """Where a log's candidates and labels come from: the one place the log kind matters."""
+    return LOGGED if kind == IMPRESSIONS else RETRIEVED
 
 
 def fingerprint(*parts: Any) -> str:
@@ -98,100 +92,163 @@ class Stages:
         return fp
 
 
-def _vectors_stage(stages: Stages, name: str, model_fn: Callable[[], Any], items: pl.DataFrame, path: Path, upstream: str, cache: Path) -> str:
-    def work() -> None:
-        encode_items(model_fn(), items, cache_dir=cache).save(path)
+@dataclass
+class Assets:
+    """What scoring reads from a model directory: its config, text model and vectors, and rankers."""
 
-    return stages.run(name, [upstream, items.height], [path], work)
+    model_dir: Path
+    config: TrainConfig
+    dataset: Dataset
+
+    def text_model(self) -> Any:
+        from recsys.text.train import load_text_model, pretrained_text_model
+
+        return load_text_model(self.model_dir / TEXT_DIR) if self.config.fine_tune else pretrained_text_model(self.config.text)
+
+    def vectors(self, name: str) -> Any:
+        from recsys.text.encode import ItemVectors
+
+        path = self.model_dir / (ITEM_VECTORS if name == FT else FROZEN_VECTORS)
+        return ItemVectors.load(path) if path.exists() else None
+
+    def main_vectors(self) -> Any:
+        """The vectors of the text model and the text retrieval source: fine-tuned when present, else frozen."""
+        return self.vectors(FT) if self.config.fine_tune else self.vectors(FROZEN)
+
+    def pair_vectors(self) -> dict[str, np.ndarray]:
+        """Each encoder's L2-normalised vectors in catalogue order (the pairs family's text signals)."""
+        item_ids = self.dataset.items[Col.ITEM].to_list()
+        out = {}
+        for name in ENCODERS:
+            v = self.vectors(name) if self.config.use_text else None
+            if v is not None:
+                a = aligned_vectors(v, item_ids)
+                out[name] = a / np.maximum(np.linalg.norm(a, axis=1, keepdims=True), 1e-12)
+        return out
+
+    def retriever(self, *, splits: list[str] | tuple[str, ...] | None = None, rows: pl.DataFrame | None = None) -> Retriever:
+        """Retrieval statistics fitted on the given splits' (or rows') sequences, with the main text vectors."""
+        vectors = self.main_vectors() if self.config.use_text else None
+        return Retriever.fit(self.dataset, vectors, self.config.retrieval, splits=splits or Split.ALL, rows=rows)
+
+    def inputs(self, retriever: Retriever | None) -> FeatureInputs:
+        from features.registry import PAIRS, TEXT
+
+        needs = self.config.features.families
+        text = TEXT in needs and self.config.use_text
+        return FeatureInputs(self.dataset, self.config.features, self.text_model() if text else None, self.main_vectors() if text else None,
+                             self.pair_vectors() if PAIRS in needs else {}, retriever)
+
+    def rankers(self) -> dict[str, Ranker]:
+        return {"full model": load_ranker(self.model_dir / RANKER_DIR), "without text": load_ranker(self.model_dir / NO_TEXT_DIR)}
 
 
-def train(dataset_dir: Path, out_dir: Path, cfg: TrainConfig | None = None, *, force: bool = False) -> dict[str, Any]:
-    """Train the whole model on the dataset's train split; return the run summary (also in summary.json).
+def needs_retriever(cfg: TrainConfig) -> bool:
+    from features.registry import PAIRS, RETRIEVAL
+
+    return bool({RETRIEVAL, PAIRS} & set(cfg.features.families))
+
+
+def training_candidates(assets: Assets, show_progress: bool = False) -> pl.DataFrame:
+    """The ranker's training table: candidates of the rows the ranker may learn from, with their features.
+
+    Logged: the later part of the training impressions (the text model learned from the earlier part, and
+    retrieval statistics are fitted on it). Retrieved: each dev row's next item among retrieved candidates,
+    statistics from train; plus each user's last train item, statistics from the rows before it.
+    """
+    ds, cfg = assets.dataset, assets.config
+    train_rows = ds.split(Split.TRAIN)
+    if candidate_source(ds.kind) == LOGGED:
+        earlier, later = split_latest(train_rows, 1.0 - cfg.text_fraction)
+        retriever = assets.retriever(rows=earlier) if needs_retriever(cfg) else None
+        return collect_features(assets.inputs(retriever), later, logged_candidates(later), show_progress=show_progress)
+    dev = ds.split(Split.DEV)
+    if dev.height == 0:
+        raise RecsysError("the dataset has no dev rows: the ranker learns from dev targets (re-split a timestamped log by time)")
+    parts = [(assets.retriever(splits=splits_before(Split.DEV)), dev)]
+    if cfg.earlier_targets:
+        earlier, last = last_per_user(ds.split(*splits_before(Split.DEV)))
+        parts.append((assets.retriever(rows=earlier), last))
+    tables = []
+    for retriever, rows in parts:
+        req = Requests.from_rows(retriever, rows).with_targets()
+        cands, _ = retrieved_candidates(retriever, req, show_progress)
+        cands = subsample_negatives(cands, cfg.train_negatives, cfg.seed)
+        tables.append(collect_features(assets.inputs(retriever), req.rows, cands, show_progress=show_progress))
+    return pl.concat(tables, how="diagonal_relaxed")
+
+
+def fit_rankers(table: pl.DataFrame, cfg: TrainConfig, out_dir: Path) -> dict[str, Any]:
+    """Train the ranker and its "without text" baseline on `table`; early-stop on a held-out share of groups."""
+    if cfg.valid_by == "time":
+        fit_part, valid_part = split_latest(table, cfg.valid_fraction)
+    else:
+        fit_part, valid_part = held_out_users(table, cfg.valid_fraction, cfg.seed)
+    extra = {"train_time_range": [str(table[Col.TIME].min()), str(table[Col.TIME].max())]}
+    names = ranker_features(table.columns, cfg.features.families)
+    full = fit(fit_part, valid_part, names, cfg.ranker)
+    save_ranker(full, out_dir / RANKER_DIR, **extra)
+    save_ranker(fit(fit_part, valid_part, ranker_features(table.columns, cfg.features.families, text=False), cfg.ranker), out_dir / NO_TEXT_DIR, **extra)
+    return {"best_iteration": full.manifest["best_iteration"], "features": len(names)}
+
+
+def _text_rows(ds: Dataset, cfg: TrainConfig) -> pl.DataFrame:
+    """What the encoder fine-tunes on: the earliest training impressions, or sampled negatives of the clicks."""
+    train_rows = ds.split(Split.TRAIN)
+    if candidate_source(ds.kind) == LOGGED:
+        return split_latest(train_rows, 1.0 - cfg.text_fraction)[0]
+    return sample_negatives(train_rows, ds.items[Col.ITEM].to_list(), cfg.sampling).drop(Col.SAMPLED)
+
+
+def train(ds: Dataset, out_dir: Path, cfg: TrainConfig | None = None, *, force: bool = False, show_progress: bool = True) -> dict[str, Any]:
+    """Train the whole model on the dataset's train (and, for retrieved candidates, dev) rows.
 
     Args:
-        dataset_dir: a dataset directory (``recsys ingest`` / ``recsys synth``).
+        ds: a dataset loaded from its directory (the behaviour features read its log from disk).
         out_dir: the model directory; created if missing, reused stage by stage if present.
-        cfg: the configuration; defaults suit the embedded sample.
+        cfg: the configuration (default: :meth:`TrainConfig.for_dataset`).
         force: redo every stage even if its inputs are unchanged.
+        show_progress: progress bars.
+
+    Returns:
+        ``model.json`` as a dict (model_id, kind, config, stage timings, ...).
     """
-    cfg = cfg or TrainConfig()
-    dataset_dir, out_dir = Path(dataset_dir), Path(out_dir)
+    from recsys.text.encode import encode_items
+    from recsys.text.train import load_text_model, pretrained_text_model, train_text_model
+
+    cfg = cfg or TrainConfig.for_dataset(ds.manifest)
+    out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    ds = load_dataset(dataset_dir)
-    if ds.kind == "interactions":
-        return _train_catalogue(ds, dataset_dir, out_dir, cfg.catalogue)
-    write_json(asdict(cfg), out_dir / "config.json")
     stages = Stages(out_dir, force)
-    data_fp = fingerprint(ds.manifest)
-    train_rows = ds.split(Split.TRAIN)
-    text_rows, _ = split_impressions(train_rows, 1.0 - cfg.text_fraction)
-
-    text_fp = stages.run(
-        "text_model", [data_fp, asdict(cfg.text), cfg.text_fraction], [out_dir / "text" / "text_config.json"],
-        lambda: train_text_model(text_rows, ds.items, cfg.text, out_dir / "text"),
-    )
-    vec_fp = _vectors_stage(stages, "encode", lambda: load_text_model(out_dir / "text"), ds.items,
-                            out_dir / "item_vectors.parquet", text_fp, out_dir / "cache")
-    _vectors_stage(stages, "encode_frozen", lambda: pretrained_text_model(cfg.text), ds.items,
-                   out_dir / "frozen_vectors.parquet", fingerprint(cfg.text.encoder, cfg.text.max_tokens), out_dir / "cache")
-    tf_fp = stages.run(
-        "text_features", [vec_fp, data_fp], [out_dir / "text_features.parquet"],
-        lambda: write_parquet(
-            text_features(load_text_model(out_dir / "text"), ItemVectors.load(out_dir / "item_vectors.parquet"), ds.impressions),
-            out_dir / "text_features.parquet",
-        ),
-    )
+    data_fp, text_cfg = ds.fingerprint, result_settings(cfg.text)
+    cache = out_dir / "cache"
+    upstream: list[str] = []
+    if cfg.use_text:
+        upstream.append(stages.run(
+            "encode_frozen", [data_fp, cfg.text.encoder, cfg.text.max_tokens, list(cfg.text.fields)], [out_dir / FROZEN_VECTORS],
+            lambda: encode_items(pretrained_text_model(cfg.text), ds.items, cache_dir=cache, show_progress=show_progress).save(out_dir / FROZEN_VECTORS)))
+    if cfg.fine_tune:
+        text_fp = stages.run(
+            "text_model", [data_fp, ds.kind, text_cfg, cfg.text_fraction, result_settings(cfg.sampling)], [out_dir / TEXT_DIR / "text_config.json"],
+            lambda: train_text_model(_text_rows(ds, cfg), ds.items, cfg.text, out_dir / TEXT_DIR, show_progress=show_progress))
+        upstream.append(stages.run(
+            "encode", [text_fp], [out_dir / ITEM_VECTORS],
+            lambda: encode_items(load_text_model(out_dir / TEXT_DIR), ds.items, cache_dir=cache, show_progress=show_progress).save(out_dir / ITEM_VECTORS)))
+    assets = Assets(out_dir, cfg, ds)
+    feature_settings = [result_settings(cfg.features), result_settings(cfg.retrieval), cfg.use_text, cfg.fine_tune, cfg.text_fraction,
+                        cfg.train_negatives, cfg.earlier_targets, cfg.seed]
     feat_fp = stages.run(
-        "features", [tf_fp, data_fp, asdict(cfg.features)], [out_dir / "features.parquet"],
-        lambda: build_features(dataset_dir, out_dir / "features.parquet", cfg.features, text_features=out_dir / "text_features.parquet"),
-    )
+        "features", [data_fp, ds.kind, upstream, feature_settings], [out_dir / "features.parquet"],
+        lambda: write_parquet(training_candidates(assets, show_progress), out_dir / "features.parquet"))
+    ranker_info: dict[str, Any] = {}
 
-    def fit_rankers() -> None:
-        table = pl.read_parquet(out_dir / "features.parquet").filter(
-            pl.col(Col.SPLIT) == Split.TRAIN, ~pl.col(Col.IMPRESSION).is_in(text_rows[Col.IMPRESSION].implode()))
-        fit_part, valid_part = time_split(table, cfg.valid_fraction)
-        names = feature_names(table.columns)
-        extra = {"encoder_fingerprint": text_fp, "dataset": str(dataset_dir), "train_time_range": [str(table[Col.TIME].min()), str(table[Col.TIME].max())]}
-        save_ranker(fit(fit_part, valid_part, names, cfg.ranker), out_dir, **extra)
-        behaviour_only = [n for n in names if n not in TEXT_FEATURES]
-        save_ranker(fit(fit_part, valid_part, behaviour_only, cfg.ranker), out_dir, name="ranker_features_only", **extra)
+    def ranker_stage() -> None:
+        ranker_info.update(fit_rankers(pl.read_parquet(out_dir / "features.parquet"), cfg, out_dir))
 
-    stages.run("ranker", [feat_fp, asdict(cfg.ranker), cfg.valid_fraction, cfg.text_fraction], [out_dir / "ranker.txt", out_dir / "ranker_features_only.txt"], fit_rankers)
-
-    summary = {"kind": "impressions", "trained_at": time.strftime("%Y-%m-%dT%H:%M:%S"), "dataset_dir": str(dataset_dir.resolve()), "model_dir": str(out_dir), "stage_seconds": stages.timings,
-               "train_impressions": train_rows.height, "text_model_impressions": text_rows.height, "items": ds.items.height}
-    write_json(summary, out_dir / "summary.json")
-    return summary
-
-
-def _train_catalogue(ds: Dataset, dataset_dir: Path, out_dir: Path, cfg: CatalogueConfig) -> dict[str, Any]:
-    """Interaction-only logs: retrieval over the whole catalogue + a ranker (recsys/catalogue.py)."""
-    train_catalogue(ds, cfg, out_dir, show_progress=True)
-    summary = read_json(out_dir / "summary.json")
-    summary.update(kind="interactions", trained_at=time.strftime("%Y-%m-%dT%H:%M:%S"), dataset_dir=str(dataset_dir.resolve()), model_dir=str(out_dir))
-    write_json(summary, out_dir / "summary.json")
-    return summary
-
-
-def model_summary(model_dir: Path) -> dict[str, Any]:
-    """summary.json of a trained model: its kind and the dataset it was trained on."""
-    path = Path(model_dir) / "summary.json"
-    if not path.exists():
-        raise RecsysError(f"{model_dir} is not a trained model (no summary.json); train one with `recsys train`")
-    return dict(read_json(path))
-
-
-def load_model_dataset(model_dir: Path) -> Dataset:
-    """The dataset a model was trained on."""
-    return load_dataset(model_summary(model_dir)["dataset_dir"])
-
-
-def evaluate_model(model_dir: Path, log_dir: Path, report_dir: Path, split: str) -> dict[str, dict[str, float]]:
-    """`recsys evaluate`: impression replay for impression logs, full-catalogue ranking for interaction logs."""
-    if model_summary(model_dir)["kind"] == "interactions":
-        from recsys.evaluation.catalogue import evaluate_catalogue
-
-        return evaluate_catalogue(Path(model_dir), load_dataset(log_dir), split, Path(report_dir), show_progress=True)
-    from recsys.evaluation.replay import EvalConfig, evaluate
-
-    return evaluate(Path(model_dir), Path(log_dir), Path(report_dir), EvalConfig(split=split))
+    stages.run("ranker", [feat_fp, result_settings(cfg.ranker), cfg.valid_fraction, cfg.valid_by, cfg.seed],
+               [out_dir / RANKER_DIR / "ranker.txt", out_dir / NO_TEXT_DIR / "ranker.txt"], ranker_stage)
+    with atomic_path(out_dir / "config.toml") as tmp:
+        tmp.write_text(to_toml(cfg))
+    summary = {"stage_seconds": stages.timings, "train_rows": ds.split(Split.TRAIN).height, "items": ds.items.height, **ranker_info}
+    return write_model_json(out_dir, kind=ds.kind, candidates=candidate_source(ds.kind), config=cfg.to_dict(),
+                            config_fingerprint=fingerprint(result_settings(cfg)), dataset=ds, stages=stages.done, summary=summary)

@@ -1,11 +1,13 @@
 """`recsys recommend`: the batch job. Requests in, top-k ranked lists out, in bounded memory.
 
-A request is a user, optionally with an inline history, optional explicit candidates and an optional
-time. Missing pieces come from the model's dataset: the user's latest known history, and candidates
-from retrieval (recent and popular items, nearest items by text vector to the user's vector, and
-item-to-item signals). Requests are processed in chunks; each chunk goes through the same feature
-builder and ranker as training, so serving features cannot drift from training features.
+A request is a user, optionally with an inline history, explicit candidates and a time. Missing
+histories come from the model's dataset (the user's latest known one). Candidates follow the model's
+path: a request's own candidates are ranked as logged ones; a request without candidates gets retrieved
+ones (union of the retrieval sources over the catalogue, the user's own items excluded) when the model's
+ranker learned on retrieved candidates (interaction logs). A model trained on logged impressions refuses
+such requests: its ranker never saw retrieved candidates, so its scores for them would mean nothing.
 
+Requests are processed in chunks through the same candidates -> features -> rank path as training.
 Output rows (Parquet): request_id, user_id, rank (1-based), item_id, score, model_id, generated_at.
 """
 
@@ -13,31 +15,30 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-import tempfile
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import polars as pl
 import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
-from features.build import build_features
-from ranker.lambdarank import load_ranker
+from features.collect import collect_features
+from ranker.topk import RANK, top_k
+from recsys.candidates.logged import logged_candidates
+from recsys.candidates.retrieval import Retriever
+from recsys.candidates.retrieved import Requests, retrieved_candidates
 from recsys.data import IMPRESSIONS_SCHEMA, Col, Dataset, Split
-from recsys.text.encode import ItemVectors
-from recsys.errors import DataError
-from recsys.io import atomic_path, read_json, write_parquet
-from recsys.pipeline import load_model_dataset, model_summary
-from recsys.candidates.retrieval import DEFAULT_SOURCES, RECENT, RetrievalConfig, Retriever
-from recsys.text.features import text_features
-from recsys.text.train import load_text_model
+from recsys.errors import DataError, RecsysError
+from recsys.io import atomic_path
+from recsys.pipeline import RETRIEVED, Assets, needs_retriever
+from recsys.resources import resource
 
 log = logging.getLogger(__name__)
 
 REQUEST = "request_id"
 RECS_SCHEMA = {
-    REQUEST: pl.String(), Col.USER: pl.String(), "rank": pl.Int32(), Col.ITEM: pl.String(),
+    REQUEST: pl.String(), Col.USER: pl.String(), RANK: pl.Int32(), Col.ITEM: pl.String(),
     "score": pl.Float64(), "model_id": pl.String(), "generated_at": pl.Datetime("us"),
 }
 
@@ -45,37 +46,68 @@ RECS_SCHEMA = {
 @dataclass
 class RecommendConfig:
     top_k: int = 10
-    chunk_size: int = 20_000
-    # News-like logs: the fresh catalogue joins the item-to-item, text and popularity sources.
-    retrieval: RetrievalConfig = field(default_factory=lambda: RetrievalConfig(sources=(*DEFAULT_SOURCES, RECENT)))
+    chunk_size: int = resource(20_000)
 
     def __post_init__(self) -> None:
-        if self.top_k < 1 or self.chunk_size < 1:
-            raise ValueError("top_k and chunk_size must be at least 1")
+        if self.top_k < 1:
+            raise RecsysError(f"--top-k must be at least 1, got {self.top_k}")
+        if self.chunk_size < 1:
+            raise RecsysError(f"--chunk-size must be at least 1, got {self.chunk_size}")
 
 
 def read_requests(path: Path) -> pl.DataFrame:
     """Read requests from Parquet, JSONL or CSV (lists in CSV as space-separated ids)."""
     path = Path(path)
-    if not path.exists():
+    if not path.is_file():
         raise DataError(path, None, None, "requests file not found")
     suffix = path.suffix.lower()
-    if suffix == ".parquet":
-        df = pl.read_parquet(path)
-    elif suffix in (".jsonl", ".ndjson"):
-        df = pl.read_ndjson(path)
-    elif suffix == ".csv":
-        df = pl.read_csv(path, infer_schema=False)
+    try:
+        if suffix == ".parquet":
+            df = pl.read_parquet(path)
+        elif suffix in (".jsonl", ".ndjson"):
+            df = pl.read_ndjson(path)
+        elif suffix == ".csv":
+            df = pl.read_csv(path, infer_schema=False)
+            for col in (Col.HISTORY, Col.CANDIDATES):
+                if col in df.columns:
+                    df = df.with_columns(pl.col(col).str.split(" ").list.eval(pl.element().filter(pl.element() != "")))
+        else:
+            raise DataError(path, None, None, f"unknown requests format {suffix!r}; use .parquet, .jsonl or .csv")
+    except (pl.exceptions.PolarsError, OSError, UnicodeDecodeError) as exc:
+        raise DataError(path, None, None, f"cannot be read as {suffix[1:]}: {str(exc).splitlines()[0]}") from exc
+    return check_requests(df, path)
+
+
+def check_requests(df: pl.DataFrame, what: object = "requests") -> pl.DataFrame:
+    """Requests with string ids, list columns and datetimes; raises naming the first bad row and field."""
+    if Col.USER not in df.columns:
+        raise DataError(what, None, Col.USER, "column is missing; every request needs a user")
+    if REQUEST not in df.columns:
+        df = df.with_row_index(REQUEST)
+    try:
+        df = df.with_columns(pl.col(REQUEST).cast(pl.String()), pl.col(Col.USER).cast(pl.String()))
         for col in (Col.HISTORY, Col.CANDIDATES):
             if col in df.columns:
-                df = df.with_columns(pl.col(col).fill_null("").str.split(" ").list.eval(pl.element().filter(pl.element() != "")))
-    else:
-        raise DataError(path, None, None, f"unknown requests format {suffix!r}; use .parquet, .jsonl or .csv")
-    if Col.USER not in df.columns:
-        raise DataError(path, None, Col.USER, "column is missing; every request needs a user")
-    if REQUEST not in df.columns:
-        df = df.with_row_index(REQUEST).with_columns(pl.col(REQUEST).cast(pl.String()))
-    return df.with_columns(pl.col(REQUEST).cast(pl.String()), pl.col(Col.USER).cast(pl.String()))
+                df = df.with_columns(pl.col(col).cast(pl.List(pl.String())))
+        if Col.TIME in df.columns and df.schema[Col.TIME] == pl.String():
+            df = df.with_columns(pl.col(Col.TIME).str.to_datetime(strict=False, time_unit="us").alias("_t"))
+            bad = df.with_row_index("_r").filter(pl.col("_t").is_null() & pl.col(Col.TIME).is_not_null())
+            if bad.height:
+                raise DataError(what, int(bad["_r"][0]) + 1, Col.TIME, f"{bad[Col.TIME][0]!r} is not a date-time")
+            df = df.with_columns(pl.col("_t").alias(Col.TIME)).drop("_t")
+        if Col.TIME in df.columns:
+            df = df.with_columns(pl.col(Col.TIME).cast(pl.Datetime("us")))
+    except pl.exceptions.PolarsError as exc:
+        raise DataError(what, None, None, f"columns of the wrong type: {str(exc).splitlines()[0]}") from exc
+    for col in (REQUEST, Col.USER):
+        nulls = df[col].is_null()
+        if nulls.any():
+            raise DataError(what, int(nulls.arg_true()[0]) + 1, col, "is empty")
+    dup = df[REQUEST].is_duplicated()
+    if dup.any():
+        row = int(dup.arg_true()[0])
+        raise DataError(what, row + 1, REQUEST, f"duplicate request id {df[REQUEST][row]!r}")
+    return df
 
 
 def latest_histories(ds: Dataset) -> pl.DataFrame:
@@ -86,7 +118,8 @@ def latest_histories(ds: Dataset) -> pl.DataFrame:
 
 
 def to_impressions(requests: pl.DataFrame, ds: Dataset, now: dt.datetime) -> pl.DataFrame:
-    """Requests in the contract's impressions format (unlabelled, split 'test'); histories filled from the log."""
+    """Requests in the contract's impressions format (unlabelled, split 'test'); histories filled from the log,
+    candidates outside the catalogue and repeats dropped (a null candidate list stays null: retrieve)."""
     df = requests
     if Col.HISTORY not in df.columns:
         df = df.join(latest_histories(ds), on=Col.USER, how="left")
@@ -94,88 +127,67 @@ def to_impressions(requests: pl.DataFrame, ds: Dataset, now: dt.datetime) -> pl.
         df = df.with_columns(pl.lit(now).alias(Col.TIME))
     if Col.CANDIDATES not in df.columns:
         df = df.with_columns(pl.lit(None, dtype=pl.List(pl.String())).alias(Col.CANDIDATES))
+    catalogue = ds.items[Col.ITEM].implode()
     return df.select(
         pl.col(REQUEST).alias(Col.IMPRESSION),
         Col.USER,
-        pl.col(Col.TIME).cast(pl.Datetime("us")),
+        pl.col(Col.TIME).fill_null(now).cast(pl.Datetime("us")),
         pl.col(Col.HISTORY).cast(pl.List(pl.String())).fill_null([]),
-        pl.col(Col.CANDIDATES).cast(pl.List(pl.String())),
+        pl.col(Col.CANDIDATES).cast(pl.List(pl.String())).list.eval(pl.element().filter(pl.element().is_in(catalogue)).unique(maintain_order=True)),
         pl.lit(None, dtype=pl.List(pl.Int8())).alias(Col.LABELS),
         pl.lit(Split.TEST).alias(Col.SPLIT),
     ).cast(IMPRESSIONS_SCHEMA)  # type: ignore[arg-type]
 
 
-Ranking = Callable[[pl.DataFrame], pl.DataFrame]
+def rank_requests(assets: Assets, rows: pl.DataFrame, k: int, retriever: Retriever | None, can_retrieve: bool) -> pl.DataFrame:
+    """Top-k lists of impression-format request rows: candidates -> features -> the model's ranker."""
+    given = rows.filter(pl.col(Col.CANDIDATES).is_not_null())
+    missing = rows.filter(pl.col(Col.CANDIDATES).is_null())
+    parts = [logged_candidates(given)] if given.height else []
+    if missing.height:
+        if retriever is None or not can_retrieve:
+            raise RecsysError("requests without candidates need a model whose ranker learned on retrieved candidates")
+        parts.append(retrieved_candidates(retriever, Requests.from_rows(retriever, missing))[0])
+    if not parts:
+        return pl.DataFrame(schema={Col.IMPRESSION: pl.String(), Col.USER: pl.String(), RANK: pl.Int32(), Col.ITEM: pl.String(), "score": pl.Float64()})
+    candidates = pl.concat(parts, how="diagonal_relaxed")
+    table = collect_features(assets.inputs(retriever), rows, candidates)
+    top = top_k(table.select(Col.IMPRESSION, Col.USER, Col.ITEM), assets.rankers()["full model"].score(table), k, Col.IMPRESSION, Col.ITEM)
+    return top.select(Col.IMPRESSION, Col.USER, RANK, Col.ITEM, "score")
 
 
-def _impression_ranking(model_dir: Path, ds: Dataset, cfg: RecommendConfig) -> Ranking:
-    """Ranks a chunk of requests with the impression-log model: retrieval when candidates are missing,
-    then the same feature builder and ranker as training."""
-    dataset_dir = Path(model_summary(model_dir)["dataset_dir"])
-    ranker = load_ranker(model_dir)
-    text_model = load_text_model(model_dir / "text")
-    vectors = ItemVectors.load(model_dir / "item_vectors.parquet")
-    retriever = Retriever.fit(ds, vectors, cfg.retrieval)
-
-    def rank(imps: pl.DataFrame) -> pl.DataFrame:
-        imps = retriever.fill_candidates(imps)
-        with tempfile.TemporaryDirectory() as work:
-            write_parquet(imps, Path(work) / "rows.parquet")
-            write_parquet(text_features(text_model, vectors, imps), Path(work) / "text.parquet")
-            build_features(dataset_dir, Path(work) / "features.parquet", rows=Path(work) / "rows.parquet",
-                           text_features=Path(work) / "text.parquet", show_progress=False)
-            table = pl.read_parquet(Path(work) / "features.parquet")
-        return (
-            table.select(Col.IMPRESSION, Col.USER, Col.ITEM)
-            .with_columns(score=pl.Series(ranker.score(table)))
-            .sort([Col.IMPRESSION, "score", Col.ITEM], descending=[False, True, False])
-            .with_columns(rank=pl.int_range(1, pl.len() + 1).over(Col.IMPRESSION).cast(pl.Int32()))
-            .filter(pl.col("rank") <= cfg.top_k)
+def recommend_chunks(assets: Assets, model_id: str, candidates: str, requests: pl.DataFrame, cfg: RecommendConfig,
+                     *, show_progress: bool = False) -> Iterator[pl.DataFrame]:
+    """Ranked lists (:data:`RECS_SCHEMA`) chunk by chunk: memory stays bounded by the chunk size."""
+    ds = assets.dataset
+    can_retrieve = candidates == RETRIEVED
+    if not can_retrieve:
+        lacking = requests.with_row_index("_r").filter(pl.col(Col.CANDIDATES).is_null()) if Col.CANDIDATES in requests.columns else requests.with_row_index("_r")
+        if lacking.height:
+            raise DataError("requests", int(lacking["_r"][0]) + 1, Col.CANDIDATES,
+                            "no candidates: this model's ranker learned on logged impressions only, so it ranks the candidates "
+                            "a request brings (give every request a candidates list)")
+    retriever = assets.retriever(splits=Split.ALL) if can_retrieve or needs_retriever(assets.config) else None
+    now = ds.impressions[Col.TIME].max() + dt.timedelta(seconds=1)
+    generated_at = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
+    chunks = range(0, requests.height, cfg.chunk_size)
+    for start in tqdm(chunks, desc="recommend", unit="chunk", disable=not show_progress):
+        rows = to_impressions(requests.slice(start, cfg.chunk_size), ds, now)
+        yield (
+            rank_requests(assets, rows, cfg.top_k, retriever, can_retrieve)
+            .rename({Col.IMPRESSION: REQUEST})
+            .with_columns(model_id=pl.lit(model_id), generated_at=pl.lit(generated_at))
+            .select(list(RECS_SCHEMA))
+            .cast(RECS_SCHEMA)  # type: ignore[arg-type]
         )
 
-    return rank
 
-
-def _catalogue_ranking(model_dir: Path, ds: Dataset, cfg: RecommendConfig) -> Ranking:
-    """Ranks a chunk of requests over the whole catalogue with an interaction-log model."""
-    from recsys.catalogue import CatalogueConfig, load_vectors, main_vectors
-    from recsys.evaluation.catalogue import recommend_catalogue
-
-    catalogue_cfg = CatalogueConfig.from_dict(read_json(model_dir / "config.json"))
-    retriever = Retriever.fit(ds, main_vectors(load_vectors(model_dir, ds)), catalogue_cfg.retrieval, splits=Split.ALL)
-    return lambda imps: recommend_catalogue(model_dir, ds, imps, cfg.top_k, retriever=retriever)
-
-
-def recommend(model_dir: Path, requests_path: Path, out: Path, cfg: RecommendConfig | None = None, *, show_progress: bool = True) -> dict[str, object]:
-    """Rank candidates for every request and write the top-k lists to `out` (Parquet, atomically).
-
-    Returns:
-        A summary: requests, rows written, requests that got fewer than k items, seconds.
-    """
-    cfg = cfg or RecommendConfig()
-    model_dir = Path(model_dir)
-    summary = model_summary(model_dir)
-    ds = load_model_dataset(model_dir)
-    rank_chunk = _catalogue_ranking(model_dir, ds, cfg) if summary["kind"] == "interactions" else _impression_ranking(model_dir, ds, cfg)
-    model_id = f"{model_dir.name}@{summary.get('trained_at', 'unknown')}"
-    generated_at = dt.datetime.now(dt.UTC).replace(tzinfo=None)
-    requests = read_requests(requests_path)
-    now = ds.impressions[Col.TIME].max() + dt.timedelta(seconds=1)
-
-    rows = short = 0
+def write_recommendations(chunks: Iterator[pl.DataFrame], n_requests: int, top: int, out: Path) -> dict[str, object]:
+    """Write the chunks to `out` (Parquet, atomically: a reader never sees half a file); return a summary."""
+    rows = full = 0
     with atomic_path(out) as tmp, pq.ParquetWriter(tmp, pl.DataFrame(schema=RECS_SCHEMA).to_arrow().schema) as writer:
-        chunks = range(0, requests.height, cfg.chunk_size)
-        for start in tqdm(chunks, desc="recommend", unit="chunk", disable=not show_progress):
-            imps = to_impressions(requests.slice(start, cfg.chunk_size), ds, now)
-            top = (
-                rank_chunk(imps)
-                .rename({Col.IMPRESSION: REQUEST})
-                .with_columns(model_id=pl.lit(model_id), generated_at=pl.lit(generated_at))
-                .select(list(RECS_SCHEMA))
-                .cast(RECS_SCHEMA)  # type: ignore[arg-type]
-            )
-            writer.write_table(top.to_arrow())
-            rows += top.height
-            counts = top.group_by(REQUEST).len()
-            short += imps.height - counts.filter(pl.col("len") >= cfg.top_k).height
-    return {"requests": requests.height, "rows": rows, "short_lists": short, "out": str(out)}
+        for chunk in chunks:
+            writer.write_table(chunk.to_arrow())
+            rows += chunk.height
+            full += chunk.group_by(REQUEST).len().filter(pl.col("len") >= top).height
+    return {"requests": n_requests, "rows": rows, "short_lists": n_requests - full, "out": str(out)}

@@ -1,4 +1,4 @@
-"""Full-catalogue pipeline on a tiny shop log: leave-one-out without leakage, training, evaluation, report."""
+"""Interaction logs on the one pipeline: leave-one-out without leakage, training, catalogue evaluation, serving."""
 
 from __future__ import annotations
 
@@ -12,31 +12,34 @@ import pytest
 
 from conftest_shop import sequences, write_unisrec
 from conftest_text import make_tiny_encoder, tiny_config
-from ranker.lambdarank import RankerConfig
-from recsys.catalogue import CatalogueConfig, Requests, candidate_table, splits_before, time_split, train_catalogue
-from recsys.evaluation.catalogue import FULL, NO_TEXT, evaluate_catalogue
-from features.pairs import item_codes
+from features.collect import FeatureInputs, collect_features
+from recsys.api import Recommender
+from recsys.candidates.retrieval import ITEM_INDEX, ROW, RetrievalConfig, Retriever
+from recsys.candidates.retrieved import Requests, retrieved_candidates
+from recsys.candidates.sampling import SamplingConfig
+from recsys.config import TrainConfig, override
 from recsys.data import Col, Dataset, Split
 from recsys.errors import RecsysError
-from recsys.loaders.amazon import load_amazon
-from recsys.candidates.retrieval import ITEM_INDEX, ROW, RetrievalConfig, Retriever
-from recsys.candidates.sampling import SamplingConfig
+from recsys.loaders.amazon import ingest_amazon
+from recsys.splits import resplit_by_time, splits_before
 
 N_ITEMS = 40
+FULL, NO_TEXT = "full model", "without text"
 
 
 @pytest.fixture(scope="module")
 def shop(tmp_path_factory: pytest.TempPathFactory) -> Dataset:
+    root = tmp_path_factory.mktemp("shop")
     seqs = sequences(n_users=150, n_items=N_ITEMS, length=8, seed=2)
-    return load_amazon(write_unisrec(tmp_path_factory.mktemp("shop"), seqs, N_ITEMS))
+    ingest_amazon(write_unisrec(root / "src", seqs, N_ITEMS), root / "data")
+    return Dataset.load(root / "data")
 
 
-def small_cfg(**overrides: object) -> CatalogueConfig:
-    base = dict(retrieval=RetrievalConfig(per_source=8, ease_l2=10.0, batch_size=64),
-                ranker=RankerConfig(num_leaves=7, min_data_in_leaf=5, n_estimators=40, early_stopping_rounds=10, num_threads=1),
-                use_text=False, fine_tune=False, train_negatives=20)
-    base.update(overrides)
-    return CatalogueConfig(**base)  # type: ignore[arg-type]
+def small_cfg(shop: Dataset, **overrides: object) -> TrainConfig:
+    base = {"retrieval.per_source": 8, "retrieval.ease_l2": 10.0, "retrieval.batch_size": 64, "ranker.num_leaves": 7, "ranker.min_data_in_leaf": 5,
+            "ranker.n_estimators": 40, "ranker.early_stopping_rounds": 10, "ranker.num_threads": 1, "use_text": False, "fine_tune": False,
+            "train_negatives": 20}
+    return override(TrainConfig.for_dataset(shop.manifest), **{**base, **overrides})
 
 
 def test_leave_one_out_features_never_see_the_target(shop: Dataset) -> None:
@@ -44,7 +47,8 @@ def test_leave_one_out_features_never_see_the_target(shop: Dataset) -> None:
     for split in (Split.DEV, Split.TEST):
         r = Retriever.fit(shop, None, RetrievalConfig(per_source=8, ease_l2=10.0), splits=splits_before(split))
         req = Requests.from_rows(r, shop.split(split))
-        table, _ = candidate_table(r, req, {}, item_codes(shop.items))
+        cands, _ = retrieved_candidates(r, req)
+        table = collect_features(FeatureInputs(shop, small_cfg(shop).features, retriever=r), req.rows, cands)
         # Popularity as a feature equals the count in the allowed rows' sequences: the held-out target is not in it.
         latest = shop.split(*splits_before(split)).sort(Col.TIME).group_by(Col.USER).agg(pl.concat_list(Col.HISTORY, Col.CANDIDATES).last())
         counts = np.bincount(np.concatenate(r.encode_histories(latest[Col.HISTORY])), minlength=N_ITEMS)
@@ -57,11 +61,11 @@ def test_leave_one_out_features_never_see_the_target(shop: Dataset) -> None:
 
 
 def test_train_and_evaluate_beat_popularity(shop: Dataset, tmp_path: Path) -> None:
-    model = train_catalogue(shop, small_cfg(), tmp_path / "model")
-    files = sorted(p.name for p in model.rglob("*") if p.is_file())
-    assert {"config.json", "summary.json", "ranker.txt", "ranker.json"} <= set(files)
+    rec = Recommender.fit(shop, small_cfg(shop), out=tmp_path / "model", show_progress=False)
+    files = sorted(p.name for p in rec.model_dir.rglob("*") if p.is_file())
+    assert {"model.json", "config.toml", "ranker.txt", "ranker.json"} <= set(files)
     assert not [f for f in files if f.endswith((".pkl", ".pickle", ".pt", ".joblib"))]
-    table = evaluate_catalogue(model, shop, Split.TEST, tmp_path / "report")
+    table = rec.evaluate(split=Split.TEST, report_dir=tmp_path / "report")
     for name in (FULL, NO_TEXT, "popularity", "transitions", "ease"):
         assert {"recall@10", "ndcg@50", "mrr", "coverage@10", "pop_percentile"} <= set(table[name])
     assert table[FULL]["recall@10"] > table["popularity"]["recall@10"] + 0.1
@@ -73,37 +77,36 @@ def test_train_and_evaluate_beat_popularity(shop: Dataset, tmp_path: Path) -> No
 
 def test_text_features_with_a_fine_tuned_tiny_encoder(shop: Dataset, tmp_path: Path) -> None:
     enc = make_tiny_encoder(tmp_path / "enc")
-    cfg = small_cfg(use_text=True, fine_tune=True, text=tiny_config(enc, epochs=1, max_train_impressions=200),
+    cfg = small_cfg(shop, use_text=True, fine_tune=True, text=tiny_config(enc, epochs=1, max_train_impressions=200, fields=("title",)),
                     sampling=SamplingConfig(negatives=3, max_rows=300))
-    model = train_catalogue(shop, cfg, tmp_path / "model")
+    rec = Recommender.fit(shop, cfg, out=tmp_path / "model", show_progress=False)
+    model = rec.model_dir
     assert (model / "item_vectors.parquet").exists() and (model / "frozen_vectors.parquet").exists()
     features = json.loads((model / "ranker" / "ranker.json").read_text())["features"]
-    assert {"text_last_ft", "text_max_frozen", "text_score"} <= set(features)
+    assert {"text_last_ft", "text_max_frozen", "src_text_score"} <= set(features)
     no_text = json.loads((model / "ranker_no_text" / "ranker.json").read_text())["features"]
-    assert not [f for f in no_text if f.startswith("text")]
-    table = evaluate_catalogue(model, shop, Split.DEV)
-    assert {"text (fine-tuned)", "text (frozen)", FULL} <= set(table)
+    assert not [f for f in no_text if "text" in f]
+    table = rec.evaluate(split=Split.DEV)
+    assert {"text only", "frozen text", FULL} <= set(table)
 
 
 def test_time_split_needs_real_timestamps(shop: Dataset) -> None:
     with pytest.raises(RecsysError, match="no real timestamps"):
-        time_split(shop)
+        resplit_by_time(shop)
     stamped = Dataset(shop.items, shop.impressions.with_columns(
         (pl.lit(dt.datetime(2024, 1, 1)) + pl.duration(hours=pl.int_range(pl.len()))).alias(Col.TIME)), {**shop.manifest, "time_source": "log"})
-    out = time_split(stamped, 0.1, 0.2)
+    out = resplit_by_time(stamped, 0.1, 0.2)
     times = {s: out.split(s)[Col.TIME] for s in Split.ALL}
     assert times[Split.TRAIN].max() < times[Split.DEV].min() and times[Split.DEV].max() < times[Split.TEST].min()
     assert abs(out.split(Split.TEST).height / out.impressions.height - 0.2) < 0.01
 
 
 def test_recommend_excludes_own_items_and_follows_the_chain(shop: Dataset, tmp_path: Path) -> None:
-    from recsys.evaluation.catalogue import recommend_catalogue
-
-    model = train_catalogue(shop, small_cfg(), tmp_path / "model")
-    requests = pl.DataFrame({Col.IMPRESSION: ["r1", "r2"], Col.USER: ["new", "U0001"], Col.TIME: [dt.datetime(2001, 1, 1)] * 2,
+    rec = Recommender.fit(shop, small_cfg(shop), out=tmp_path / "model", show_progress=False)
+    requests = pl.DataFrame({"request_id": ["r1", "r2"], Col.USER: ["new", "U0001"], Col.TIME: [dt.datetime(2001, 1, 1)] * 2,
                              Col.HISTORY: [["B00010", "B00011", "B00012"], ["B00030"]]})
-    recs = recommend_catalogue(model, shop, requests, top_k=5)
-    assert recs.group_by(Col.IMPRESSION).len().sort(Col.IMPRESSION)["len"].to_list() == [5, 5]
-    r1 = recs.filter(pl.col(Col.IMPRESSION) == "r1").sort("rank")
+    recs = rec.recommend(requests, k=5)
+    assert recs.group_by("request_id").len().sort("request_id")["len"].to_list() == [5, 5]
+    r1 = recs.filter(pl.col("request_id") == "r1").sort("rank")
     assert not set(r1[Col.ITEM]) & {"B00010", "B00011", "B00012"}
     assert "B00013" in r1[Col.ITEM].head(3).to_list()  # the chain's next item

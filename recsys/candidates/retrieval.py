@@ -32,24 +32,21 @@ import scipy.sparse as sp
 from scipy.linalg import lapack
 from tqdm.auto import tqdm
 
+from features.registry import SOURCES, source_rank, source_score
 from recsys.data import Col, Dataset, Split, explode_candidates
 from recsys.errors import RecsysError
 from recsys.evaluation.metrics import held_out_ranks, recall_at_k
+from recsys.resources import resource
 
 log = logging.getLogger(__name__)
 
-EASE, TRANSITIONS, COOCCURRENCE, TEXT, POPULARITY, RECENT = "ease", "transitions", "cooccurrence", "text", "popularity", "recent"
+ALL_SOURCES = SOURCES  # named in features/registry.py with their features
+EASE, TRANSITIONS, COOCCURRENCE, TEXT, POPULARITY, RECENT = ALL_SOURCES
 DEFAULT_SOURCES = (EASE, TRANSITIONS, COOCCURRENCE, TEXT, POPULARITY)
-ALL_SOURCES = (*DEFAULT_SOURCES, RECENT)
 ROW, ITEM_INDEX, N_SOURCES = "row", "item_index", "n_sources"
 
 
-def score_col(source: str) -> str:
-    return f"{source}_score"
-
-
-def rank_col(source: str) -> str:
-    return f"{source}_rank"
+score_col, rank_col = source_score, source_rank
 
 
 @dataclass(frozen=True)
@@ -63,16 +60,16 @@ class RetrievalConfig:
     max_ease_items: int = 25_000  # EASE inverts an items x items matrix: skipped above this size
     recent: int = 5  # history items that drive transitions, co-occurrence and the text vector
     decay: float = 0.6  # weight of the k-th most recent item is decay**k
-    batch_size: int = 1024
+    batch_size: int = resource(1024)
 
     def __post_init__(self) -> None:
         unknown = set(self.sources) - set(ALL_SOURCES)
         if unknown or not self.sources:
-            raise ValueError(f"sources must be a non-empty subset of {ALL_SOURCES}, got {self.sources}")
+            raise RecsysError(f"sources must be a non-empty subset of {ALL_SOURCES}, got {self.sources}")
         if self.per_source < 1 or self.recent < 1 or self.batch_size < 1 or self.recent_hours <= 0:
-            raise ValueError("per_source, recent and batch_size must be at least 1, recent_hours > 0")
+            raise RecsysError("per_source, recent and batch_size must be at least 1, recent_hours > 0")
         if not 0.0 < self.decay <= 1.0 or self.ease_l2 <= 0:
-            raise ValueError(f"decay must be in (0, 1] and ease_l2 > 0, got {self.decay}, {self.ease_l2}")
+            raise RecsysError(f"decay must be in (0, 1] and ease_l2 > 0, got {self.decay}, {self.ease_l2}")
 
 
 def user_sequences(impressions: pl.DataFrame) -> pl.DataFrame:
@@ -268,6 +265,26 @@ class Retriever:
         cands = pl.concat(parts) if parts else pl.DataFrame()
         per = {s: np.concatenate(r) for s, r in target_ranks.items()} if targets is not None else {}
         return Retrieved(cands, per, top)
+
+    def score_pairs(self, histories: Sequence[np.ndarray], rows: np.ndarray, items: np.ndarray) -> pl.DataFrame:
+        """Every source's score and rank, and ``n_sources``, of given (row, item index) pairs, `rows` sorted:
+        the retrieval features of candidates that retrieval did not produce (logged ones). Rows follow the input."""
+        top, n_items = self.cfg.per_source, len(self.item_ids)
+        bounds_all = np.searchsorted(rows, np.arange(len(histories) + 1))
+        cols: dict[str, list[np.ndarray]] = {N_SOURCES: [], **{c: [] for s in self.sources for c in (score_col(s), rank_col(s))}}
+        for start, scores in self.batches(histories):
+            b = len(next(iter(scores.values())))
+            lo, hi = bounds_all[start], bounds_all[start + b]
+            r, i = rows[lo:hi] - start, items[lo:hi]
+            hits = np.zeros(hi - lo, dtype=np.int8)
+            for s in self.sources:
+                ordered = np.sort(scores[s], axis=1)
+                values = scores[s][r, i]
+                hits += (values >= ordered[r, max(n_items - top, 0)]) & self._retrievable(s, values)
+                cols[score_col(s)].append(values)
+                cols[rank_col(s)].append(_ranks_of(ordered, values, bounds_all[start : start + b + 1] - lo))
+            cols[N_SOURCES].append(hits)
+        return pl.DataFrame({k: np.concatenate(v) if v else np.zeros(0) for k, v in cols.items()})
 
     @staticmethod
     def _retrievable(source: str, scores: np.ndarray) -> np.ndarray:

@@ -180,6 +180,7 @@ def write_report(
     notes: dict[str, Any] | None = None,
     reference_rows: Sequence[str] = ("oracle",),
     group_title: str = "user history length",
+    figures: Sequence[tuple[str, str]] = (),
 ) -> Path:
     """Write ``report.md``, ``metrics.json`` and the PNG plots into `out_dir`.
 
@@ -193,6 +194,7 @@ def write_report(
         notes: Anything worth recording (data, split, model dir); shown as a list and saved in JSON.
         reference_rows: Rows that are ceilings rather than contenders (not bolded).
         group_title: What the ``bucket`` column of `by_group` is, for headings and axes.
+        figures: More plots already written into `out_dir`: (heading, file name) pairs.
 
     Returns:
         The path of ``report.md``.
@@ -223,8 +225,10 @@ def write_report(
     if by_group is not None and by_group.height:
         md += [f"## By {group_title}", "", _frame_md(by_group), "", f"![by group]({BY_GROUP_PNG})", ""]
         plot_by_group(by_group, out_dir / BY_GROUP_PNG, group_title)
+    for heading, name in figures:
+        md += [f"## {heading}", "", f"![{heading}]({name})", ""]
     payload = {"title": title, "metrics": table, "importance": importance, "notes": notes,
-               "by_group": by_group.to_dicts() if by_group is not None else None}  # fmt: skip
+               "by_group": by_group.to_dicts() if by_group is not None else None, "figures": dict(figures)}  # fmt: skip
     write_json(_clean(payload), out_dir / METRICS_JSON)
     with atomic_path(out_dir / REPORT) as tmp:
         tmp.write_text("\n".join(md))

@@ -32,6 +32,7 @@ from recsys.data import ITEMS_SCHEMA, Col
 from recsys.text.device import DEVICES, PRECISIONS
 from recsys.errors import RecsysError
 from recsys.io import atomic_path, read_json, write_json
+from recsys.resources import resource
 
 CONFIG_FILE = "text_config.json"
 USER_FILE = "user_encoder.safetensors"
@@ -96,12 +97,12 @@ class TextConfig:
     lora_rank: int = 0
     accumulate: int = 1
     precision: str = "auto"
-    device: str = "auto"
+    device: str = resource("auto")
     seed: int = 0
     patience: int = 2
     val_fraction: float = 0.1
     max_train_impressions: int | None = None
-    encode_batch_size: int = 256
+    encode_batch_size: int = resource(256)
     cache_refresh_steps: int = 10
     val_check_steps: int | None = None
 

@@ -1,0 +1,98 @@
+"""The public Python API: the functions the CLI calls, for notebooks and other programs.
+
+    from recsys import Dataset, Recommender, TrainConfig
+
+    ds = Dataset.load("data/sample")
+    rec = Recommender.fit(ds, TrainConfig.for_dataset(ds.manifest), out="runs/model")
+    lists = rec.recommend(requests, k=10)           # a Polars frame: request_id, user_id, rank, item_id, score, ...
+    metrics = rec.evaluate(split="dev")             # model and baselines -> metric -> value
+    rec.save("models/today"); Recommender.load("models/today")
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+from recsys.config import TrainConfig
+from recsys.data import Dataset
+from recsys.errors import RecsysError
+from recsys.evaluate import evaluate
+from recsys.model import check_dataset, read_model_json
+from recsys.pipeline import Assets, train
+from recsys.recommend import RecommendConfig, check_requests, read_requests, recommend_chunks, write_recommendations
+
+
+class Recommender:
+    """A trained model directory, verified, with the dataset it serves from."""
+
+    def __init__(self, model_dir: Path, meta: dict[str, Any], dataset: Dataset, scratch: tempfile.TemporaryDirectory[str] | None = None) -> None:
+        self.model_dir, self.meta, self.dataset = Path(model_dir), meta, dataset
+        self.config = TrainConfig.from_dict(meta["config"])
+        self._scratch = scratch  # a model fitted without `out` lives here until saved
+
+    @property
+    def model_id(self) -> str:
+        return str(self.meta["model_id"])
+
+    @property
+    def kind(self) -> str:
+        return str(self.meta["kind"])
+
+    @classmethod
+    def fit(cls, dataset: Dataset, config: TrainConfig | None = None, *, out: str | Path | None = None, force: bool = False,
+            show_progress: bool = True) -> Recommender:
+        """Train on `dataset` (config default: :meth:`TrainConfig.for_dataset`) into `out` (default: a temporary
+        directory, kept until :meth:`save`); a re-run into the same `out` skips the stages that are up to date."""
+        scratch = None if out is not None else tempfile.TemporaryDirectory(prefix="recsys-model-")
+        model_dir = Path(out) if out is not None else Path(scratch.name)  # type: ignore[union-attr]
+        meta = train(dataset, model_dir, config, force=force, show_progress=show_progress)
+        return cls(model_dir, meta, dataset, scratch)
+
+    @classmethod
+    def load(cls, model_dir: str | Path, dataset: Dataset | None = None, *, allow_other_dataset: bool = False) -> Recommender:
+        """A saved model, every artifact's hash verified; `dataset` defaults to the one it was trained on.
+
+        Raises:
+            RecsysError: not a model, a tampered artifact, or another dataset without `allow_other_dataset`.
+        """
+        meta = read_model_json(Path(model_dir))
+        if dataset is None:
+            path = meta["dataset"]["path"]
+            if path is None or not Path(path).is_dir():
+                raise RecsysError(f"{model_dir}: the training dataset {path} is gone; pass the dataset to serve from")
+            dataset = Dataset.load(path)
+        check_dataset(meta, dataset, allow_other=allow_other_dataset)
+        return cls(Path(model_dir), meta, dataset)
+
+    def save(self, path: str | Path) -> Path:
+        """Copy the model directory to `path` (which must not exist yet)."""
+        path = Path(path)
+        if path.exists():
+            raise RecsysError(f"{path} exists; save a model into a new directory")
+        shutil.copytree(self.model_dir, path, ignore=shutil.ignore_patterns("cache"))
+        return path
+
+    def _chunks(self, requests: pl.DataFrame, cfg: RecommendConfig, show_progress: bool) -> Any:
+        assets = Assets(self.model_dir, self.config, self.dataset)
+        return recommend_chunks(assets, self.model_id, self.meta["candidates"], requests, cfg, show_progress=show_progress)
+
+    def recommend(self, requests: pl.DataFrame, k: int = 10, *, chunk_size: int = 20_000) -> pl.DataFrame:
+        """Top-`k` lists for `requests` (``user_id``; optional ``request_id``, ``history``, ``candidates``, ``timestamp``)."""
+        requests = check_requests(requests)
+        return pl.concat(list(self._chunks(requests, RecommendConfig(top_k=k, chunk_size=chunk_size), False)))
+
+    def recommend_file(self, requests: str | Path, out: str | Path, cfg: RecommendConfig | None = None, *, show_progress: bool = True) -> dict[str, object]:
+        """The batch job: requests from Parquet/JSONL/CSV, lists to Parquet (atomically); returns a summary."""
+        cfg = cfg or RecommendConfig()
+        table = read_requests(Path(requests))
+        return write_recommendations(self._chunks(table, cfg, show_progress), table.height, cfg.top_k, Path(out))
+
+    def evaluate(self, dataset: Dataset | None = None, split: str = "dev", *, protocol: str | None = None,
+                 report_dir: str | Path | None = None, allow_other_dataset: bool = False) -> dict[str, dict[str, float]]:
+        """Metrics of the model and its baselines on `split` (see :func:`recsys.evaluate.evaluate`)."""
+        return evaluate(self.model_dir, dataset or self.dataset, split, protocol, report_dir, allow_other_dataset=allow_other_dataset)

@@ -1,0 +1,76 @@
+"""Retrieved candidates: the union of the retrieval sources' top items over the whole catalogue.
+
+Interaction-only logs (and requests without candidates) take their candidates from here. For labelled rows
+the held-out item (the row's clicked candidate) is the target: a retrieved candidate is labelled 1 when it
+is the target, so the ranker learns, and is judged, on exactly what serving will give it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import polars as pl
+
+from recsys.candidates.logged import KEYS
+from recsys.candidates.retrieval import ITEM_INDEX, ROW, Retrieved, Retriever
+from recsys.data import Col
+
+
+@dataclass
+class Requests:
+    """Rows to rank over the catalogue: item-index histories and (for labelled rows) the held-out target."""
+
+    rows: pl.DataFrame
+    histories: list[np.ndarray]
+    targets: np.ndarray  # -1 where unknown
+
+    @classmethod
+    def from_rows(cls, retriever: Retriever, rows: pl.DataFrame) -> Requests:
+        """`rows` sorted by (user, time, id); the target is the first clicked candidate (none for requests)."""
+        rows = rows.sort([Col.USER, Col.TIME, Col.IMPRESSION])
+        first = rows.select(pl.col(Col.CANDIDATES).list.get(pl.col(Col.LABELS).list.arg_max().fill_null(0), null_on_oob=True).alias("t"))
+        known = rows[Col.LABELS].is_not_null().to_numpy()
+        targets = np.array([retriever.index.get(t, -1) if t is not None and k else -1 for t, k in zip(first["t"], known)], dtype=np.int64)
+        return cls(rows, retriever.encode_histories(rows[Col.HISTORY]), targets)
+
+    def with_targets(self) -> Requests:
+        """Only the rows whose target is in the catalogue."""
+        keep = self.targets >= 0
+        return Requests(self.rows.filter(pl.Series(keep)), [h for h, k in zip(self.histories, keep) if k], self.targets[keep])
+
+
+def retrieved_candidates(retriever: Retriever, req: Requests, show_progress: bool = False) -> tuple[pl.DataFrame, Retrieved]:
+    """Retrieved candidates of `req` in long format: :data:`~recsys.candidates.logged.KEYS`, ``row`` (index into
+    ``req.rows``), ``item_index``, every source's score and rank and ``n_sources``; and the retrieval itself
+    (each source's rank of the target when every row has one, for recall)."""
+    known = req.targets >= 0
+    got = retriever.retrieve(req.histories, req.targets if len(known) and known.all() else None, show_progress)
+    table = got.candidates
+    if table.is_empty():
+        return pl.DataFrame(schema={**dict.fromkeys(KEYS, pl.String()), ROW: pl.Int32(), ITEM_INDEX: pl.Int32()}), got
+    rows, items = table[ROW].to_numpy(), table[ITEM_INDEX].to_numpy()
+    labelled = req.rows[Col.LABELS].is_not_null().to_numpy()[rows]
+    label = np.where(labelled, (items == req.targets[rows]).astype(np.float64), np.nan)
+    table = table.with_columns(
+        pl.Series(Col.IMPRESSION, req.rows[Col.IMPRESSION].to_numpy()[rows], dtype=pl.String()),
+        pl.Series(Col.USER, req.rows[Col.USER].to_numpy()[rows], dtype=pl.String()),
+        pl.Series(Col.ITEM, np.asarray(retriever.item_ids, dtype=object)[items], dtype=pl.String()),
+        pl.int_range(pl.len()).over(ROW).cast(pl.Int32()).alias(Col.POSITION),
+        pl.Series(Col.TIME, req.rows[Col.TIME].to_numpy()[rows]).cast(pl.Datetime("us")),
+        pl.Series(Col.SPLIT, req.rows[Col.SPLIT].to_numpy()[rows], dtype=pl.String()),
+        pl.Series(Col.LABEL, label).fill_nan(None).cast(pl.Int8()),
+    )
+    return table.select(*KEYS, pl.exclude(KEYS)), got
+
+
+def subsample_negatives(table: pl.DataFrame, negatives: int, seed: int) -> pl.DataFrame:
+    """Groups that contain their target, with the target and a uniform sample of at most `negatives` negatives.
+
+    Groups whose target retrieval missed teach lambdarank nothing. The sample must be uniform: keeping only the
+    best-ranked negatives (and every positive) would teach the ranker that a poorly ranked candidate is a positive.
+    """
+    has_target = pl.col(Col.LABEL).max().over(Col.IMPRESSION) > 0
+    noise = pl.Series("_u", np.random.default_rng(seed).random(table.height))
+    order = pl.col("_u").rank("ordinal").over(Col.IMPRESSION, Col.LABEL)
+    return table.with_columns(noise).filter(has_target & ((pl.col(Col.LABEL) > 0) | (order <= negatives))).drop("_u")

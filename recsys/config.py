@@ -1,0 +1,252 @@
+"""The run configuration: one typed dataclass per stage, one default per log kind, TOML or JSON on disk.
+
+``TrainConfig.default(kind)`` seeds a run; a ``--config FILE`` (TOML, or the JSON a run writes into
+``model.json``) replaces any part of it; CLI flags are applied last with :func:`override`
+(``dataclasses.replace``, so nothing else changes). The resolved config is saved in ``model.json`` and
+``config.toml`` and loaded back by ``recommend`` and ``evaluate``: nothing is rebuilt from defaults.
+
+TOML has no null: an unset optional value (``max_steps``, ``encoder``...) is written as the string
+``"none"`` and read back as None.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+import types
+import typing
+from pathlib import Path
+from typing import Any
+
+from features.build import FeatureConfig
+from features.registry import BEHAVIOUR, PAIRS, RETRIEVAL, TEXT
+from ranker.lambdarank import RankerConfig
+from recsys.candidates.retrieval import RECENT, RetrievalConfig
+from recsys.candidates.sampling import SamplingConfig
+from recsys.errors import RecsysError
+from recsys.resources import RESOURCE_KEY
+from recsys.text.model import TextConfig
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+IMPRESSIONS, INTERACTIONS = "impressions", "interactions"
+KINDS = (IMPRESSIONS, INTERACTIONS)
+NONE = "none"
+
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    """Everything `recsys train` needs; each stage takes its own part.
+
+    Attributes:
+        text: the text encoder and its fine-tune.
+        features: point-in-time feature settings and the families the ranker reads.
+        retrieval: candidate sources (interaction logs: the candidates; every log: retrieval features).
+        sampling: sampled negatives for fine-tuning on interaction logs.
+        ranker: LightGBM lambdarank.
+        use_text: encode the catalogue and use text features at all.
+        fine_tune: fine-tune the encoder (else the pretrained encoder is used as it is).
+        text_fraction: impression logs: the earliest share of training impressions the encoder learns from;
+            the ranker learns from the rest, so the text scores it learns to trust are out-of-sample.
+        valid_fraction: the share of the ranker's groups held out to early-stop it.
+        valid_by: ``"time"`` (the latest groups) or ``"users"`` (a seeded share of users: for leave-one-out
+            logs, whose targets all sit at the end of each user's sequence).
+        train_negatives: interaction logs: retrieved negatives kept per training group.
+        earlier_targets: interaction logs: each user's last train item is one more training target.
+        seed: seed of every sampled choice.
+    """
+
+    text: TextConfig = dataclasses.field(default_factory=TextConfig)
+    features: FeatureConfig = dataclasses.field(default_factory=FeatureConfig)
+    retrieval: RetrievalConfig = dataclasses.field(default_factory=RetrievalConfig)
+    sampling: SamplingConfig = dataclasses.field(default_factory=SamplingConfig)
+    ranker: RankerConfig = dataclasses.field(default_factory=RankerConfig)
+    use_text: bool = True
+    fine_tune: bool = True
+    text_fraction: float = 0.5
+    valid_fraction: float = 0.15
+    valid_by: str = "time"
+    train_negatives: int = 100
+    earlier_targets: bool = True
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.valid_fraction < 0.5:
+            raise RecsysError(f"TrainConfig.valid_fraction must be in (0, 0.5), got {self.valid_fraction}")
+        if not 0.0 < self.text_fraction < 1.0:
+            raise RecsysError(f"TrainConfig.text_fraction must be in (0, 1), got {self.text_fraction}")
+        if self.valid_by not in ("time", "users"):
+            raise RecsysError(f"TrainConfig.valid_by must be 'time' or 'users', got {self.valid_by!r}")
+        if self.train_negatives < 1:
+            raise RecsysError(f"TrainConfig.train_negatives must be >= 1, got {self.train_negatives}")
+        if self.fine_tune and not self.use_text:
+            raise RecsysError("TrainConfig.fine_tune needs use_text")
+
+    @classmethod
+    def default(cls, kind: str) -> TrainConfig:
+        """The defaults of a log kind: where they differ, each is what that kind's pipeline was measured with."""
+        if kind == IMPRESSIONS:
+            return cls(features=FeatureConfig(families=(BEHAVIOUR, TEXT)),
+                       retrieval=RetrievalConfig(sources=(*RetrievalConfig().sources, RECENT)))
+        if kind == INTERACTIONS:
+            # CPU-friendly fine-tune when asked for: a few thousand sampled clicks, short texts, one epoch.
+            text = TextConfig(max_tokens=64, history_len=20, negatives=4, batch_size=32, epochs=1, max_train_impressions=3000)
+            ranker = RankerConfig(num_leaves=31, learning_rate=0.05, min_data_in_leaf=50, n_estimators=1000, early_stopping_rounds=50,
+                                  lambdarank_truncation_level=30, eval_at=(10,))
+            return cls(text=text, features=FeatureConfig(families=(RETRIEVAL, PAIRS)), ranker=ranker, fine_tune=False,
+                       sampling=SamplingConfig(negatives=4, max_rows=6000), valid_by="users")
+        raise RecsysError(f"unknown log kind {kind!r}; use one of {KINDS}")
+
+    @classmethod
+    def for_dataset(cls, manifest: dict[str, Any]) -> TrainConfig:
+        """The defaults of the log's kind; the encoder reads the text fields the loader names, if it names them."""
+        cfg = cls.default(str(manifest.get("kind", IMPRESSIONS)))
+        fields = manifest.get("text_fields")
+        return override(cfg, **{"text.fields": tuple(fields)}) if fields else cfg
+
+    def to_dict(self) -> dict[str, Any]:
+        return _plain(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], base: TrainConfig | None = None, source: str = "config") -> TrainConfig:
+        """`base` (default: the impression defaults) with every value given in `data` replaced; unknown keys are errors."""
+        return _merge(base or cls(), data, source)
+
+
+def _plain(obj: Any) -> Any:
+    """A config as JSON-able data (tuples as lists)."""
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return {f.name: _plain(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, (list, tuple)):
+        return [_plain(v) for v in obj]
+    return obj
+
+
+def _field_types(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls, vars(sys.modules[cls.__module__]))
+
+
+def _allows_none(tp: Any) -> bool:
+    return type(None) in typing.get_args(tp) if typing.get_origin(tp) in (typing.Union, types.UnionType) else False
+
+
+def _merge(base: Any, data: dict[str, Any], where: str) -> Any:
+    """`base` (a config dataclass) with the values of `data` (nested dicts) replaced, checked by its __post_init__."""
+    if not isinstance(data, dict):
+        raise RecsysError(f"{where}: expected a table of settings, got {data!r}")
+    types_ = _field_types(type(base))
+    unknown = sorted(set(data) - set(types_))
+    if unknown:
+        raise RecsysError(f"{where}: unknown setting(s) {unknown}; known: {sorted(types_)}")
+    changes: dict[str, Any] = {}
+    for name, value in data.items():
+        current = getattr(base, name)
+        if isinstance(value, type(current)) and dataclasses.is_dataclass(value):
+            changes[name] = value  # a whole stage config
+        elif dataclasses.is_dataclass(current):
+            changes[name] = _merge(current, value, f"{where}.{name}")
+        elif value == NONE and _allows_none(types_[name]):
+            changes[name] = None
+        else:
+            changes[name] = tuple(value) if isinstance(value, list) else value
+    try:
+        return dataclasses.replace(base, **changes)
+    except TypeError as exc:
+        raise RecsysError(f"{where}: {exc}") from exc
+
+
+def override(cfg: TrainConfig, **dotted: Any) -> TrainConfig:
+    """`cfg` with the given settings replaced (``override(cfg, **{"text.epochs": 1})``); None values are skipped.
+
+    Only the named settings change: this is how CLI flags apply, so a flag never resets anything else.
+    """
+    nested: dict[str, Any] = {}
+    for key, value in dotted.items():
+        if value is None:
+            continue
+        *path, leaf = key.split(".")
+        node = nested
+        for part in path:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    return _merge(cfg, nested, "option") if nested else cfg
+
+
+def read_config_file(path: str | Path) -> dict[str, Any]:
+    """The settings in a config file: TOML, a JSON config, or a model's ``model.json`` (its ``config``)."""
+    path = Path(path)
+    if not path.is_file():
+        raise RecsysError(f"{path}: config file not found")
+    try:
+        if path.suffix.lower() == ".toml":
+            data = tomllib.loads(path.read_text())
+        elif path.suffix.lower() == ".json":
+            data = json.loads(path.read_text())
+            data = data.get("config", data) if isinstance(data, dict) else data
+        else:
+            raise RecsysError(f"{path}: unknown config format {path.suffix!r}; use .toml or .json")
+    except (tomllib.TOMLDecodeError, json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise RecsysError(f"{path}: not a valid config file ({exc})") from exc
+    if not isinstance(data, dict):
+        raise RecsysError(f"{path}: a config file holds a table of settings")
+    return data
+
+
+def load_config(path: str | Path, base: TrainConfig) -> TrainConfig:
+    """`base` (the log kind's defaults) with every setting of the file at `path` replaced."""
+    return TrainConfig.from_dict(read_config_file(path), base, source=str(path))
+
+
+def with_resources(cfg: TrainConfig, path: str | Path) -> TrainConfig:
+    """A trained model's config with the resource settings (threads, memory, batch sizes) of the file at `path`.
+
+    Raises:
+        RecsysError: the file sets anything else: a model's results follow the config it was trained with.
+    """
+    data = read_config_file(path)
+    others = [key for key in _dotted(data) if not is_resource(cfg, key)]
+    if others:
+        raise RecsysError(f"{path}: {others} are not resource settings; a trained model keeps the config it was trained with "
+                          "(only threads, memory, temp dir and batch sizes may change)")
+    return TrainConfig.from_dict(data, cfg, source=str(path))
+
+
+def _dotted(data: dict[str, Any], prefix: str = "") -> list[str]:
+    return [k for key, v in data.items() for k in (_dotted(v, f"{prefix}{key}.") if isinstance(v, dict) else [f"{prefix}{key}"])]
+
+
+def is_resource(cfg: Any, dotted: str) -> bool:
+    """Whether the setting ``a.b.c`` of `cfg` is a resource field (see :mod:`recsys.resources`)."""
+    *path, leaf = dotted.split(".")
+    for part in path:
+        cfg = getattr(cfg, part, None)
+    fields = {f.name: f for f in dataclasses.fields(cfg)} if dataclasses.is_dataclass(cfg) else {}
+    return leaf in fields and bool(fields[leaf].metadata.get(RESOURCE_KEY))
+
+
+def to_toml(cfg: TrainConfig) -> str:
+    """The config as TOML: top-level settings first, then one table per stage."""
+    data = cfg.to_dict()
+    scalars = {k: v for k, v in data.items() if not isinstance(v, dict)}
+    lines = [f"{k} = {_toml_value(v)}" for k, v in scalars.items()]
+    for table, values in data.items():
+        if isinstance(values, dict):
+            lines += ["", f"[{table}]"] + [f"{k} = {_toml_value(v)}" for k, v in values.items()]
+    return "\n".join(lines) + "\n"
+
+
+def _toml_value(value: Any) -> str:
+    if value is None:
+        return json.dumps(NONE)
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    return json.dumps(str(value))  # a JSON string is a valid TOML basic string

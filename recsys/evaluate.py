@@ -1,0 +1,89 @@
+"""`recsys evaluate`: one entry point for both protocols, with the report people read.
+
+* ``replay``     rank each logged impression's shown candidates (impression logs; MIND's metrics);
+* ``catalogue``  rank each held-out item among the whole catalogue (interaction logs; Recall/NDCG@k).
+
+The default protocol follows the model's candidate source. The report (Markdown, JSON, plots) holds the
+metric table against the baselines, feature importance, metrics by history length and the encoder's
+training curve when it was fine-tuned.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+from recsys.config import TrainConfig
+from recsys.data import Dataset, Split
+from recsys.errors import RecsysError
+from recsys.evaluation.catalogue import catalogue
+from recsys.evaluation.replay import replay
+from recsys.evaluation.report import write_report
+from recsys.model import RANKER_DIR, TEXT_DIR, check_dataset, read_model_json
+from recsys.pipeline import LOGGED, Assets
+
+REPLAY, CATALOGUE = "replay", "catalogue"
+PROTOCOLS = (REPLAY, CATALOGUE)
+
+
+def evaluate(model_dir: str | Path, dataset: Dataset, split: str = Split.DEV, protocol: str | None = None, report_dir: str | Path | None = None,
+             *, allow_other_dataset: bool = False, seed: int = 0) -> dict[str, dict[str, float]]:
+    """Evaluate a trained model on one split of `dataset` against its baselines; write the report.
+
+    Args:
+        model_dir: a model directory written by :func:`recsys.pipeline.train`.
+        dataset: the dataset the model was trained on (another one only with `allow_other_dataset`).
+        split: the split to evaluate.
+        protocol: ``"replay"`` or ``"catalogue"``; None = the model's own (replay for logged candidates).
+        report_dir: where ``report.md``, ``metrics.json`` and the plots go (None = no report).
+        allow_other_dataset: evaluate on a log other than the training one (a newer log of the same site).
+        seed: seed of the random baseline.
+
+    Returns:
+        Model or baseline name -> metric -> value; empty for an unlabelled split (MIND predictions written).
+
+    Raises:
+        RecsysError: unknown split or protocol, a tampered model, or another dataset without `allow_other_dataset`.
+    """
+    if split not in Split.ALL:
+        raise RecsysError(f"unknown split {split!r}; use one of {Split.ALL}")
+    model_dir = Path(model_dir)
+    meta = read_model_json(model_dir)
+    check_dataset(meta, dataset, allow_other=allow_other_dataset)
+    protocol = protocol or (REPLAY if meta["candidates"] == LOGGED else CATALOGUE)
+    if protocol not in PROTOCOLS:
+        raise RecsysError(f"unknown protocol {protocol!r}; use one of {PROTOCOLS}")
+    rows = dataset.split(split)
+    if rows.is_empty():
+        raise RecsysError(f"{dataset.path or 'the dataset'} has no impressions in split {split!r}")
+    assets = Assets(model_dir, TrainConfig.from_dict(meta["config"]), dataset)
+    start = time.perf_counter()
+    if protocol == REPLAY:
+        table, extra = replay(assets, rows, Path(report_dir) if report_dir else None, seed)
+    else:
+        table, extra = catalogue(assets, split, seed)
+    if table and report_dir is not None:
+        _report(Path(report_dir), meta, model_dir, dataset, split, protocol, table, extra, time.perf_counter() - start)
+    return table
+
+
+def _report(report_dir: Path, meta: dict[str, Any], model_dir: Path, ds: Dataset, split: str, protocol: str,
+            table: dict[str, dict[str, float]], extra: dict[str, Any], seconds: float) -> None:
+    from ranker.lambdarank import load_ranker
+    try:  # TEMP until the curves module lands
+        from recsys.evaluation.curves import plot_curves, read_curves
+    except ImportError:
+        read_curves = lambda _: None  # noqa: E731
+
+    notes = {"model": f"{model_dir} (model_id {meta['model_id']}, {meta['kind']} log, {meta['candidates']} candidates)",
+             "dataset": str(ds.path), "split": split, "protocol": protocol, **extra.get("notes", {}),
+             "train stage seconds": meta["summary"].get("stage_seconds"), "evaluate seconds": round(seconds, 1)}
+    report_dir.mkdir(parents=True, exist_ok=True)
+    figures = []
+    curves = read_curves(model_dir / TEXT_DIR) if (model_dir / TEXT_DIR).is_dir() else None
+    if curves is not None and curves.height:
+        figures.append(("Text encoder training curve", plot_curves(curves, report_dir / "training_curve.png").name))
+    metric_rows = {k: v for k, v in table.items() if not k.startswith("retrieval: ")}
+    write_report(report_dir, title=f"{protocol.capitalize()} evaluation of {ds.path.name if ds.path else 'dataset'} ({split})", table=metric_rows,
+                 importance=load_ranker(model_dir / RANKER_DIR).importance(), by_group=extra.get("by_group"), notes=notes, figures=figures)

@@ -1,0 +1,119 @@
+"""The model directory and its ``model.json``: what the model is, what it was trained on, and what it holds.
+
+Layout (both log kinds)::
+
+    model.json               kind, candidate source, the full config, the dataset's fingerprint, versions,
+                             sha256 of every artifact, model_id (a hash of those), stage timings
+    config.toml              the same config as TOML: `recsys train --config` reproduces the run
+    stages.json              which stage ran with which inputs (the stage cache)
+    text/                    the fine-tuned encoder (safetensors) + its config and training log (when fine-tuned)
+    item_vectors.parquet     catalogue vectors of the fine-tuned encoder (when fine-tuned)
+    frozen_vectors.parquet   catalogue vectors of the pretrained encoder
+    candidates.parquet       the ranker's training candidates, features.parquet their features
+    ranker/, ranker_no_text/ LightGBM text models + manifests: the model and its "without text" baseline
+
+Loading verifies every artifact's hash, so a file changed after training is refused, and checks that the
+dataset it is asked to serve from is the one it was trained on (unless the caller allows a newer log).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from recsys.data import Dataset
+from recsys.errors import ModelMismatchError, RecsysError
+from recsys.io import read_json, write_json
+
+MODEL_JSON = "model.json"
+FORMAT_VERSION = 1
+RANKER_DIR, NO_TEXT_DIR = "ranker", "ranker_no_text"
+TEXT_DIR = "text"
+ITEM_VECTORS, FROZEN_VECTORS = "item_vectors.parquet", "frozen_vectors.parquet"
+_SERVED = (TEXT_DIR, RANKER_DIR, NO_TEXT_DIR, ITEM_VECTORS, FROZEN_VECTORS)
+_NOT_ARTIFACTS = {"logs"}  # training curves: read by reports, never by scoring
+
+
+def sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def artifact_hashes(model_dir: Path) -> dict[str, str]:
+    """sha256 of every file the model scores with (relative path -> hex digest), sorted by path."""
+    files: list[Path] = []
+    for name in _SERVED:
+        path = model_dir / name
+        if path.is_file():
+            files.append(path)
+        elif path.is_dir():
+            files += [p for p in path.rglob("*") if p.is_file() and not _NOT_ARTIFACTS & set(p.relative_to(path).parts)]
+    return {str(p.relative_to(model_dir)): sha256(p) for p in sorted(files)}
+
+
+def _versions() -> dict[str, str]:
+    out = {}
+    for pkg in ("recsys", "torch", "transformers", "lightning", "lightgbm", "polars", "duckdb", "numpy"):
+        try:
+            out[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            out[pkg] = "unknown"
+    return out
+
+
+def write_model_json(model_dir: Path, *, kind: str, candidates: str, config: dict[str, Any], config_fingerprint: str,
+                     dataset: Dataset, stages: dict[str, Any], summary: dict[str, Any]) -> dict[str, Any]:
+    """Hash the artifacts and write ``model.json`` (last, atomically: its presence means a finished model)."""
+    hashes = artifact_hashes(model_dir)
+    model_id = hashlib.sha256(f"{sorted(hashes.items())}|{config_fingerprint}|{dataset.fingerprint}".encode()).hexdigest()[:16]
+    meta = {
+        "format_version": FORMAT_VERSION, "model_id": model_id, "kind": kind, "candidates": candidates,
+        "trained_at": time.strftime("%Y-%m-%dT%H:%M:%S"), "config": config, "config_fingerprint": config_fingerprint,
+        "dataset": {"path": str(dataset.path.resolve()) if dataset.path else None, "fingerprint": dataset.fingerprint,
+                    "source": dataset.manifest.get("source"), "items": dataset.items.height, "impressions": dataset.impressions.height},
+        "versions": _versions(), "artifacts": hashes, "stages": stages, "summary": summary,
+    }
+    write_json(meta, model_dir / MODEL_JSON)
+    return meta
+
+
+def read_model_json(model_dir: Path, *, verify: bool = True) -> dict[str, Any]:
+    """``model.json`` of a trained model, every artifact's hash checked.
+
+    Raises:
+        RecsysError: not a trained model, or a model of another format.
+        ModelMismatchError: an artifact is missing or was changed after training.
+    """
+    path = Path(model_dir) / MODEL_JSON
+    if not path.is_file():
+        raise RecsysError(f"{model_dir} is not a trained model (no {MODEL_JSON}); train one with `recsys train`")
+    meta = dict(read_json(path))
+    if meta.get("format_version") != FORMAT_VERSION:
+        raise RecsysError(f"{path}: model format {meta.get('format_version')}, this recsys reads {FORMAT_VERSION}; retrain the model")
+    if verify:
+        for rel, digest in meta["artifacts"].items():
+            file = Path(model_dir) / rel
+            if not file.is_file():
+                raise ModelMismatchError(f"{file}: artifact listed in {MODEL_JSON} is missing; restore it or retrain")
+            if sha256(file) != digest:
+                raise ModelMismatchError(f"{file}: sha256 differs from {MODEL_JSON} (changed after training); restore it or retrain")
+    return meta
+
+
+def check_dataset(meta: dict[str, Any], ds: Dataset, *, allow_other: bool = False) -> None:
+    """Refuse to serve or evaluate from a dataset other than the training one, unless `allow_other`.
+
+    Raises:
+        ModelMismatchError: the dataset's manifest fingerprint differs from the one in ``model.json``.
+    """
+    trained = meta["dataset"]["fingerprint"]
+    if ds.fingerprint != trained and not allow_other:
+        raise ModelMismatchError(
+            f"{ds.path or 'the dataset'} is not the dataset this model was trained on (fingerprint {ds.fingerprint}, "
+            f"model {trained}); pass --allow-other-dataset (allow_other_dataset=True) to use a newer log on purpose")
