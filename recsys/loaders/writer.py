@@ -4,6 +4,9 @@ Each batch is validated against the contract, stripped of impression ids already
 duplicate is a bad row), checked for item ids missing from the items table (counted, kept), and
 appended to ``impressions.parquet`` as one row group. Only a light copy (split, user, time,
 candidate/label lists without strings) stays in memory, for the manifest.
+
+A batch without ``click_probs`` in a dataset that has them gets one null per candidate, so the
+column always explodes with the candidates.
 """
 
 from __future__ import annotations
@@ -71,7 +74,7 @@ class ImpressionWriter:
             DataError: an impression id already written (raise mode) or a contract violation.
         """
         if Col.CLICK_PROBS in self._columns and Col.CLICK_PROBS not in batch.columns:
-            batch = batch.with_columns(pl.lit(None, dtype=OPTIONAL_IMPRESSION_COLUMNS[Col.CLICK_PROBS]).alias(Col.CLICK_PROBS))
+            batch = batch.with_columns(null_click_probs(batch))
         ids = batch[Col.IMPRESSION]
         dup = ~ids.is_first_distinct()
         if self._seen:
@@ -116,6 +119,13 @@ class ImpressionWriter:
             "in_history": self.missing_occurrences[Col.HISTORY],
             "examples": missing.head(5).to_list(),
         }
+
+
+def null_click_probs(impressions: pl.DataFrame) -> pl.Series:
+    """``click_probs`` of one null per candidate, for impressions without known probabilities."""
+    dtype = OPTIONAL_IMPRESSION_COLUMNS[Col.CLICK_PROBS]
+    nulls = impressions.select(pl.lit(None, dtype=dtype.inner).repeat_by(pl.col(Col.CANDIDATES).list.len()))  # type: ignore[attr-defined]
+    return nulls.to_series().cast(dtype).alias(Col.CLICK_PROBS)
 
 
 @contextlib.contextmanager
