@@ -128,3 +128,67 @@ class TestByteOrderMark:
         assert ds.impressions[Col.IMPRESSION].to_list() == ["train-1"]
         assert ds.impressions[Col.CLICK_PROBS].to_list() == [[0.25, 0.5]]
         assert ds.manifest["missing_item_ids"]["distinct"] == 0
+
+
+class TestNonUtf8:
+    """Undecodable bytes are a named bad line (or a counted reject), in CSV tables."""
+
+    @pytest.mark.parametrize("which", ["items", "events"])
+    def test_csv(self, tmp_path: Path, which: str) -> None:
+        items = tmp_path / "items.csv"
+        events = tmp_path / "events.csv"
+        items.write_bytes(b"item_id,title\nA,Apple\nB,Ba\xffll\n" if which == "items" else ITEMS.encode())
+        events.write_bytes(b"user_id,item_id,timestamp\nu1,A,1600000000\n" + (b"u\xfe2,B,1600000001\n" if which == "events" else b"u2,B,1600000001\n"))
+        path, field = (items, Col.TITLE) if which == "items" else (events, Col.USER)
+        line = 3
+        raises(lambda: load_events(items, events, tmp_path / "out"), path, line, field, "invalid UTF-8")
+        result = load_events(items, events, tmp_path / "out", EventsConfig(on_bad_rows="skip", dev_fraction=0))
+        assert result.manifest["skipped"] == {"total": 1, "by_reason": {"invalid UTF-8": 1}}
+        args = ["ingest", "events", "--items", str(items), "--events", str(events), "--out", str(tmp_path / "cli")]
+        cli_fails_in_one_line(args, f"row {line}, field '{field}': invalid UTF-8")
+
+
+class TestEventsFiles:
+    """Non-finite or absurd epoch times, a fake Parquet file and broken CSV quoting."""
+
+    @pytest.mark.parametrize("value", [math.nan, math.inf, -math.inf, 1e20, 1e300, 1.6e12])
+    def test_bad_epoch_in_parquet(self, tmp_path: Path, value: float) -> None:
+        (tmp_path / "items.csv").write_text(ITEMS)
+        events = tmp_path / "events.parquet"
+        pl.DataFrame({Col.USER: ["u1", "u2"], Col.ITEM: ["A", "B"], Col.TIME: [1.6e9, value]}).write_parquet(events)
+        raises(lambda: load_events(tmp_path / "items.csv", events, tmp_path / "out"), events, 2, Col.TIME, "bad timestamp")
+        result = load_events(tmp_path / "items.csv", events, tmp_path / "out", EventsConfig(on_bad_rows="skip", dev_fraction=0))
+        assert result.manifest["skipped"] == {"total": 1, "by_reason": {"bad timestamp": 1}}
+
+    def test_epoch_strings_mixed_with_other_text(self, tmp_path: Path) -> None:
+        (tmp_path / "items.csv").write_text(ITEMS)
+        events = tmp_path / "events.csv"
+        events.write_text("user_id,item_id,timestamp\nu1,A,1600000000\nu1,B,oops\nu1,C,2020-09-13T12:30:00\n")
+        raises(lambda: load_events(tmp_path / "items.csv", events, tmp_path / "out"), events, 3, Col.TIME, "bad timestamp")
+        result = load_events(tmp_path / "items.csv", events, tmp_path / "out", EventsConfig(on_bad_rows="skip", dev_fraction=0))
+        assert result.manifest["skipped"]["total"] == 1  # epoch and ISO text both parse, each by its form
+        assert result.dataset().impressions[Col.CANDIDATES].to_list() == [["A"], ["C"]]
+
+    def test_file_that_is_not_parquet(self, tmp_path: Path) -> None:
+        (tmp_path / "items.csv").write_text(ITEMS)
+        events = tmp_path / "events.parquet"
+        events.write_text("user_id,item_id,timestamp\nu1,A,1600000000\n")
+        err = raises(lambda: load_events(tmp_path / "items.csv", events, tmp_path / "out"), events, None, None, "not a readable Parquet file")
+        assert "\n" not in str(err)
+        cli_fails_in_one_line(["ingest", "events", "--items", str(tmp_path / "items.csv"), "--events", str(events), "--out", str(tmp_path / "cli")], "not a readable Parquet file")
+
+    def test_parquet_column_that_is_not_text(self, tmp_path: Path) -> None:
+        (tmp_path / "items.csv").write_text(ITEMS)
+        events = tmp_path / "events.parquet"
+        pl.DataFrame({Col.USER: [["u1"]], Col.ITEM: ["A"], Col.TIME: [1.6e9]}).write_parquet(events)
+        raises(lambda: load_events(tmp_path / "items.csv", events, tmp_path / "out"), events, None, Col.USER, "expected text")
+
+    @pytest.mark.parametrize("bad_line", ['u1,"B,1600000001', 'u1,B"x,1600000001', 'u1,"B"x,1600000001'])
+    def test_unquoted_quote(self, tmp_path: Path, bad_line: str) -> None:
+        (tmp_path / "items.csv").write_text(ITEMS)
+        events = tmp_path / "events.csv"
+        events.write_text(f"user_id,item_id,timestamp\nu1,A,1600000000\n{bad_line}\nu2,C,1600000002\n")
+        raises(lambda: load_events(tmp_path / "items.csv", events, tmp_path / "out"), events, 3, Col.ITEM, "malformed quoting")
+        result = load_events(tmp_path / "items.csv", events, tmp_path / "out", EventsConfig(on_bad_rows="skip", dev_fraction=0))
+        assert result.manifest["skipped"]["total"] == 1
+        assert result.dataset().impressions[Col.CANDIDATES].to_list() == [["A"], ["C"]]  # line 4 not swallowed

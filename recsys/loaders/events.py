@@ -22,9 +22,9 @@ from pathlib import Path
 import polars as pl
 
 from recsys.data import ITEMS_SCHEMA, Col, Split
-from recsys.errors import RecsysError
+from recsys.errors import DataError, RecsysError
 from recsys.loaders.rejects import LINE, RAISE, BadRows, check_on_bad_rows
-from recsys.loaders.tables import parse_times, read_table
+from recsys.loaders.tables import BAD_UTF8, parse_times, read_table
 from recsys.loaders.timeline import histories_before, split_by_time
 from recsys.loaders.writer import IngestResult, write_dataset
 
@@ -80,8 +80,38 @@ class EventsConfig:
         check_on_bad_rows(self.on_bad_rows)
 
 
+def _utf8_or_none(raw: bytes | None) -> str | None:
+    try:
+        return None if raw is None else raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+
+
+def _as_text(df: pl.DataFrame, column: str, path: Path, bad: BadRows) -> pl.DataFrame:
+    """``column`` as stripped strings: numbers are cast, binary is decoded (invalid UTF-8 is a bad row).
+
+    Raises:
+        DataError: the column holds lists, structs or other values that are not text.
+    """
+    dtype = df.schema[column]
+    if dtype == pl.Binary():
+        decoded = pl.Series(column, [_utf8_or_none(b) for b in df[column].to_list()], dtype=pl.String())
+        invalid = decoded.is_null() & df[column].is_not_null()
+        df = bad.drop(df.with_columns(decoded), invalid, path, column, BAD_UTF8)
+    elif dtype.is_nested() or not (dtype == pl.String() or dtype.is_numeric() or dtype == pl.Categorical() or dtype == pl.Boolean()):
+        raise DataError(path, None, column, f"has type {dtype}; expected text")
+    return df.with_columns(pl.col(column).cast(pl.String()).str.strip_chars())
+
+
+def _times(df: pl.DataFrame, column: str, path: Path) -> pl.Series:
+    """Parsed timestamps of ``column`` (null where bad); a column of lists or structs is an error."""
+    if df.schema[column].is_nested():
+        raise DataError(path, None, column, f"has type {df.schema[column]}; expected timestamps")
+    return parse_times(df[column])
+
+
 def _required_text(df: pl.DataFrame, column: str, path: Path, bad: BadRows) -> pl.DataFrame:
-    df = df.with_columns(pl.col(column).cast(pl.String()).str.strip_chars())
+    df = _as_text(df, column, path, bad)
     return bad.drop(df, df[column].is_null() | (df[column] == ""), path, column, f"empty {column}")
 
 
@@ -94,12 +124,15 @@ def read_items(path: Path, bad: BadRows) -> pl.DataFrame:
     for column in (Col.ITEM, Col.TITLE):
         df = _required_text(df, column, path, bad)
     df = bad.drop(df, df[Col.ITEM].is_duplicated() & ~df[Col.ITEM].is_first_distinct(), path, Col.ITEM, "duplicate item id", pl.col(Col.ITEM))
+    for column in (Col.ABSTRACT, Col.CATEGORY, Col.SUBCATEGORY):
+        if column in df.columns:
+            df = _as_text(df, column, path, bad)
     if Col.TAGS in df.columns and df.schema[Col.TAGS] == pl.String():
         df = df.with_columns(pl.col(Col.TAGS).fill_null("").str.split("|").list.eval(pl.element().str.strip_chars().filter(pl.element() != "")))
     if Col.PUBLISHED in df.columns:
-        parsed = parse_times(df[Col.PUBLISHED])
-        df = bad.drop(df, parsed.is_null() & df[Col.PUBLISHED].is_not_null(), path, Col.PUBLISHED, "bad timestamp", pl.col(Col.PUBLISHED))
-        df = df.with_columns(parse_times(df[Col.PUBLISHED]).alias(Col.PUBLISHED))
+        parsed = _times(df, Col.PUBLISHED, path)
+        df = bad.drop(df.with_columns(parsed.alias("_t")), parsed.is_null() & df[Col.PUBLISHED].is_not_null(), path, Col.PUBLISHED, "bad timestamp", pl.col(Col.PUBLISHED))
+        df = df.with_columns(pl.col("_t").alias(Col.PUBLISHED)).drop("_t")
     return df.select(
         pl.col(name).cast(dtype) if name in df.columns else pl.lit(None, dtype=dtype).alias(name) for name, dtype in ITEMS_SCHEMA.items()
     )
@@ -110,17 +143,17 @@ def read_events(path: Path, bad: BadRows) -> pl.DataFrame:
     df = read_table(path, (Col.USER, Col.ITEM, Col.TIME), bad)
     for column in (Col.USER, Col.ITEM):
         df = _required_text(df, column, path, bad)
-    times = parse_times(df[Col.TIME])
+    times = _times(df, Col.TIME, path)
     df = bad.drop(df.with_columns(times.alias("_t")), times.is_null(), path, Col.TIME, "bad timestamp", pl.col(Col.TIME))
     df = df.with_columns(pl.col("_t").alias(Col.TIME)).drop("_t")
     if EventCol.EVENT in df.columns:
-        df = df.with_columns(pl.col(EventCol.EVENT).cast(pl.String()).str.strip_chars().str.to_lowercase())
+        df = _as_text(df, EventCol.EVENT, path, bad).with_columns(pl.col(EventCol.EVENT).str.to_lowercase())
         unknown = ~df[EventCol.EVENT].is_in(list(Event.ALL)).fill_null(False)
         df = bad.drop(df, unknown, path, EventCol.EVENT, f"unknown event value (expected one of {', '.join(Event.ALL)})", pl.col(EventCol.EVENT))
     else:
         df = df.with_columns(pl.lit(Event.CLICK).alias(EventCol.EVENT))
     if Col.SPLIT in df.columns:
-        df = df.with_columns(pl.col(Col.SPLIT).cast(pl.String()).str.strip_chars())
+        df = _as_text(df, Col.SPLIT, path, bad)
         unknown = ~df[Col.SPLIT].is_in(list(Split.ALL)).fill_null(False)
         df = bad.drop(df, unknown, path, Col.SPLIT, f"unknown split (expected one of {', '.join(Split.ALL)})", pl.col(Col.SPLIT))
     if EventCol.REQUEST in df.columns:
