@@ -192,3 +192,29 @@ class TestEventsFiles:
         result = load_events(tmp_path / "items.csv", events, tmp_path / "out", EventsConfig(on_bad_rows="skip", dev_fraction=0))
         assert result.manifest["skipped"]["total"] == 1
         assert result.dataset().impressions[Col.CANDIDATES].to_list() == [["A"], ["C"]]  # line 4 not swallowed
+
+
+class TestRequestReuse:
+    """A request id is one impression per (request id, user) and within request_gap_hours."""
+
+    HEADER = "user_id,item_id,timestamp,event,request_id\n"
+
+    def ingest(self, tmp_path: Path, rows: list[str]) -> tuple[pl.DataFrame, dict]:
+        (tmp_path / "items.csv").write_text(ITEMS)
+        (tmp_path / "events.csv").write_text(self.HEADER + "".join(r + "\n" for r in rows))
+        result = load_events(tmp_path / "items.csv", tmp_path / "events.csv", tmp_path / "out", EventsConfig(dev_fraction=0))
+        return result.dataset().impressions.sort(Col.TIME), result.manifest
+
+    def test_reused_by_another_user_days_later(self, tmp_path: Path) -> None:
+        rows = ["u1,A,2020-01-01T10:00:00,impression,r1", "u1,A,2020-01-01T10:00:05,click,r1", "u1,B,2020-01-01T10:00:00,impression,r1",
+                "u2,C,2020-01-05T10:00:00,impression,r1", "u3,A,2020-01-02T00:00:00,impression,r2"]
+        imps, manifest = self.ingest(tmp_path, rows)
+        assert imps.select(Col.IMPRESSION, Col.USER, Col.CANDIDATES, Col.LABELS).rows() == [
+            ("r1#1", "u1", ["A", "B"], [1, 0]), ("r2", "u3", ["A"], [0]), ("r1#2", "u2", ["C"], [0])]
+        assert manifest["reused_request_ids"] == {"request_ids": 1, "impressions": 2, "examples": ["r1"]}
+
+    def test_same_user_after_the_gap_but_not_within_it(self, tmp_path: Path) -> None:
+        rows = ["u1,A,2020-01-01T10:00:00,impression,r1", "u1,B,2020-01-01T11:00:00,click,r1", "u1,C,2020-01-09T10:00:00,impression,r1"]
+        imps, manifest = self.ingest(tmp_path, rows)
+        assert imps.select(Col.IMPRESSION, Col.CANDIDATES).rows() == [("r1#1", ["A", "B"]), ("r1#2", ["C"])]
+        assert manifest["reused_request_ids"]["impressions"] == 2
