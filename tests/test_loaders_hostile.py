@@ -218,3 +218,19 @@ class TestRequestReuse:
         imps, manifest = self.ingest(tmp_path, rows)
         assert imps.select(Col.IMPRESSION, Col.CANDIDATES).rows() == [("r1#1", ["A", "B"]), ("r1#2", ["C"])]
         assert manifest["reused_request_ids"]["impressions"] == 2
+
+
+class TestHistoryContainsCandidate:
+    """Kept, and counted in the manifest so a leak is visible."""
+
+    def test_mind(self, tmp_path: Path) -> None:
+        d = mind_dir(tmp_path / "train", [("N1 N2", "N1-1 N3-0"), ("N4", "N2-0 N3-1")])
+        result = load_mind({"train": d}, tmp_path / "out")
+        assert result.manifest["history_contains_candidate"] == {"impressions": 1, "candidates": 1, "clicked": 1, "examples": ["train-1"]}
+        assert result.manifest["impressions"] == 2
+
+    def test_events_repeat_click(self, tmp_path: Path) -> None:
+        (tmp_path / "items.csv").write_text(ITEMS)
+        (tmp_path / "events.csv").write_text("user_id,item_id,timestamp\nu1,A,1600000000\nu1,B,1600000100\nu1,A,1600000200\n")
+        result = load_events(tmp_path / "items.csv", tmp_path / "events.csv", tmp_path / "out", EventsConfig(dev_fraction=0))
+        assert result.manifest["history_contains_candidate"] == {"impressions": 1, "candidates": 1, "clicked": 1, "examples": ["e4"]}
