@@ -131,7 +131,7 @@ class TestByteOrderMark:
 
 
 class TestNonUtf8:
-    """Undecodable bytes are a named bad line (or a counted reject), in CSV tables."""
+    """Undecodable bytes are a named bad line (or a counted reject), in CSV tables and Amazon files."""
 
     @pytest.mark.parametrize("which", ["items", "events"])
     def test_csv(self, tmp_path: Path, which: str) -> None:
@@ -146,6 +146,17 @@ class TestNonUtf8:
         assert result.manifest["skipped"] == {"total": 1, "by_reason": {"invalid UTF-8": 1}}
         args = ["ingest", "events", "--items", str(items), "--events", str(events), "--out", str(tmp_path / "cli")]
         cli_fails_in_one_line(args, f"row {line}, field '{field}': invalid UTF-8")
+
+    @pytest.mark.parametrize(("suffix", "line", "field"), [("text", 3, "text"), ("item2index", 2, Col.ITEM), ("test.inter", 2, Col.HISTORY)])
+    def test_amazon(self, tmp_path: Path, suffix: str, line: int, field: str) -> None:
+        src = write_unisrec(tmp_path / "src", sequences(n_users=5, n_items=12), 12)
+        path = src / f"{NAME}.{suffix}"
+        lines = path.read_bytes().split(b"\n")
+        parts = lines[line - 1].split(b"\t")
+        parts[1 if field != Col.ITEM else 0] += b"\xc3"
+        lines[line - 1] = b"\t".join(parts)
+        path.write_bytes(b"\n".join(lines))
+        raises(lambda: load_amazon(src), path, line, field, "invalid UTF-8")
 
 
 class TestEventsFiles:
@@ -221,7 +232,7 @@ class TestRequestReuse:
 
 
 class TestHistoryContainsCandidate:
-    """Kept, and counted in the manifest so a leak is visible."""
+    """Kept, and counted in the manifest (by every loader) so a leak is visible."""
 
     def test_mind(self, tmp_path: Path) -> None:
         d = mind_dir(tmp_path / "train", [("N1 N2", "N1-1 N3-0"), ("N4", "N2-0 N3-1")])
@@ -234,3 +245,27 @@ class TestHistoryContainsCandidate:
         (tmp_path / "events.csv").write_text("user_id,item_id,timestamp\nu1,A,1600000000\nu1,B,1600000100\nu1,A,1600000200\n")
         result = load_events(tmp_path / "items.csv", tmp_path / "events.csv", tmp_path / "out", EventsConfig(dev_fraction=0))
         assert result.manifest["history_contains_candidate"] == {"impressions": 1, "candidates": 1, "clicked": 1, "examples": ["e4"]}
+
+    def test_amazon(self, tmp_path: Path) -> None:
+        src = write_unisrec(tmp_path / "src", [[0, 1, 2, 1, 3]], 5)
+        ds = load_amazon(src)
+        assert ds.manifest["history_contains_candidate"]["impressions"] == 1  # the dev row: item 1 again after 0 1 2
+
+
+class TestAmazonIndexAndSplits:
+    """A repeated index or raw id in item2index, and an .inter file without rows, are named errors."""
+
+    @pytest.mark.parametrize(("extra", "field", "problem"), [("B99999\t3", "index", "index 3 is given twice"), ("B00003\t99", Col.ITEM, "'B00003' is given twice")])
+    def test_item2index_repeats(self, tmp_path: Path, extra: str, field: str, problem: str) -> None:
+        src = write_unisrec(tmp_path / "src", sequences(n_users=5, n_items=12), 12)
+        path = src / f"{NAME}.item2index"
+        path.write_text(path.read_text() + extra + "\n")
+        raises(lambda: load_amazon(src), path, 13, field, problem)
+        cli_fails_in_one_line(["ingest", "amazon", str(src), "--out", str(tmp_path / "cli")], f"row 13, field '{field}'")
+
+    @pytest.mark.parametrize("content", ["user_id:token\titem_id_list:token_seq\titem_id:token\n", ""])
+    def test_empty_inter(self, tmp_path: Path, content: str) -> None:
+        src = write_unisrec(tmp_path / "src", sequences(n_users=5, n_items=12), 12)
+        path = src / f"{NAME}.test.inter"
+        path.write_text(content)
+        raises(lambda: load_amazon(src), path, None, None, "no rows")
