@@ -171,7 +171,7 @@ def test_synth_round_trip_through_mind_files(tmp_path: Path) -> None:
 def test_truth_length_mismatch_is_an_error(tmp_path: Path) -> None:
     root = mind_dir(tmp_path / "train")
     write_rows(root / "truth.tsv", [["1", "0.1 0.2"], ["2", "0.1 0.2"]])
-    with pytest.raises(DataError, match="truth.tsv.*'2' has a different number of probabilities"):
+    with pytest.raises(DataError, match=r"truth.tsv, row 2, field 'click_probs': different number of probabilities than candidates: 'impression 2: 2 probabilities, 3 candidates'"):
         load_mind({"train": root}, tmp_path / "out")
 
 

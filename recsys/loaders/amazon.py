@@ -19,6 +19,11 @@ The log has no timestamps, only each user's order. The timestamp of a row is the
 Item text "title. category path. brand. " is parsed into ``title`` (the title), ``category`` (the category path),
 ``tags`` ([brand]) and ``abstract`` (everything after the title, verbatim), so that
 ``title + ". " + abstract`` is the full original text (see :data:`FULL_TEXT_FIELDS`).
+
+The layout is machine-written, so any bad line stops the load with a :class:`DataError` naming it:
+bytes that are not UTF-8, an index or raw id given twice in ``item2index``/``user2index``, an item
+with two text lines, an unknown index, an ``.inter`` file without rows. Histories holding their own
+target are kept and counted in the manifest (``history_contains_candidate``), as by the other loaders.
 """
 
 from __future__ import annotations
@@ -31,6 +36,8 @@ import polars as pl
 
 from recsys.data import Col, Dataset, Split, build_manifest, save_dataset, validate_impressions, validate_items
 from recsys.errors import DataError
+from recsys.loaders.tsv import bad_utf8_field
+from recsys.loaders.writer import HistoryOverlap
 
 log = logging.getLogger(__name__)
 
@@ -52,16 +59,45 @@ def find_name(src: Path) -> str:
     return found[0]
 
 
-def _read_index(path: Path) -> dict[str, str]:
-    """Integer index (as string) -> raw id, from a two-column file without header."""
+def _lines(path: Path, names: list[str]) -> list[str]:
+    """The lines of a UTF-8 file (a leading byte order mark dropped; "\r\n" ends a line too).
+
+    Raises:
+        DataError: a line that is not valid UTF-8, naming its field (``names``, tab-separated).
+    """
+    raw = path.read_bytes().removeprefix(b"\xef\xbb\xbf").split(b"\n")
+    if raw and raw[-1] == b"":
+        raw.pop()
+    lines = []
+    for lineno, line in enumerate(raw, start=1):
+        try:
+            lines.append(line.removesuffix(b"\r").decode("utf-8"))
+        except UnicodeDecodeError:
+            raise DataError(path, lineno, bad_utf8_field(line, names), "invalid UTF-8") from None
+    return lines
+
+
+def _read_index(path: Path, what: str) -> dict[str, str]:
+    """Integer index (as string) -> raw id, from a two-column file without header.
+
+    Raises:
+        DataError: a malformed line, or an index or raw id given twice (naming the second line).
+    """
     mapping: dict[str, str] = {}
-    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+    first_line: dict[str, int] = {}
+    seen_raw: dict[str, int] = {}
+    for lineno, line in enumerate(_lines(path, [what, "index"]), start=1):
         if not line.strip():
             continue
         parts = line.split("\t")
         if len(parts) != 2 or not parts[1].strip().isdigit():
             raise DataError(path, lineno, None, f"expected 'raw id<TAB>integer index', got {line[:80]!r}")
-        mapping[parts[1].strip()] = parts[0].strip()
+        raw_id, index = parts[0].strip(), str(int(parts[1]))
+        if index in mapping:
+            raise DataError(path, lineno, "index", f"index {index} is given twice (line {first_line[index]}: {mapping[index]!r}, here: {raw_id!r})")
+        if raw_id in seen_raw:
+            raise DataError(path, lineno, what, f"{raw_id!r} is given twice (line {seen_raw[raw_id]} and here)")
+        mapping[index], first_line[index], seen_raw[raw_id] = raw_id, lineno, lineno
     return mapping
 
 
@@ -88,13 +124,17 @@ def parse_text(text: str) -> tuple[str, str | None, str | None, str | None]:
 
 def _read_items(path: Path) -> pl.DataFrame:
     rows: dict[str, list] = {Col.ITEM: [], Col.TITLE: [], Col.ABSTRACT: [], Col.CATEGORY: [], Col.TAGS: []}
-    lines = path.read_text(encoding="utf-8").splitlines()
+    lines = _lines(path, [Col.ITEM, "text"])
+    seen: dict[str, int] = {}
     for lineno, line in enumerate(lines[1:], start=2):  # line 1 is the header
         if not line.strip():
             continue
         item, sep, text = line.partition("\t")
         if not sep or not item.strip():
             raise DataError(path, lineno, "text", "expected 'item id<TAB>text'")
+        if item.strip() in seen:
+            raise DataError(path, lineno, Col.ITEM, f"item {item.strip()!r} already has a text line (line {seen[item.strip()]})")
+        seen[item.strip()] = lineno
         title, rest, category, brand = parse_text(text)
         if not title:
             raise DataError(path, lineno, Col.TITLE, f"item {item!r} has no title")
@@ -112,7 +152,7 @@ def _read_items(path: Path) -> pl.DataFrame:
 def _read_inter(path: Path, items: dict[str, str], users: dict[str, str] | None, split: str) -> pl.DataFrame:
     """One impressions row per line; `position` (target index in the user's sequence) is filled later."""
     out: dict[str, list] = {Col.USER: [], Col.HISTORY: [], Col.CANDIDATES: [], "line": []}
-    lines = path.read_text(encoding="utf-8").splitlines()
+    lines = _lines(path, [Col.USER, Col.HISTORY, Col.ITEM])
     for lineno, line in enumerate(lines[1:], start=2):
         if not line.strip():
             continue
@@ -131,6 +171,8 @@ def _read_inter(path: Path, items: dict[str, str], users: dict[str, str] | None,
         out[Col.HISTORY].append(history)
         out[Col.CANDIDATES].append([candidate])
         out["line"].append(lineno)
+    if not out["line"]:
+        raise DataError(path, None, None, "no rows (expected a header line and one line per interaction)")
     return pl.DataFrame(out, schema={Col.USER: pl.String(), Col.HISTORY: pl.List(pl.String()),
                                      Col.CANDIDATES: pl.List(pl.String()), "line": pl.Int64()}).with_columns(
         pl.lit(split).alias(Col.SPLIT))
@@ -163,7 +205,8 @@ def load_amazon(src: str | Path, name: str | None = None) -> Dataset:
         The dataset (items, impressions with splits train/dev/test, manifest with ``time_source``).
 
     Raises:
-        DataError: a missing file, a malformed line, or an index that is not in ``item2index``/``user2index``.
+        DataError: a missing or row-less file, a malformed or non-UTF-8 line, an index or id given twice,
+            or an index that is not in ``item2index``/``user2index``.
     """
     src = Path(src)
     if not src.is_dir():
@@ -172,9 +215,9 @@ def load_amazon(src: str | Path, name: str | None = None) -> Dataset:
     for suffix in ("item2index", "text", "train.inter", "valid.inter", "test.inter"):
         if not (src / f"{name}.{suffix}").exists():
             raise DataError(src / f"{name}.{suffix}", None, None, "file is missing")
-    item_index = _read_index(src / f"{name}.item2index")
+    item_index = _read_index(src / f"{name}.item2index", Col.ITEM)
     user_path = src / f"{name}.user2index"
-    user_index = _read_index(user_path) if user_path.exists() else None
+    user_index = _read_index(user_path, Col.USER) if user_path.exists() else None
     items = _read_items(src / f"{name}.text")
     missing_text = set(item_index.values()) - set(items[Col.ITEM].to_list())
     if missing_text:
@@ -193,6 +236,8 @@ def load_amazon(src: str | Path, name: str | None = None) -> Dataset:
     )
     items = validate_items(items.select(list(items.columns)), str(src / f"{name}.text"))
     impressions = validate_impressions(impressions, str(src))
+    overlap = HistoryOverlap()
+    overlap.add(impressions)
     manifest = build_manifest(
         items, impressions, source=f"amazon:{src.resolve()}", kind="interactions",
         time_source="sequence_order", time_note="timestamp = 2000-01-01 + position in the user's sequence (seconds); no real times",
@@ -200,6 +245,7 @@ def load_amazon(src: str | Path, name: str | None = None) -> Dataset:
         # Bad lines stop the load (the layout is machine-written); the keys match the other loaders' manifests.
         skipped={"total": 0, "by_reason": {}},
         missing_item_ids={"distinct": 0, "in_candidates": 0, "in_history": 0, "examples": []},
+        history_contains_candidate=overlap.report(),
     )
     log.info("loaded %s: %d items, %d impressions, %d users", name, items.height, impressions.height, manifest["users"])
     return Dataset(items=items, impressions=impressions, manifest=manifest)

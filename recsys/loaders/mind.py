@@ -8,7 +8,17 @@ A MIND directory holds two headerless TSV files::
 
 and, for data from ``recsys synth``, ``truth.tsv`` (impression_id, the candidates' click probabilities).
 Entity JSON columns become ``tags`` (their entity labels). Impression ids become ``"<split>-<id>"``
-because MIND numbers every split from 1.
+because MIND numbers every split from 1. A UTF-8 byte order mark at the start of a file is dropped.
+
+Labels: a behaviors file is labelled (every candidate ``<news id>-0`` or ``-1``) or unlabelled (no
+candidate has a ``-``), never a mix. The majority of the first block (all of a small file) decides
+which; an impression of the other kind is a bad row. A labelled candidate is split at its last
+``-``: the label must be exactly ``0`` or ``1`` and the id non-empty and not ending in ``-``.
+
+Truth: with ``truth.tsv``, every impression needs a row there with one probability per candidate
+(else a bad row). When only some splits have ``truth.tsv``, the others get ``click_probs`` of nulls,
+one per candidate, so the column explodes with the candidates everywhere; the manifest lists the
+splits with truth under ``truth_splits``.
 """
 
 from __future__ import annotations
@@ -22,7 +32,7 @@ import polars as pl
 from tqdm import tqdm
 
 from recsys.data import Col, Split
-from recsys.errors import DataError, RecsysError
+from recsys.errors import RecsysError
 from recsys.loaders.rejects import LINE, RAISE, BadRows
 from recsys.loaders.tsv import read_tsv
 from recsys.loaders.writer import IngestResult, write_dataset
@@ -37,7 +47,17 @@ NEWS_COLUMNS = [Col.ITEM, Col.CATEGORY, Col.SUBCATEGORY, Col.TITLE, Col.ABSTRACT
 BEHAVIOR_COLUMNS = [Col.IMPRESSION, Col.USER, Col.TIME, Col.HISTORY, IMPRESSION_LOG]
 TRUTH_COLUMNS = [Col.IMPRESSION, Col.CLICK_PROBS]
 _ENTITY_DTYPE = pl.List(pl.Struct({"Label": pl.String()}))
-_LABELLED_TOKEN = r".-[01]$"
+_TRUTH_LINE = "_truth_line"
+# The label after the last "-" is exactly 0 or 1 ...
+_LABEL = r"-[01]$"
+# ... and the id before it is non-empty and does not end in "-" (the common case, checked at once).
+_GOOD_TOKEN = r"[^-]-[01]$"
+UNKNOWN_LABEL = "unknown label value (expected <news id>-0 or -1)"
+BAD_LABELLED_ID = "bad news id before the label (empty or ending in '-')"
+UNLABELLED_IN_LABELLED = "unlabelled impression in a labelled file (all impressions must be labelled, or none)"
+LABELLED_IN_UNLABELLED = "labelled candidates in an unlabelled file (all impressions must be labelled, or none)"
+NO_TRUTH_ROW = f"impression has no row in {TRUTH}"
+TRUTH_LENGTH = "different number of probabilities than candidates"
 
 
 def _tokens(column: str) -> pl.Expr:
@@ -91,21 +111,59 @@ def read_news(path: Path, bad: BadRows) -> pl.DataFrame:
 
 
 def read_truth(path: Path, bad: BadRows) -> pl.DataFrame:
-    """``truth.tsv`` of ``recsys synth``: raw impression id and the candidates' click probabilities."""
+    """``truth.tsv`` of ``recsys synth``: raw impression id, the candidates' click probabilities and
+    the truth line (``_truth_line``). A repeated impression id is a bad row."""
     frames = []
     for batch in read_tsv(path, TRUTH_COLUMNS, bad):
         batch = batch.with_columns(_tokens(Col.CLICK_PROBS).list.eval(pl.element().cast(pl.Float32(), strict=False)))
         bad_prob = batch.select(pl.col(Col.CLICK_PROBS).list.eval(pl.element().is_null() | (pl.element() < 0) | (pl.element() > 1)).list.any()).to_series()
-        frames.append(bad.drop(batch, bad_prob, path, Col.CLICK_PROBS, "probabilities must be numbers in [0, 1]").drop(LINE))
-    return pl.concat(frames)
+        frames.append(bad.drop(batch, bad_prob, path, Col.CLICK_PROBS, "probabilities must be numbers in [0, 1]"))
+    truth = pl.concat(frames)
+    dup = ~truth[Col.IMPRESSION].is_first_distinct()
+    truth = bad.drop(truth, dup, path, Col.IMPRESSION, "duplicate impression id", pl.col(Col.IMPRESSION))
+    return truth.rename({LINE: _TRUTH_LINE})
 
 
-def _is_labelled(path: Path) -> bool:
-    """A behaviors file is labelled if its first candidate token ends in -0 or -1 (MIND test has none)."""
-    with path.open("rb") as fh:
-        first = fh.readline().decode("utf-8", errors="replace").rstrip("\r\n").split("\t")
-    token = first[-1].split(" ")[0] if len(first) == len(BEHAVIOR_COLUMNS) else ""
-    return bool(pl.Series([token]).str.contains(_LABELLED_TOKEN)[0])
+def _has_dash() -> pl.Expr:
+    """Per impression: does any candidate token contain a "-" (i.e. carry a label)?"""
+    return pl.col(IMPRESSION_LOG).list.eval(pl.element().str.contains("-", literal=True)).list.any()
+
+
+def _first_token(condition: pl.Expr) -> pl.Expr:
+    return pl.col(IMPRESSION_LOG).list.eval(pl.element().filter(condition)).list.first()
+
+
+def _parse_candidates(batch: pl.DataFrame, path: Path, bad: BadRows, labelled: bool) -> pl.DataFrame:
+    """Check every candidate token against the file's kind; add ``candidates`` and ``labels``."""
+    if not labelled:
+        has_dash = batch.select(_has_dash()).to_series()
+        batch = bad.drop(batch, has_dash, path, IMPRESSION_LOG, LABELLED_IN_UNLABELLED, _first_token(pl.element().str.contains("-", literal=True)))
+        return batch.with_columns(pl.col(IMPRESSION_LOG).alias(Col.CANDIDATES), pl.lit(None, dtype=pl.List(pl.Int8())).alias(Col.LABELS))
+    if not batch.select(pl.col(IMPRESSION_LOG).list.eval(pl.element().str.contains(_GOOD_TOKEN)).list.all().all()).item():
+        # The rare bad batch: find each bad row's reason.
+        batch = bad.drop(batch, ~batch.select(_has_dash()).to_series(), path, IMPRESSION_LOG, UNLABELLED_IN_LABELLED, pl.col(IMPRESSION_LOG).list.first())
+        for condition, reason in (
+            (pl.element().str.contains(_LABEL).not_(), UNKNOWN_LABEL),
+            (pl.element().str.head(-2).str.contains(r"(^|-)$"), BAD_LABELLED_ID),
+        ):
+            flagged = batch.select(pl.col(IMPRESSION_LOG).list.eval(condition).list.any()).to_series()
+            batch = bad.drop(batch, flagged, path, IMPRESSION_LOG, reason, _first_token(condition))
+    return batch.with_columns(
+        pl.col(IMPRESSION_LOG).list.eval(pl.element().str.head(-2)).alias(Col.CANDIDATES),
+        pl.col(IMPRESSION_LOG).list.eval(pl.element().str.tail(1).cast(pl.Int8())).alias(Col.LABELS),
+    )
+
+
+def _attach_truth(batch: pl.DataFrame, truth: pl.DataFrame, path: Path, bad: BadRows) -> pl.DataFrame:
+    """Join ``click_probs``; an impression without a truth row, or with the wrong count, is a bad row."""
+    batch = batch.join(truth, on=Col.IMPRESSION, how="left", maintain_order="left")
+    batch = bad.drop(batch, batch[Col.CLICK_PROBS].is_null(), path, Col.IMPRESSION, NO_TRUTH_ROW, pl.col(Col.IMPRESSION))
+    wrong = batch[Col.CLICK_PROBS].list.len() != batch[Col.CANDIDATES].list.len()
+    # Reported at the truth line: that is where the probabilities are.
+    detail = pl.format("impression {}: {} probabilities, {} candidates", Col.IMPRESSION, pl.col(Col.CLICK_PROBS).list.len(), pl.col(Col.CANDIDATES).list.len())
+    at_truth = batch.rename({LINE: "_behaviors_line", _TRUTH_LINE: LINE})
+    at_truth = bad.drop(at_truth, wrong, path.with_name(TRUTH), Col.CLICK_PROBS, TRUTH_LENGTH, detail)
+    return at_truth.drop(LINE).rename({"_behaviors_line": LINE})
 
 
 def read_behaviors(path: Path, split: str, bad: BadRows, truth: pl.DataFrame | None = None) -> Iterator[pl.DataFrame]:
@@ -121,9 +179,9 @@ def read_behaviors(path: Path, split: str, bad: BadRows, truth: pl.DataFrame | N
         Batches in the impressions schema (with ``click_probs`` when ``truth`` is given).
 
     Raises:
-        DataError: bad rows in raise mode; a truth row whose length differs from its candidates.
+        DataError: bad rows in raise mode (a truth row missing, or with a length other than its candidates', too).
     """
-    labelled = _is_labelled(path)
+    labelled: bool | None = None
     for batch in tqdm(read_tsv(path, BEHAVIOR_COLUMNS, bad), desc=f"{split} {BEHAVIORS}", unit="block", disable=None):
         for column in (Col.IMPRESSION, Col.USER):
             batch = bad.drop(batch, batch[column].str.strip_chars() == "", path, column, f"empty {column}")
@@ -132,21 +190,13 @@ def read_behaviors(path: Path, split: str, bad: BadRows, truth: pl.DataFrame | N
         batch = bad.drop(batch, batch[Col.TIME].is_null(), path, Col.TIME, "bad timestamp (expected like '11/15/2019 8:55:22 AM')", pl.col("raw"))
         batch = batch.with_columns(_tokens(Col.HISTORY), _tokens(IMPRESSION_LOG))
         batch = bad.drop(batch, batch[IMPRESSION_LOG].list.len() == 0, path, IMPRESSION_LOG, "no candidates")
-        if labelled:
-            unlabelled = pl.element().str.contains(_LABELLED_TOKEN).not_()
-            bad_token = batch.select(pl.col(IMPRESSION_LOG).list.eval(unlabelled).list.any()).to_series()
-            first_bad = pl.col(IMPRESSION_LOG).list.eval(pl.element().filter(unlabelled)).list.first()
-            batch = bad.drop(batch, bad_token, path, IMPRESSION_LOG, "unknown label value (expected <news id>-0 or -1)", first_bad)
-            candidates = pl.col(IMPRESSION_LOG).list.eval(pl.element().str.head(-2))
-            labels = pl.col(IMPRESSION_LOG).list.eval(pl.element().str.tail(1).cast(pl.Int8()))
-        else:
-            candidates, labels = pl.col(IMPRESSION_LOG), pl.lit(None, dtype=pl.List(pl.Int8()))
-        batch = batch.with_columns(candidates.alias(Col.CANDIDATES), labels.alias(Col.LABELS), pl.lit(split).alias(Col.SPLIT))
+        if not batch.height:
+            continue
+        if labelled is None:  # the majority of the first block decides; the minority are bad rows
+            labelled = 2 * int(batch.select(_has_dash().sum()).item()) >= batch.height
+        batch = _parse_candidates(batch, path, bad, labelled).with_columns(pl.lit(split).alias(Col.SPLIT))
         if truth is not None:
-            batch = batch.join(truth, on=Col.IMPRESSION, how="left", maintain_order="left")
-            wrong = batch.filter(pl.col(Col.CLICK_PROBS).list.len() != pl.col(Col.CANDIDATES).list.len())
-            if wrong.height:
-                raise DataError(path.with_name(TRUTH), None, Col.CLICK_PROBS, f"impression {wrong[Col.IMPRESSION][0]!r} has a different number of probabilities than candidates")
+            batch = _attach_truth(batch, truth, path, bad)
         yield batch.with_columns(pl.format("{}-{}", pl.lit(split), pl.col(Col.IMPRESSION)).alias(Col.IMPRESSION)).drop("raw", IMPRESSION_LOG)
 
 
@@ -178,10 +228,13 @@ def load_mind(splits: Mapping[str, Path], out: Path, on_bad_rows: str = RAISE) -
     bad = BadRows(on_bad_rows)
     dirs = {split: Path(d) for split, d in splits.items()}
     items = pl.concat([read_news(d / NEWS, bad) for d in dirs.values()]).unique(Col.ITEM, keep="first", maintain_order=True)
-    with_truth = any((d / TRUTH).is_file() for d in dirs.values())
+    truth_splits = [split for split, d in dirs.items() if (d / TRUTH).is_file()]
     log.info("MIND: %d items from %d split(s)", items.height, len(dirs))
+    if truth_splits and len(truth_splits) < len(dirs):
+        log.warning("%s only in split(s) %s: the others get null click_probs", TRUTH, ", ".join(truth_splits))
     sources = {split: str(d) for split, d in dirs.items()}
-    with write_dataset(out, items, bad, "mind", "impressions", with_click_probs=with_truth, inputs=sources) as writer:
+    extra = {"truth_splits": truth_splits} if truth_splits else {}
+    with write_dataset(out, items, bad, "mind", "impressions", with_click_probs=bool(truth_splits), inputs=sources, **extra) as writer:
         for split, d in dirs.items():
             truth = read_truth(d / TRUTH, bad) if (d / TRUTH).is_file() else None
             for batch in read_behaviors(d / BEHAVIORS, split, bad, truth):

@@ -2,37 +2,47 @@
 
 Reads fixed-size byte blocks cut at line ends, so memory stays bounded by the block size whatever
 the file size; splitting lines and fields is done by Polars on the whole block. No quoting: MIND
-titles contain quotes but never tabs or newlines.
+titles contain quotes but never tabs or newlines. A UTF-8 byte order mark at the start is dropped.
 """
 
 from __future__ import annotations
 
+import codecs
 from collections.abc import Iterator
 from pathlib import Path
 
 import polars as pl
 
 from recsys.errors import DataError
-from recsys.loaders.rejects import LINE, RAISE, BadRows
+from recsys.loaders.rejects import LINE, BadRows
 
 BLOCK_BYTES = 32 << 20
 _FIELDS = "_fields"
 
 
-def _decode(block: bytes, path: Path, first_line: int, bad: BadRows) -> str:
+def bad_utf8_field(raw: bytes, names: list[str], sep: bytes = b"\t") -> str | None:
+    """The name of the field of the line ``raw`` (fields split on ``sep`` only) holding undecodable bytes."""
+    for index, part in enumerate(raw.split(sep)):
+        try:
+            part.decode("utf-8")
+        except UnicodeDecodeError:
+            return names[index] if index < len(names) else None
+    return None
+
+
+def _decode(block: bytes, path: Path, first_line: int, bad: BadRows, names: list[str]) -> str:
     """Decode UTF-8; undecodable lines are reported (raise) or blanked out so the line count holds."""
     try:
         return block.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        if bad.mode == RAISE:
-            bad.report(path, first_line + block.count(b"\n", 0, exc.start), None, "invalid UTF-8")
-    # Skip mode, a rare bad block: decode line by line and blank the bad lines (dropped below).
+    except UnicodeDecodeError:
+        pass
+    # A rare bad block: decode line by line, report the bad lines and blank them (dropped below).
     good = []
     for i, raw in enumerate(block.split(b"\n")):
         try:
             good.append(raw.decode("utf-8"))
         except UnicodeDecodeError:
-            bad.report(path, first_line + i, None, "invalid UTF-8")
+            bad.report(path, first_line + i, bad_utf8_field(raw, names), "invalid UTF-8")
             good.append("\x00")
     return "\n".join(good)
 
@@ -62,7 +72,9 @@ def read_tsv(path: Path, names: list[str], bad: BadRows, block_bytes: int | None
             if not block:
                 break
             block += fh.readline()  # finish the last line of the block
-            text = _decode(block, path, first_line, bad)
+            if first_line == 1 and block.startswith(codecs.BOM_UTF8):
+                block = block[len(codecs.BOM_UTF8) :]
+            text = _decode(block, path, first_line, bad, names)
             if text.endswith("\n"):
                 text = text[:-1]
             lines = pl.DataFrame({_FIELDS: pl.Series([text]).str.split("\n").explode()})

@@ -4,6 +4,11 @@ Each batch is validated against the contract, stripped of impression ids already
 duplicate is a bad row), checked for item ids missing from the items table (counted, kept), and
 appended to ``impressions.parquet`` as one row group. Only a light copy (split, user, time,
 candidate/label lists without strings) stays in memory, for the manifest.
+
+An impression whose history already holds one of its candidates is kept (a re-read article, a
+re-bought product are real) and counted in the manifest as ``history_contains_candidate``, which
+tells a leak apart from re-consumption. A batch without ``click_probs`` in a dataset that has them
+gets one null per candidate, so the column always explodes with the candidates.
 """
 
 from __future__ import annotations
@@ -58,6 +63,7 @@ class ImpressionWriter:
         self._light: list[pl.DataFrame] = []
         self._missing: list[pl.Series] = []
         self.missing_occurrences = {Col.CANDIDATES: 0, Col.HISTORY: 0}
+        self.overlap = HistoryOverlap()
         self.manifest: dict[str, Any] = {}
 
     def write(self, batch: pl.DataFrame, path: Path | str) -> None:
@@ -71,7 +77,7 @@ class ImpressionWriter:
             DataError: an impression id already written (raise mode) or a contract violation.
         """
         if Col.CLICK_PROBS in self._columns and Col.CLICK_PROBS not in batch.columns:
-            batch = batch.with_columns(pl.lit(None, dtype=OPTIONAL_IMPRESSION_COLUMNS[Col.CLICK_PROBS]).alias(Col.CLICK_PROBS))
+            batch = batch.with_columns(null_click_probs(batch))
         ids = batch[Col.IMPRESSION]
         dup = ~ids.is_first_distinct()
         if self._seen:
@@ -82,6 +88,7 @@ class ImpressionWriter:
         table = validate_impressions(batch.select(self._columns), str(path))
         self._seen.append(table[Col.IMPRESSION])
         self._count_missing(table)
+        self.overlap.add(table)
         self._light.append(
             table.select(Col.SPLIT, Col.USER, Col.TIME, pl.col(Col.CANDIDATES).list.eval(pl.element().is_null()), Col.LABELS)
         )
@@ -116,6 +123,36 @@ class ImpressionWriter:
             "in_history": self.missing_occurrences[Col.HISTORY],
             "examples": missing.head(5).to_list(),
         }
+
+
+def null_click_probs(impressions: pl.DataFrame) -> pl.Series:
+    """``click_probs`` of one null per candidate, for impressions without known probabilities."""
+    dtype = OPTIONAL_IMPRESSION_COLUMNS[Col.CLICK_PROBS]
+    nulls = impressions.select(pl.lit(None, dtype=dtype.inner).repeat_by(pl.col(Col.CANDIDATES).list.len()))  # type: ignore[attr-defined]
+    return nulls.to_series().cast(dtype).alias(Col.CLICK_PROBS)
+
+
+class HistoryOverlap:
+    """Counts impressions whose history holds one of their own candidates (the manifest entry)."""
+
+    def __init__(self) -> None:
+        self.impressions = self.candidates = self.clicked = 0  # impressions; (distinct) candidates; clicked ones
+        self.examples: list[str] = []
+
+    def add(self, impressions: pl.DataFrame) -> None:
+        """Count the impressions of one batch (contract columns)."""
+        overlap = impressions.select(pl.col(Col.CANDIDATES).list.set_intersection(pl.col(Col.HISTORY)).list.len()).to_series()
+        hit = impressions.filter(overlap > 0)
+        if not hit.height:
+            return
+        self.impressions += hit.height
+        self.candidates += int(overlap.sum())
+        pairs = hit.filter(pl.col(Col.LABELS).is_not_null()).select(Col.HISTORY, Col.CANDIDATES, Col.LABELS).explode(Col.CANDIDATES, Col.LABELS)
+        self.clicked += pairs.filter(pl.col(Col.HISTORY).list.contains(pl.col(Col.CANDIDATES)) & (pl.col(Col.LABELS) == 1)).height
+        self.examples.extend(hit[Col.IMPRESSION].head(5 - len(self.examples)).to_list())
+
+    def report(self) -> dict[str, Any]:
+        return {"impressions": self.impressions, "candidates": self.candidates, "clicked": self.clicked, "examples": self.examples}
 
 
 @contextlib.contextmanager
@@ -154,7 +191,8 @@ def write_dataset(
     write_parquet(items, out / "items.parquet")
     bad.write(out)
     writer.manifest = build_manifest(
-        items, light, source, kind, skipped=bad.manifest(), missing_item_ids=writer.missing_report(), **extra
+        items, light, source, kind, skipped=bad.manifest(), missing_item_ids=writer.missing_report(),
+        history_contains_candidate=writer.overlap.report(), **extra
     )
     write_json(writer.manifest, out / "manifest.json")
 
