@@ -11,6 +11,7 @@ Training hands :func:`lightning_precision` to the Trainer (``"bf16-mixed"`` is `
 either device). Inference uses :func:`inference_context`: autocast over fp32 weights while training
 (the weights keep changing), or bf16 weights outright for a one-off catalogue encode on the CPU
 (:func:`inference_weight_dtype`; measured cosine 0.9999 to fp32 and ~1.7x faster than autocast).
+:func:`quiet_lightning` keeps the Trainer's banners ("GPU available", tips) out of the output.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -29,6 +31,8 @@ log = logging.getLogger(__name__)
 
 PRECISIONS = ("auto", "bf16", "fp32")
 DEVICES = ("auto", "cpu", "cuda")
+# Lightning's logger names: their INFO lines are banners ("GPU available", tips, "`Trainer.fit` stopped").
+_LIGHTNING_LOGGERS = ("lightning.pytorch", "lightning.fabric")
 
 
 @functools.cache
@@ -108,3 +112,20 @@ def inference_context(device: torch.device, precision: str = "auto") -> Iterator
 def pin_memory(device: torch.device) -> bool:
     """DataLoader ``pin_memory``: only worth it when batches travel to a GPU."""
     return device.type == "cuda"
+
+
+@contextlib.contextmanager
+def quiet_lightning() -> Iterator[None]:
+    """Lightning without its INFO banners for the block; its warnings and the progress bar stay."""
+    loggers = [logging.getLogger(name) for name in _LIGHTNING_LOGGERS]
+    levels = [lg.level for lg in loggers]
+    with warnings.catch_warnings():
+        # Lightning's pytree helper builds a class newer torch deprecates, on every trainer call: not ours to act on.
+        warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)", category=FutureWarning)
+        for lg in loggers:
+            lg.setLevel(max(lg.getEffectiveLevel(), logging.WARNING))
+        try:
+            yield
+        finally:
+            for lg, level in zip(loggers, levels, strict=True):
+                lg.setLevel(level)

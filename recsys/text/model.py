@@ -15,9 +15,11 @@ On disk (:func:`save_text_model`), loadable without running pickled code::
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,7 +28,9 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import nn
+from huggingface_hub.utils import are_progress_bars_disabled, disable_progress_bars
 from transformers import AutoModel, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+from transformers.utils import logging as hf_logging
 
 from recsys.data import ITEMS_SCHEMA, Col
 from recsys.text.device import DEVICES, PRECISIONS
@@ -246,6 +250,26 @@ class TextModel:
         return h.hexdigest()
 
 
+@contextlib.contextmanager
+def quiet_transformers() -> Iterator[None]:
+    """Silence transformers' progress bars ("Loading weights", "Writing model shards") and its
+    info/warning messages (load reports) for the block; the caller's settings come back after it.
+
+    Errors still show. recsys's own progress bars (plain tqdm) are not affected.
+    """
+    bars_on, hub_bars_off, verbosity = hf_logging.is_progress_bar_enabled(), are_progress_bars_disabled(), hf_logging.get_verbosity()
+    hf_logging.disable_progress_bar()  # also turns off huggingface_hub's bars
+    hf_logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(verbosity)
+        if bars_on:
+            hf_logging.enable_progress_bar()  # also turns huggingface_hub's back on ...
+        if hub_bars_off:
+            disable_progress_bars()  # ... unless they were off before
+
+
 def freeze_lower_layers(bert: PreTrainedModel, n: int) -> None:
     """Freeze the embeddings and the lowest ``n`` transformer layers of a BERT-family model.
 
@@ -277,8 +301,10 @@ def build_text_model(cfg: TextConfig, encoder_dir: Path | None = None, user_file
         RecsysError: missing directories or weights that do not fit the config.
     """
     path = encoder_dir or encoder_path(cfg)
-    tokenizer = AutoTokenizer.from_pretrained(path)
-    item_encoder = ItemEncoder(AutoModel.from_pretrained(path), cfg.pooling, cfg.projection_dim)
+    with quiet_transformers():
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        bert = AutoModel.from_pretrained(path)
+    item_encoder = ItemEncoder(bert, cfg.pooling, cfg.projection_dim)
     if item_encoder.projection is not None and (path / PROJECTION_FILE).exists():
         item_encoder.projection.load_state_dict(load_file(path / PROJECTION_FILE))
     user_encoder = UserEncoder(item_encoder.dim, cfg.user_pooling)
@@ -305,8 +331,9 @@ def save_text_model(model: TextModel, out_dir: Path) -> Path:
         model.item_encoder.bert = bert
     enc_dir = out_dir / ENCODER_DIR
     enc_dir.mkdir(parents=True, exist_ok=True)
-    bert.save_pretrained(enc_dir, safe_serialization=True)
-    model.tokenizer.save_pretrained(enc_dir)
+    with quiet_transformers():
+        bert.save_pretrained(enc_dir, safe_serialization=True)
+        model.tokenizer.save_pretrained(enc_dir)
     if model.item_encoder.projection is not None:
         with atomic_path(enc_dir / PROJECTION_FILE) as tmp:
             save_file({k: v.contiguous() for k, v in model.item_encoder.projection.state_dict().items()}, str(tmp))

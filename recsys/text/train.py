@@ -3,14 +3,18 @@
 Read top to bottom: :func:`train_text_model` splits impressions by time, builds the samples
 (:mod:`recsys.text.data`), trains :class:`TextModule` with Lightning (precision, accumulation, DDP are
 Trainer arguments), keeps the weights of the best validation AUC in memory (no pickled checkpoint)
-and saves them with :func:`recsys.text.model.save_text_model`.
+and saves them with :func:`recsys.text.model.save_text_model`. The loss per step and each validation
+AUC go to ``logs/metrics.csv`` (and TensorBoard, when installed); :mod:`recsys.evaluation.curves`
+reads and plots them.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import itertools
 import logging
 import math
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -20,12 +24,14 @@ import numpy as np
 import polars as pl
 import torch
 import torch.nn.functional as F
+from lightning.pytorch.loggers import CSVLogger, Logger, TensorBoardLogger
 from transformers import get_linear_schedule_with_warmup
 
 from recsys.data import Col, validate_impressions, validate_items
-from recsys.text.device import inference_context, lightning_accelerator, lightning_precision, pin_memory, resolve_device
+from recsys.text.device import inference_context, lightning_accelerator, lightning_precision, pin_memory, quiet_lightning, resolve_device
 from recsys.text.encode import embed_rows
 from recsys.errors import RecsysError
+from recsys.evaluation.curves import LOG_DIR
 from recsys.evaluation.metrics import auc
 from recsys.io import write_json
 from recsys.text.data import ClickSamples, ImpressionRows, ItemTokens, TextDataModule, candidate_rows, time_split, to_indices
@@ -40,6 +46,8 @@ SCALE_LR = 0.05
 # A cap on the learned temperature, as CLIP has: beyond it one pair's score decides the whole softmax.
 MAX_SCALE = 100.0
 METRICS_FILE = "train_metrics.json"
+# Log the training loss every N optimiser steps at most (fewer for a short run, so it still has ~20 points).
+LOG_EVERY_STEPS = 10
 
 __all__ = ["train_text_model", "load_text_model", "pretrained_text_model", "TextModule"]
 
@@ -175,6 +183,9 @@ class TextModule(L.LightningModule):
         totals = torch.tensor([self._auc_sum, float(self._auc_n)], device=self.device, dtype=torch.float64)
         totals = self.trainer.strategy.reduce(totals, reduce_op="sum")
         self.log("val_auc", float(totals[0] / totals[1].clamp(min=1)), prog_bar=True)
+        # The loggers' x for this validation: the optimiser steps taken, as train_metrics.json counts them
+        # (Lightning would put a validation inside fit one step early, on the last training step's row).
+        self.log("step", float(self.global_step), sync_dist=True)  # the same on every rank: the mean is exact
 
     # --- optimiser ------------------------------------------------------------------------------------
     def configure_optimizers(self) -> Any:
@@ -267,6 +278,18 @@ def _prepare(impressions: pl.DataFrame, cfg: TextConfig, tokens: ItemTokens) -> 
     return samples, val_rows, cache_rows
 
 
+def _loggers(out_dir: Path) -> list[Logger]:
+    """CSV (always) and TensorBoard (when installed) loggers, both in ``out_dir/logs/``.
+
+    A fixed, empty version name: a re-run replaces the log instead of adding ``version_N/``. Lightning's
+    loggers write on the global rank zero only, so DDP needs nothing more.
+    """
+    loggers: list[Logger] = [CSVLogger(save_dir=out_dir, name=LOG_DIR, version="")]
+    if importlib.util.find_spec("tensorboard") or importlib.util.find_spec("tensorboardX"):
+        loggers.append(TensorBoardLogger(save_dir=out_dir, name=LOG_DIR, version="", default_hp_metric=False))
+    return loggers
+
+
 def train_text_model(impressions: pl.DataFrame, items: pl.DataFrame, cfg: TextConfig, out_dir: Path, *, show_progress: bool = True) -> Path:
     """Fine-tune the text model and save the weights of the best validation AUC.
 
@@ -275,7 +298,8 @@ def train_text_model(impressions: pl.DataFrame, items: pl.DataFrame, cfg: TextCo
             known non-click are skipped. The latest ``cfg.val_fraction`` by time validates.
         items: The items table.
         cfg: Text settings.
-        out_dir: Written: ``encoder/``, ``user_encoder.safetensors``, ``text_config.json``, ``train_metrics.json``.
+        out_dir: Written: ``encoder/``, ``user_encoder.safetensors``, ``text_config.json``, ``train_metrics.json``,
+            ``logs/metrics.csv`` (loss per step, validation AUC; see :mod:`recsys.evaluation.curves`).
         show_progress: Lightning's progress bar.
 
     Returns:
@@ -306,25 +330,30 @@ def train_text_model(impressions: pl.DataFrame, items: pl.DataFrame, cfg: TextCo
     callbacks: list[L.Callback] = [best]
     if has_val:
         callbacks.append(L.pytorch.callbacks.EarlyStopping(monitor="val_auc", mode="max", patience=cfg.patience))
-    trainer = L.Trainer(
-        accelerator=lightning_accelerator(device), devices="auto" if device.type == "cuda" else 1,
-        precision=lightning_precision(device, cfg.precision), max_epochs=cfg.epochs, max_steps=cfg.max_steps or -1,
-        accumulate_grad_batches=cfg.accumulate, gradient_clip_val=1.0, callbacks=callbacks, logger=False,
-        enable_checkpointing=False, num_sanity_val_steps=0, enable_progress_bar=show_progress, enable_model_summary=False,
-        limit_val_batches=1.0 if has_val else 0, val_check_interval=cfg.val_check_steps and cfg.val_check_steps * cfg.accumulate,
-        check_val_every_n_epoch=None if cfg.val_check_steps else 1, use_distributed_sampler=False, default_root_dir=str(out_dir),
-    )
-    data = TextDataModule(samples, val_rows, tokens, cfg.batch_size, cfg.seed, pin_memory(device))
+    planned = math.ceil(len(samples) / (cfg.batch_size * cfg.accumulate)) * cfg.epochs
+    with quiet_lightning():
+        trainer = L.Trainer(
+            accelerator=lightning_accelerator(device), devices="auto" if device.type == "cuda" else 1,
+            precision=lightning_precision(device, cfg.precision), max_epochs=cfg.epochs, max_steps=cfg.max_steps or -1,
+            accumulate_grad_batches=cfg.accumulate, gradient_clip_val=1.0, callbacks=callbacks, logger=_loggers(Path(out_dir)),
+            log_every_n_steps=max(1, min(LOG_EVERY_STEPS, min(planned, cfg.max_steps or planned) // 20)),
+            enable_checkpointing=False, num_sanity_val_steps=0, enable_progress_bar=show_progress, enable_model_summary=False,
+            limit_val_batches=1.0 if has_val else 0, val_check_interval=cfg.val_check_steps and cfg.val_check_steps * cfg.accumulate,
+            check_val_every_n_epoch=None if cfg.val_check_steps else 1, use_distributed_sampler=False, default_root_dir=str(out_dir),
+        )
+        if trainer.is_global_zero:  # the previous run's log (TensorBoard would show both runs at once)
+            shutil.rmtree(Path(out_dir) / LOG_DIR, ignore_errors=True)
+        data = TextDataModule(samples, val_rows, tokens, cfg.batch_size, cfg.seed, pin_memory(device))
 
-    start = time.perf_counter()
-    if has_val:
-        trainer.validate(module, datamodule=data, verbose=False)  # the untrained model's AUC, for the record
-    trainer.fit(module, datamodule=data)
-    calibrated_scale = module.calibrated_scale
-    if has_val and best.last_validated_step != trainer.global_step:
-        # Validating every N steps leaves the steps after the last multiple of N unchecked.
-        trainer.validate(module, datamodule=data, verbose=False)
-    elapsed = time.perf_counter() - start
+        start = time.perf_counter()
+        if has_val:
+            trainer.validate(module, datamodule=data, verbose=False)  # the untrained model's AUC, for the record
+        trainer.fit(module, datamodule=data)
+        calibrated_scale = module.calibrated_scale
+        if has_val and best.last_validated_step != trainer.global_step:
+            # Validating every N steps leaves the steps after the last multiple of N unchecked.
+            trainer.validate(module, datamodule=data, verbose=False)
+        elapsed = time.perf_counter() - start
     if best.state is not None:
         module.load_state_dict(best.state)
     if trainer.is_global_zero:
