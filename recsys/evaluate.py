@@ -71,10 +71,7 @@ def evaluate(model_dir: str | Path, dataset: Dataset, split: str = Split.DEV, pr
 def _report(report_dir: Path, meta: dict[str, Any], model_dir: Path, ds: Dataset, split: str, protocol: str,
             table: dict[str, dict[str, float]], extra: dict[str, Any], seconds: float) -> None:
     from ranker.lambdarank import load_ranker
-    try:  # TEMP until the curves module lands
-        from recsys.evaluation.curves import plot_curves, read_curves
-    except ImportError:
-        read_curves = lambda _: None  # noqa: E731
+    from recsys.evaluation.curves import CURVES_PNG, plot_curves, read_curves
 
     notes = {"model": f"{model_dir} (model_id {meta['model_id']}, {meta['kind']} log, {meta['candidates']} candidates)",
              "dataset": str(ds.path), "split": split, "protocol": protocol, **extra.get("notes", {}),
@@ -83,7 +80,7 @@ def _report(report_dir: Path, meta: dict[str, Any], model_dir: Path, ds: Dataset
     figures = []
     curves = read_curves(model_dir / TEXT_DIR) if (model_dir / TEXT_DIR).is_dir() else None
     if curves is not None and curves.height:
-        figures.append(("Text encoder training curve", plot_curves(curves, report_dir / "training_curve.png").name))
+        figures.append(("Text encoder training curve", plot_curves(curves, report_dir / CURVES_PNG).name))
     metric_rows = {k: v for k, v in table.items() if not k.startswith("retrieval: ")}
     write_report(report_dir, title=f"{protocol.capitalize()} evaluation of {ds.path.name if ds.path else 'dataset'} ({split})", table=metric_rows,
                  importance=load_ranker(model_dir / RANKER_DIR).importance(), by_group=extra.get("by_group"), notes=notes, figures=figures)

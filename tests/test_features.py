@@ -11,7 +11,7 @@ from click.testing import CliRunner
 from conftest_features import at, base_log, by_key, impression, write_log
 
 from features.build import FeatureConfig, build_features
-from features.registry import CLICK_PROB, FEATURES, TEXT_FEATURES, describe, feature_names
+from features.registry import BEHAVIOUR, CLICK_PROB, FAMILIES, FEATURES, PAIRS, RETRIEVAL, TEXT, TEXT_FEATURES, describe, feature_names, ranker_features
 from recsys.data import IMPRESSIONS_SCHEMA, Col
 from recsys.errors import DataError, RecsysError
 
@@ -198,9 +198,9 @@ def test_bad_inputs_raise_clear_errors(tmp_path: Path) -> None:
     with pytest.raises(DataError, match=Col.USER):
         build_features(ds, tmp_path / "f.parquet", rows=tmp_path / "bad.parquet", show_progress=False)
     assert not (tmp_path / "f.parquet").exists()  # never a half-written output
-    with pytest.raises(ValueError, match="windows_hours"):
+    with pytest.raises(RecsysError, match="windows_hours"):
         FeatureConfig(windows_hours=(6, 6))
-    with pytest.raises(ValueError, match="memory_limit"):
+    with pytest.raises(RecsysError, match="memory_limit"):
         FeatureConfig(memory_limit="lots")
 
 
@@ -219,9 +219,14 @@ def test_custom_windows_are_registered(tmp_path: Path) -> None:
 
 def test_registry_documents_every_feature() -> None:
     assert len({f.name for f in FEATURES}) == len(FEATURES)
-    assert all(f.description and f.family in ("item", "user", "context", "text") for f in FEATURES)
+    assert all(f.description and f.group in FAMILIES for f in FEATURES)
     assert feature_names([Col.LABEL, "text_score", "item_clicks_all", "item_clicks_3h", "unknown"]) == [
         "item_clicks_3h", "item_clicks_all", "text_score"]
+    columns = [Col.LABEL, "text_score", "item_clicks_all", "src_ease_rank", "src_text_score", "text_last_frozen", "trans_last"]
+    assert ranker_features(columns, (BEHAVIOUR, TEXT)) == ["item_clicks_all", "text_score"]
+    assert ranker_features(columns, (RETRIEVAL, PAIRS)) == ["src_ease_rank", "src_text_score", "trans_last", "text_last_frozen"]
+    # The "without text" baseline drops every feature read from item text, whatever its family.
+    assert ranker_features(columns, FAMILIES, text=False) == ["item_clicks_all", "src_ease_rank", "trans_last"]
 
 
 def test_cli_writes_table_and_summary(tmp_path: Path) -> None:

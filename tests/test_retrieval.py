@@ -8,6 +8,7 @@ import polars as pl
 import pytest
 
 from conftest_shop import sequences, write_unisrec
+from recsys.errors import RecsysError
 from recsys.data import Col, Dataset, Split
 from recsys.loaders.amazon import load_amazon
 from recsys.candidates.retrieval import DEFAULT_SOURCES, ITEM_INDEX, ROW, TEXT, TRANSITIONS, RetrievalConfig, Retriever, user_sequences
@@ -93,9 +94,9 @@ def test_fill_candidates_only_fills_rows_without_candidates(shop: tuple[Dataset,
 
 
 def test_config_is_checked() -> None:
-    with pytest.raises(ValueError):
+    with pytest.raises(RecsysError, match="sources"):
         RetrievalConfig(sources=("magic",))
-    with pytest.raises(ValueError):
+    with pytest.raises(RecsysError, match="decay"):
         RetrievalConfig(decay=0.0)
     assert TEXT in RetrievalConfig().sources
 
