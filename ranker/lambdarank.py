@@ -223,7 +223,7 @@ def fit(train: pl.DataFrame, valid: pl.DataFrame | None, features: list[str], cf
 
     Args:
         train: Long-format feature table with Col.IMPRESSION, Col.TIME, Col.LABEL and the features.
-        valid: Later impressions for early stopping (see :func:`time_split`); None trains all
+        valid: Later impressions for early stopping (see :func:`recsys.splits.split_latest`); None trains all
             ``cfg.n_estimators`` trees.
         features: Feature columns, in the order the model reads them.
         cfg: Settings.
@@ -357,27 +357,3 @@ def load_ranker(
     if saved_lgb.split(".")[0] != lgb.__version__.split(".")[0]:
         logger.warning("%s was saved by LightGBM %s, this is %s", model_path, saved_lgb, lgb.__version__)
     return Ranker(booster=booster, features=trained, manifest=manifest)
-
-
-def time_split(df: pl.DataFrame, valid_fraction: float) -> tuple[pl.DataFrame, pl.DataFrame]:
-    """Split a long-format table by impression time: the latest `valid_fraction` of impressions validate.
-
-    Whole impressions go to one side (a group never straddles); ordering is (time, impression id).
-
-    Args:
-        df: Rows with Col.IMPRESSION and Col.TIME.
-        valid_fraction: Share of impressions for validation, in (0, 1).
-
-    Returns:
-        ``(train, valid)``, each in the input row order.
-
-    Raises:
-        RecsysError: Fraction out of range.
-    """
-    if not 0 < valid_fraction < 1:
-        raise RecsysError(f"valid_fraction must be in (0, 1), got {valid_fraction}")
-    order = df.group_by(Col.IMPRESSION).agg(pl.col(Col.TIME).min()).sort([Col.TIME, Col.IMPRESSION])
-    n_valid = int(round(order.height * valid_fraction))
-    valid_ids = order.tail(n_valid)[Col.IMPRESSION].implode() if n_valid else pl.Series([], dtype=df.schema[Col.IMPRESSION]).implode()
-    in_valid = pl.col(Col.IMPRESSION).is_in(valid_ids)
-    return df.filter(~in_valid), df.filter(in_valid)

@@ -33,7 +33,8 @@ import pyarrow as pa
 
 from recsys.data import Col, Dataset, Split, build_manifest, save_dataset
 from recsys.errors import RecsysError
-from recsys.loaders.timeline import histories_before, split_by_time
+from recsys.loaders.timeline import histories_before
+from recsys.splits import time_labels
 from recsys.synth_vocab import FILLER, TOPICS
 
 log = logging.getLogger(__name__)
@@ -241,7 +242,7 @@ def generate(cfg: SynthConfig) -> Dataset:
         }
     )
     impressions = pl.DataFrame({Col.USER: user_ids.gather(imp_user), Col.TIME: times})
-    split = split_by_time(times, cfg.dev_fraction, cfg.test_fraction)
+    split = time_labels(times, cfg.dev_fraction, cfg.test_fraction)
     impressions = impressions.with_columns(
         pl.format("{}-{}", split, pl.int_range(1, pl.len() + 1).over(split)).alias(Col.IMPRESSION),
         histories_before(impressions, clicks, cfg.max_history),

@@ -158,17 +158,3 @@ def test_cli_ingest_events(tmp_path: Path) -> None:
     res = CliRunner().invoke(main, args + ["--skip-bad-rows"])
     assert res.exit_code == 0, res.output
     assert "1 impressions (train 1); skipped 1 rows" in res.output
-
-
-def test_time_split_with_test_fraction_orders_train_dev_test() -> None:
-    from datetime import datetime, timedelta
-
-    from recsys.data import Split
-    from recsys.loaders.timeline import split_by_time
-
-    times = pl.Series([datetime(2024, 1, 1) + timedelta(hours=h) for h in (5, 0, 9, 1, 8, 2, 7, 3, 6, 4)])
-    split = split_by_time(times, 0.2, 0.3)
-    by_hour = dict(zip([t.hour for t in times], split.to_list()))
-    assert [by_hour[h] for h in range(10)] == [Split.TRAIN] * 5 + [Split.DEV] * 2 + [Split.TEST] * 3
-    assert split_by_time(times, 0.0).to_list() == [Split.TRAIN] * 10
-    assert split_by_time(times, 0.0, 0.1).to_list().count(Split.TEST) == 1

@@ -9,7 +9,8 @@ import numpy as np
 import polars as pl
 import pytest
 
-from ranker.lambdarank import MANIFEST_FILE, MODEL_FILE, RankerConfig, fit, load_ranker, save_ranker, time_split
+from ranker.lambdarank import MANIFEST_FILE, MODEL_FILE, RankerConfig, fit, load_ranker, save_ranker
+from recsys.splits import split_latest
 from recsys.data import Col, Split
 from recsys.errors import DataError, ModelMismatchError, RecsysError
 from recsys.evaluation.metrics import impression_metrics
@@ -48,20 +49,9 @@ def feature_frame(n_imp: int = 900, size: int = 10, seed: int = 0) -> pl.DataFra
 @pytest.fixture(scope="module")
 def trained() -> tuple[pl.DataFrame, pl.DataFrame, object]:
     df = feature_frame()
-    rest, test = time_split(df, 0.25)
-    train, valid = time_split(rest, 0.2)
+    rest, test = split_latest(df, 0.25)
+    train, valid = split_latest(rest, 0.2)
     return train, test, fit(train, valid, FEATURES, SMALL)
-
-
-def test_time_split_keeps_groups_whole_and_later_in_valid() -> None:
-    df = feature_frame(n_imp=100)
-    train, valid = time_split(df, 0.3)
-    assert train.height + valid.height == df.height
-    assert set(train[Col.IMPRESSION]).isdisjoint(set(valid[Col.IMPRESSION]))
-    assert valid[Col.IMPRESSION].n_unique() == 30
-    assert train[Col.TIME].max() <= valid[Col.TIME].min()
-    with pytest.raises(RecsysError):
-        time_split(df, 1.0)
 
 
 def test_ranker_beats_popularity(trained: tuple) -> None:

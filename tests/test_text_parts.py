@@ -13,7 +13,7 @@ from conftest_text import topic_items
 from recsys.text import device as dev
 from recsys.data import IMPRESSIONS_SCHEMA, Col, Split
 from recsys.errors import RecsysError
-from recsys.text.data import BucketBatchSampler, pad, time_split
+from recsys.text.data import BucketBatchSampler, pad
 
 
 def test_precision_choice_follows_setting_and_hardware(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -61,15 +61,6 @@ def test_bucket_sampler_covers_every_sample_once_and_shards_evenly() -> None:
     assert len(seen) == len(set(seen))
     again = BucketBatchSampler(lengths, 10, seed=1)
     assert list(again) != list(again)  # a fresh order each epoch
-
-
-def test_time_split_holds_out_the_latest() -> None:
-    t0 = datetime(2024, 1, 1)
-    rows = [{Col.IMPRESSION: f"m{i}", Col.USER: "u", Col.TIME: t0 + timedelta(hours=(7 * i) % 10), Col.HISTORY: [],
-             Col.CANDIDATES: ["a"], Col.LABELS: [1], Col.SPLIT: Split.TRAIN} for i in range(10)]
-    train, val = time_split(pl.DataFrame(rows, schema=IMPRESSIONS_SCHEMA), 0.2)
-    assert train.height == 8 and val.height == 2
-    assert train[Col.TIME].max() < val[Col.TIME].min()
 
 
 def test_pad_marks_presence() -> None:

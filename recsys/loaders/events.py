@@ -29,7 +29,8 @@ from recsys.data import ITEMS_SCHEMA, Col, Split
 from recsys.errors import DataError, RecsysError
 from recsys.loaders.rejects import LINE, RAISE, BadRows, check_on_bad_rows
 from recsys.loaders.tables import BAD_UTF8, parse_times, read_table
-from recsys.loaders.timeline import histories_before, split_by_time
+from recsys.loaders.timeline import histories_before
+from recsys.splits import time_labels
 from recsys.loaders.writer import IngestResult, write_dataset
 
 log = logging.getLogger(__name__)
@@ -246,7 +247,7 @@ def build_impressions(events: pl.DataFrame, cfg: EventsConfig) -> tuple[pl.DataF
             *([Col.SPLIT] if Col.SPLIT in events.columns else []),
         )
     if Col.SPLIT not in imps.columns:
-        imps = imps.with_columns(split_by_time(imps[Col.TIME], cfg.dev_fraction, cfg.test_fraction))
+        imps = imps.with_columns(time_labels(imps[Col.TIME], cfg.dev_fraction, cfg.test_fraction))
     imps = imps.with_columns(histories_before(imps, clicks, cfg.max_history))
     return imps.select(Col.IMPRESSION, Col.USER, Col.TIME, Col.HISTORY, Col.CANDIDATES, Col.LABELS, Col.SPLIT), kind, extra
 

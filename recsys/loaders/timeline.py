@@ -1,9 +1,8 @@
-"""Time-ordered helpers shared by the events loader and the synthetic generator.
+"""Histories in time order, shared by the events loader and the synthetic generator.
 
-* :func:`histories_before`: each impression's history = the user's clicks strictly before it.
-* :func:`split_by_time`: the last fraction of impressions by time becomes the dev split.
-
-Both are vectorised (sort + searchsorted), so they run on millions of rows without Python loops.
+:func:`histories_before`: each impression's history = the user's clicks strictly before it, vectorised
+(sort + searchsorted), so it runs on millions of rows without Python loops. Splits by time live in
+:mod:`recsys.splits`.
 """
 
 from __future__ import annotations
@@ -12,8 +11,7 @@ import numpy as np
 import polars as pl
 import pyarrow as pa
 
-from recsys.data import Col, Split
-from recsys.errors import RecsysError
+from recsys.data import Col
 
 
 def _dense_codes(values: pl.Series) -> np.ndarray:
@@ -51,28 +49,3 @@ def histories_before(impressions: pl.DataFrame, clicks: pl.DataFrame, max_len: i
     values = clicks[Col.ITEM].gather(order[flat]).cast(pl.String())
     arrow = pa.LargeListArray.from_arrays(pa.array(offsets), values.to_arrow().cast(pa.large_string()))
     return pl.Series(Col.HISTORY, arrow, dtype=pl.List(pl.String()))
-
-
-def split_by_time(times: pl.Series, dev_fraction: float, test_fraction: float = 0.0) -> pl.Series:
-    """``"test"`` for the latest ``test_fraction`` of ``times``, ``"dev"`` for the ``dev_fraction`` before it,
-    else ``"train"`` (ties at a cut go to the later split).
-
-    Raises:
-        RecsysError: if the fractions are negative or leave no room for train.
-    """
-    if not (0 <= dev_fraction and 0 <= test_fraction and dev_fraction + test_fraction < 1):
-        raise RecsysError(f"dev and test fractions must be >= 0 with a sum below 1, got {dev_fraction}, {test_fraction}")
-    ordered = times.sort()
-
-    def cutoff(fraction: float) -> object:
-        n = round(times.len() * fraction)
-        return ordered[times.len() - n] if n else None
-
-    dev_cut, test_cut = cutoff(dev_fraction + test_fraction), cutoff(test_fraction)
-    if dev_cut is None:
-        return pl.Series(Col.SPLIT, [Split.TRAIN] * times.len(), dtype=pl.String())
-    split = pl.lit(Split.TRAIN)
-    split = pl.when(times >= dev_cut).then(pl.lit(Split.DEV)).otherwise(split)
-    if test_cut is not None:
-        split = pl.when(times >= test_cut).then(pl.lit(Split.TEST)).otherwise(split)
-    return pl.select(split.alias(Col.SPLIT)).to_series()

@@ -205,15 +205,6 @@ class BucketBatchSampler(Sampler[list[int]]):
         return len(self._batches())
 
 
-def time_split(impressions: pl.DataFrame, val_fraction: float) -> tuple[pl.DataFrame, pl.DataFrame]:
-    """The earliest (1 - val_fraction) of impressions by time for training, the latest for validation."""
-    ordered = impressions.sort(Col.TIME, Col.IMPRESSION)
-    n_val = math.ceil(ordered.height * val_fraction) if val_fraction > 0 else 0
-    n_val = min(n_val, max(ordered.height - 1, 0))
-    return ordered.head(ordered.height - n_val), ordered.tail(n_val)
-
-
-
 class TextDataModule(L.LightningDataModule):
     """Click samples in length buckets for training; impressions for validation AUC."""
 

@@ -34,7 +34,8 @@ from recsys.errors import RecsysError
 from recsys.evaluation.curves import LOG_DIR
 from recsys.evaluation.metrics import auc
 from recsys.io import write_json
-from recsys.text.data import ClickSamples, ImpressionRows, ItemTokens, TextDataModule, candidate_rows, time_split, to_indices
+from recsys.splits import split_latest
+from recsys.text.data import ClickSamples, ImpressionRows, ItemTokens, TextDataModule, candidate_rows, to_indices
 from recsys.text.model import TextConfig, TextModel, build_text_model, freeze_lower_layers, load_text_model, save_text_model
 
 log = logging.getLogger(__name__)
@@ -258,7 +259,7 @@ class BestWeights(L.Callback):
 
 def _prepare(impressions: pl.DataFrame, cfg: TextConfig, tokens: ItemTokens) -> tuple[ClickSamples, ImpressionRows, np.ndarray]:
     """Time split, optional subsample, and the samples/rows/cache rows the module needs."""
-    train, val = time_split(impressions, cfg.val_fraction)
+    train, val = (part.sort(Col.TIME, Col.IMPRESSION) for part in split_latest(impressions, cfg.val_fraction))
     if cfg.max_train_impressions is not None and train.height > cfg.max_train_impressions:
         train = train.sample(cfg.max_train_impressions, seed=cfg.seed).sort(Col.TIME, Col.IMPRESSION)
     index = tokens.index()
