@@ -125,6 +125,33 @@ def stats(dataset: Path, as_json: bool) -> None:
         click.echo(render_stats(figures))
 
 
+# --- shared options ----------------------------------------------------------------------------
+
+_DATASET = click.Path(exists=True, file_okay=False, path_type=Path)
+_MODEL = click.Path(exists=True, file_okay=False, path_type=Path)
+_CONFIG = click.option("--config", "config_file", type=click.Path(dir_okay=False, path_type=Path), default=None,
+                       help="Settings file (TOML, or JSON such as a model's model.json); flags override it.")
+
+
+def _resource_options(f):  # type: ignore[no-untyped-def]
+    f = click.option("--temp-dir", type=click.Path(file_okay=False), default=None, help="Scratch directory for spills (resource).")(f)
+    f = click.option("--threads", type=int, default=None, help="DuckDB threads (resource: never retrains).")(f)
+    f = click.option("--memory-limit", default=None, help="DuckDB memory limit, e.g. 4GB (resource: never retrains).")(f)
+    return f
+
+
+def _resources(memory_limit: str | None, threads: int | None, temp_dir: str | None) -> dict[str, object]:
+    return {"features.memory_limit": memory_limit, "features.threads": threads, "features.temp_dir": temp_dir}
+
+
+def _train_config(ds: object, config_file: Path | None, **flags: object) -> object:
+    """The log kind's defaults, then the config file, then the flags (each flag changes only its own setting)."""
+    from recsys.config import TrainConfig, load_config, override
+
+    base = TrainConfig.for_dataset(ds.manifest)  # type: ignore[attr-defined]
+    return override(load_config(config_file, base) if config_file else base, **flags)
+
+
 # --- text model: train-encoder, encode ------------------------------------------------------------
 
 
@@ -133,34 +160,36 @@ def stats(dataset: Path, as_json: bool) -> None:
 @click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path), help="Text model directory to write.")
 @click.option("--encoder", type=click.Path(exists=True, file_okay=False), help="A local Hugging Face BERT directory (default: packaged all-MiniLM-L6-v2).")
 @click.option("--fields", default="title,abstract,category", show_default=True, help="Item columns the encoder reads, comma-separated.")
-@click.option("--max-tokens", default=48, show_default=True, help="Token budget per item text.")
-@click.option("--pooling", default="mean", show_default=True, type=click.Choice(["mean", "cls"]))
+@click.option("--max-tokens", type=int, default=None, help="Token budget per item text.")
+@click.option("--pooling", default=None, type=click.Choice(["mean", "cls"]))
 @click.option("--projection-dim", type=int, help="Add a linear projection to this size.")
-@click.option("--user-pooling", default="attention", show_default=True, type=click.Choice(["attention", "mean"]))
-@click.option("--history-len", default=30, show_default=True, help="Most recent history items per user.")
-@click.option("--negatives", default=4, show_default=True, help="Non-clicked candidates per click (softmax over K+1).")
-@click.option("--batch-size", default=32, show_default=True)
-@click.option("--lr", default=3e-5, show_default=True, help="Encoder learning rate.")
-@click.option("--epochs", default=2, show_default=True)
+@click.option("--user-pooling", default=None, type=click.Choice(["attention", "mean"]))
+@click.option("--history-len", type=int, default=None, help="Most recent history items per user.")
+@click.option("--negatives", type=int, default=None, help="Non-clicked candidates per click (softmax over K+1).")
+@click.option("--batch-size", type=int, default=None)
+@click.option("--lr", type=float, default=None, help="Encoder learning rate.")
+@click.option("--epochs", type=int, default=None)
 @click.option("--max-steps", type=int, help="Stop after this many optimiser steps.")
-@click.option("--freeze-layers", default=0, show_default=True, help="Freeze embeddings + the lowest N layers.")
-@click.option("--lora-rank", default=0, show_default=True, help="Train LoRA adapters of this rank instead (0 = full fine-tune).")
-@click.option("--accumulate", default=1, show_default=True, help="Gradient accumulation steps.")
-@click.option("--precision", default="auto", show_default=True, type=click.Choice(["auto", "bf16", "fp32"]))
-@click.option("--device", default="auto", show_default=True, type=click.Choice(["auto", "cpu", "cuda"]))
-@click.option("--val-fraction", default=0.1, show_default=True, help="Latest share of train impressions used for validation.")
+@click.option("--freeze-layers", type=int, default=None, help="Freeze embeddings + the lowest N layers.")
+@click.option("--lora-rank", type=int, default=None, help="Train LoRA adapters of this rank instead (0 = full fine-tune).")
+@click.option("--accumulate", type=int, default=None, help="Gradient accumulation steps.")
+@click.option("--precision", default=None, type=click.Choice(["auto", "bf16", "fp32"]))
+@click.option("--device", default=None, type=click.Choice(["auto", "cpu", "cuda"]))
+@click.option("--val-fraction", type=float, default=None, help="Latest share of train impressions used for validation.")
 @click.option("--max-train-impressions", type=int, help="Fine-tune on a seeded sample of this many impressions.")
-@click.option("--seed", default=0, show_default=True)
-def train_encoder_cmd(dataset: Path, out: Path, fields: str, **options: object) -> None:
-    """Fine-tune the text encoder on DATASET's train split (best validation AUC kept)."""
-    from recsys.data import Split, load_dataset
+@click.option("--seed", type=int, default=None)
+@_CONFIG
+def train_encoder_cmd(dataset: Path, out: Path, fields: str | None, config_file: Path | None, **options: object) -> None:
+    """Fine-tune the text encoder on DATASET's train split (best validation AUC kept); unset options come from
+    --config's [text] table, else the log kind's defaults."""
+    from recsys.data import Dataset, Split
     from recsys.io import read_json
-    from recsys.text.model import TextConfig
     from recsys.text.train import METRICS_FILE, train_text_model
 
-    cfg = TextConfig(fields=tuple(f.strip() for f in fields.split(",")), **options)  # type: ignore[arg-type]
-    ds = load_dataset(dataset)
-    train_text_model(ds.split(Split.TRAIN), ds.items, cfg, out)
+    ds = Dataset.load(dataset)
+    text_options = {f"text.{k}": v for k, v in options.items()}
+    cfg = _train_config(ds, config_file, **text_options, **{"text.fields": tuple(f.strip() for f in fields.split(",")) if fields else None})
+    train_text_model(ds.split(Split.TRAIN), ds.items, cfg.text, out)  # type: ignore[attr-defined]
     metrics = read_json(out / METRICS_FILE)
     first = next((h["val_auc"] for h in metrics["history"] if h["epoch"] == -1), None)
     auc = f"validation AUC {first:.4f} -> {metrics['best_val_auc']:.4f} (epoch {metrics['best_epoch']}); " if first is not None else ""
@@ -193,21 +222,24 @@ def encode_cmd(dataset: Path, model_dir: Path | None, out: Path, batch_size: int
 @click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path), help="Feature table to write (Parquet).")
 @click.option("--rows", type=click.Path(exists=True, dir_okay=False, path_type=Path), help="Impressions-format Parquet to featurise (default: the dataset's impressions).")
 @click.option("--text", "text", type=click.Path(exists=True, dir_okay=False, path_type=Path), help="Text features (Parquet) to join by (impression, candidate).")
-@click.option("--windows", default="1,6,24", show_default=True, help="Trailing windows of the item features, hours, comma-separated.")
-@click.option("--memory-limit", default="4GB", show_default=True, help="DuckDB memory limit; beyond it work spills to --temp-dir.")
+@click.option("--windows", default=None, help="Trailing windows of the item features, hours, comma-separated [default: 1,6,24].")
+@click.option("--memory-limit", default=None, help="DuckDB memory limit; beyond it work spills to --temp-dir [default: 4GB].")
 @click.option("--temp-dir", type=click.Path(file_okay=False, path_type=Path), help="Scratch directory (default: system temp).")
 @click.option("--threads", type=int, help="DuckDB threads (default: all cores).")
-def features_cmd(dataset: Path, out: Path, rows: Path | None, text: Path | None, windows: str, memory_limit: str,
-                 temp_dir: Path | None, threads: int | None) -> None:
+@_CONFIG
+def features_cmd(dataset: Path, out: Path, rows: Path | None, text: Path | None, windows: str | None, memory_limit: str | None,
+                 temp_dir: Path | None, threads: int | None, config_file: Path | None) -> None:
     """Build the point-in-time feature table of DATASET: one row per (impression, candidate)."""
-    from features.build import FeatureConfig, build_features
+    from features.build import build_features
+    from recsys.data import Dataset
 
     try:
-        cfg = FeatureConfig(windows_hours=tuple(int(h) for h in windows.split(",")), memory_limit=memory_limit,
-                            temp_dir=str(temp_dir) if temp_dir else None, threads=threads)
+        hours = tuple(int(h) for h in windows.split(",")) if windows else None
     except ValueError as exc:
-        raise click.BadParameter(str(exc)) from exc
-    summary = build_features(dataset, out, cfg, rows=rows, text_features=text)
+        raise click.BadParameter(f"--windows must be comma-separated whole hours, got {windows!r}") from exc
+    cfg = _train_config(Dataset.load(dataset), config_file, **{"features.windows_hours": hours},
+                        **_resources(memory_limit, threads, str(temp_dir) if temp_dir else None))
+    summary = build_features(dataset, out, cfg.features, rows=rows, text_features=text)  # type: ignore[attr-defined]
     click.echo(f"wrote {summary.out}: {summary.rows} rows, {summary.impressions} impressions, "
                f"{len(summary.features)} features in {summary.seconds:.1f} s")
     nulls = {name: share for name, share in summary.null_shares.items() if share > 0}
@@ -216,31 +248,6 @@ def features_cmd(dataset: Path, out: Path, rows: Path | None, text: Path | None,
 
 
 # --- jobs: train, recommend, evaluate, export, demo ---------------------------------------------------
-
-_DATASET = click.Path(exists=True, file_okay=False, path_type=Path)
-_MODEL = click.Path(exists=True, file_okay=False, path_type=Path)
-_CONFIG = click.option("--config", "config_file", type=click.Path(dir_okay=False, path_type=Path), default=None,
-                       help="Settings file (TOML, or JSON such as a model's model.json); flags override it.")
-
-
-def _resource_options(f):  # type: ignore[no-untyped-def]
-    f = click.option("--temp-dir", type=click.Path(file_okay=False), default=None, help="Scratch directory for spills (resource).")(f)
-    f = click.option("--threads", type=int, default=None, help="DuckDB threads (resource: never retrains).")(f)
-    f = click.option("--memory-limit", default=None, help="DuckDB memory limit, e.g. 4GB (resource: never retrains).")(f)
-    return f
-
-
-def _resources(memory_limit: str | None, threads: int | None, temp_dir: str | None) -> dict[str, object]:
-    return {"features.memory_limit": memory_limit, "features.threads": threads, "features.temp_dir": temp_dir}
-
-
-def _train_config(ds: object, config_file: Path | None, **flags: object) -> object:
-    """The log kind's defaults, then the config file, then the flags (each flag changes only its own setting)."""
-    from recsys.config import TrainConfig, load_config, override
-
-    base = TrainConfig.for_dataset(ds.manifest)  # type: ignore[attr-defined]
-    return override(load_config(config_file, base) if config_file else base, **flags)
-
 
 @main.command("train")
 @click.argument("dataset", type=_DATASET)
@@ -294,28 +301,13 @@ _ALLOW_OTHER = click.option("--allow-other-dataset", is_flag=True, help="Use a l
 @_CONFIG
 def evaluate_cmd(model_dir: Path, log: Path | None, split: str, protocol: str | None, report_dir: Path | None, allow_other_dataset: bool, config_file: Path | None) -> None:
     """Evaluate the model and its baselines on LOG (default: its training dataset); write a report."""
+    from recsys.evaluation.report import metric_table_text
+
     rec = _load_model(model_dir, log, allow_other_dataset, config_file)
     report_dir = report_dir or model_dir / f"report-{split}"
     table = rec.evaluate(split=split, protocol=protocol, report_dir=report_dir, allow_other_dataset=allow_other_dataset)  # type: ignore[attr-defined]
-    click.echo(_format_table(table) if table else f"unlabelled split: predictions written to {report_dir / 'prediction.txt'}")
+    click.echo(metric_table_text(table) if table else f"unlabelled split: predictions written to {report_dir / 'prediction.txt'}")
     click.echo(f"report: {report_dir / 'report.md'}")
-
-
-def _format_table(table: dict[str, dict[str, float]]) -> str:
-    metrics = list(dict.fromkeys(m for row in table.values() for m in row))
-    name_w = max(len(name) for name in table) + 2
-    widths = [max(len(m) + 2, 9) for m in metrics]
-    lines = [" " * name_w + "".join(f"{m:>{w}}" for m, w in zip(metrics, widths))]
-    lines += [f"{name:<{name_w}}" + "".join(_cell(row.get(m), w) for m, w in zip(metrics, widths)) for name, row in table.items()]
-    return "\n".join(lines)
-
-
-def _cell(value: object, width: int) -> str:
-    if value is None or (isinstance(value, float) and value != value):
-        return f"{'-':>{width}}"
-    if isinstance(value, int) or (isinstance(value, float) and value.is_integer() and value > 1):
-        return f"{int(value):>{width}d}"
-    return f"{float(value):>{width}.4f}"  # type: ignore[arg-type]
 
 
 @main.command("recommend")
@@ -357,11 +349,12 @@ def demo_cmd(out: Path, force: bool, config_file: Path | None) -> None:
     from recsys.config import load_config
     from recsys.data import Dataset
     from recsys.demo import SAMPLE, demo, demo_config
+    from recsys.evaluation.report import metric_table_text
 
     cfg = load_config(config_file, demo_config(Dataset.load(SAMPLE))) if config_file else None
     result = demo(out, force=force, cfg=cfg)
     click.echo("\nReplay of the sample's dev split (per-impression means):\n")
-    click.echo(_format_table(result["table"]))
+    click.echo(metric_table_text(result["table"]))
     click.echo(f"\nreport:        {result['report']}")
     click.echo(f"ranked lists:  {result['recs']['out']} ({result['recs']['rows']} rows)")
     click.echo("wall time:     " + ", ".join(f"{k} {v:.0f} s" for k, v in result["seconds"].items()))

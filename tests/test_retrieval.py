@@ -81,17 +81,15 @@ def test_transitions_follow_the_last_item(shop: tuple[Dataset, list[list[int]]])
     assert int(np.argmax(scores)) == 6 and np.isneginf(scores[[4, 5]]).all()
 
 
-def test_fill_candidates_only_fills_rows_without_candidates(shop: tuple[Dataset, list[list[int]]]) -> None:
+def test_score_pairs_agrees_with_retrieve(shop: tuple[Dataset, list[list[int]]]) -> None:
+    """Logged candidates get the same retrieval features as the same items would get from retrieval."""
     ds, _ = shop
-    r = Retriever.fit(ds, vectors(N_ITEMS), RetrievalConfig(per_source=3, ease_l2=10.0))
-    rows = ds.split(Split.TEST).head(4).with_columns(
-        pl.when(pl.int_range(pl.len()) < 2).then(pl.lit([], dtype=pl.List(pl.String()))).otherwise(pl.col(Col.CANDIDATES)).alias(Col.CANDIDATES))
-    out = r.fill_candidates(rows)
-    assert out[Col.CANDIDATES][2:].to_list() == rows[Col.CANDIDATES][2:].to_list()
-    for hist, cands in zip(out[Col.HISTORY][:2].to_list(), out[Col.CANDIDATES][:2].to_list()):
-        assert 3 <= len(cands) <= 3 * len(r.sources) and not set(cands) & set(hist)
-    assert out[Col.LABELS][:2].is_null().all()
-
+    r = Retriever.fit(ds, vectors(N_ITEMS), RetrievalConfig(per_source=3, ease_l2=10.0, batch_size=2))
+    histories = r.encode_histories(ds.split(Split.TEST).head(5)[Col.HISTORY])
+    got = r.retrieve(histories).candidates.sort(ROW, ITEM_INDEX)
+    scored = r.score_pairs(histories, got[ROW].to_numpy(), got[ITEM_INDEX].to_numpy())
+    for column in scored.columns:
+        np.testing.assert_allclose(scored[column].to_numpy(), got[column].to_numpy(), err_msg=column)
 
 def test_config_is_checked() -> None:
     with pytest.raises(RecsysError, match="sources"):

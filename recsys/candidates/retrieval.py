@@ -292,34 +292,6 @@ class Retriever:
         ok = np.isfinite(scores)
         return ok & (scores > 0) if source in (TRANSITIONS, COOCCURRENCE) else ok
 
-    def fill_candidates(self, impressions: pl.DataFrame) -> pl.DataFrame:
-        """Give every row with no (or empty) candidates the retrieved union, ordered by how many sources agree."""
-        empty = pl.col(Col.CANDIDATES).is_null() | (pl.col(Col.CANDIDATES).list.len() == 0)
-        todo = impressions.with_row_index("_r").filter(empty)
-        if todo.height == 0:
-            return impressions
-        cands = self.retrieve(self.encode_histories(todo[Col.HISTORY])).candidates
-        ids = pl.Series(self.item_ids)
-        best = min(self.sources, key=ALL_SOURCES.index)
-        lists = (
-            cands.sort([ROW, N_SOURCES, rank_col(best)], descending=[False, True, False])
-            .group_by(ROW, maintain_order=True)
-            .agg(pl.col(ITEM_INDEX).alias("_c"))
-        )
-        filled = todo.select("_r").with_row_index(ROW).with_columns(pl.col(ROW).cast(pl.Int32())).join(lists, on=ROW, how="left")
-        # Indices to ids in one vectorised gather (no Python call per candidate: this is the batch job's hot path).
-        flat = filled.select("_r", "_c").explode("_c")
-        mapped = (
-            flat.with_columns(ids.gather(flat["_c"]).alias("_c"))
-            .group_by("_r", maintain_order=True)
-            .agg(pl.col("_c").drop_nulls())
-        )
-        out = impressions.with_row_index("_r").join(mapped, on="_r", how="left")
-        return out.with_columns(
-            pl.when(empty).then(pl.col("_c").fill_null([])).otherwise(pl.col(Col.CANDIDATES)).alias(Col.CANDIDATES),
-            pl.when(empty).then(pl.lit(None, dtype=pl.List(pl.Int8()))).otherwise(pl.col(Col.LABELS)).alias(Col.LABELS),
-        ).drop("_r", "_c")
-
 
 def _ranks_of(ordered: np.ndarray, values: np.ndarray, bounds: np.ndarray) -> np.ndarray:
     """1 + the number of items scored strictly higher, for `values` grouped by row (row r is values[bounds[r]:bounds[r+1]]).

@@ -29,9 +29,9 @@ from recsys.candidates.retrieval import COOCCURRENCE, EASE, ITEM_INDEX, POPULARI
 from recsys.candidates.retrieved import Requests, retrieved_candidates
 from recsys.data import Col, Split
 from recsys.errors import RecsysError
-from recsys.evaluation.metrics import (FULL_KS, HISTORY_BUCKETS, catalogue_coverage, held_out_ranks, history_buckets, intra_list_diversity,
-                                       ndcg_key, popularity_bias, rank_metrics, recall_key)
-from recsys.evaluation.report import GROUP_KEY, MODEL_KEY
+from recsys.evaluation.metrics import (FULL_KS, catalogue_coverage, held_out_ranks, intra_list_diversity, ndcg_key, popularity_bias,
+                                       rank_metrics, recall_key)
+from recsys.evaluation.report import GROUP_KEY, HISTORY_BUCKETS, MODEL_KEY, history_buckets
 from recsys.pipeline import FROZEN, Assets
 from recsys.splits import splits_before
 

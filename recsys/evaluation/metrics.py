@@ -393,14 +393,3 @@ def popularity_bias(top_k: np.ndarray, popularity: np.ndarray) -> dict[str, floa
         "catalogue_mean_log_pop": float(log_pop.mean()),
     }
 
-
-# --- groups --------------------------------------------------------------------------------------
-
-HISTORY_BUCKETS = (0, 1, 5, 10, 20, 50)
-
-
-def history_buckets(lengths: np.ndarray) -> np.ndarray:
-    """The label of each history length's bucket (``0``, ``1-4``, ..., ``50+``): both protocols report by these."""
-    edges = list(HISTORY_BUCKETS)
-    labels = [f"{lo}-{hi - 1}" if hi - lo > 1 else str(lo) for lo, hi in zip(edges, edges[1:])] + [f"{edges[-1]}+"]
-    return np.asarray(labels)[np.searchsorted(edges, np.asarray(lengths), side="right") - 1]

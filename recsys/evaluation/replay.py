@@ -26,8 +26,8 @@ from features.collect import collect_features
 from features.registry import TEXT_FEATURES
 from recsys.candidates.logged import as_impressions, logged_candidates
 from recsys.data import Col
-from recsys.evaluation.metrics import HISTORY_BUCKETS, history_buckets, impression_metrics
-from recsys.evaluation.report import GROUP_KEY, MODEL_KEY
+from recsys.evaluation.metrics import impression_metrics
+from recsys.evaluation.report import GROUP_KEY, HISTORY_BUCKETS, MODEL_KEY, history_buckets
 from recsys.export import write_mind_prediction
 from recsys.pipeline import FROZEN, Assets, needs_retriever
 from recsys.splits import splits_before

@@ -35,6 +35,32 @@ COUNTS = {IMPRESSIONS, "n", "rows"}
 NOT_RANKED = COUNTS | {"pop_percentile", "mean_log_pop", "catalogue_mean_log_pop"}
 LOWER_IS_BETTER: set[str] = set()
 GROUP_KEY, MODEL_KEY = "bucket", "model"
+HISTORY_BUCKETS = (0, 1, 5, 10, 20, 50)  # both protocols report metrics by these user history lengths
+
+
+def history_buckets(lengths: np.ndarray) -> np.ndarray:
+    """The label of each history length's bucket (``0``, ``1-4``, ..., ``50+``)."""
+    edges = list(HISTORY_BUCKETS)
+    labels = [f"{lo}-{hi - 1}" if hi - lo > 1 else str(lo) for lo, hi in zip(edges, edges[1:])] + [f"{edges[-1]}+"]
+    return np.asarray(labels)[np.searchsorted(edges, np.asarray(lengths), side="right") - 1]
+
+
+def metric_table_text(table: dict[str, dict[str, float]]) -> str:
+    """The metric table as aligned plain text, for a terminal."""
+    metrics = list(dict.fromkeys(m for row in table.values() for m in row))
+    name_w = max(len(name) for name in table) + 2
+    widths = [max(len(m) + 2, 9) for m in metrics]
+    lines = [" " * name_w + "".join(f"{m:>{w}}" for m, w in zip(metrics, widths))]
+    lines += [f"{name:<{name_w}}" + "".join(_cell(row.get(m), w) for m, w in zip(metrics, widths)) for name, row in table.items()]
+    return "\n".join(lines)
+
+
+def _cell(value: object, width: int) -> str:
+    if value is None or (isinstance(value, float) and value != value):
+        return f"{'-':>{width}}"
+    if isinstance(value, int) or (isinstance(value, float) and value.is_integer() and value > 1):
+        return f"{int(value):>{width}d}"
+    return f"{float(value):>{width}.4f}"  # type: ignore[arg-type]
 BY_GROUP_METRICS = (AUC, ndcg_key(10))
 
 
