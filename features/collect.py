@@ -73,9 +73,11 @@ def collect_features(inputs: FeatureInputs, rows: pl.DataFrame, candidates: pl.D
     if inputs.needs(RETRIEVAL) or inputs.needs(PAIRS):
         table = _retrieval_and_pairs(inputs, rows, table)
     if inputs.needs(TEXT):
-        table = table.join(_text(inputs, rows, table), on=_JOIN, how="left")
+        if inputs.text_model is None or inputs.vectors is None:
+            raise RecsysError("the text feature family needs a text model and its item vectors")
+        table = table.join(text_scores(inputs.text_model, inputs.vectors, rows, table), on=_JOIN, how="left", maintain_order="left")
     if inputs.needs(BEHAVIOUR):
-        table = table.join(_behaviour(inputs, rows, table, show_progress), on=_JOIN, how="left")
+        table = table.join(_behaviour(inputs, rows, table, show_progress), on=_JOIN, how="left", maintain_order="left")
     return table
 
 
@@ -98,15 +100,15 @@ def _retrieval_and_pairs(inputs: FeatureInputs, rows: pl.DataFrame, table: pl.Da
     if inputs.needs(PAIRS):
         pairs = pair_features(retriever, histories, known.select(ROW, ITEM_INDEX), inputs.pair_vectors, item_codes(inputs.dataset.items))
         table = table.join(pl.concat([known.select("_i"), pairs.drop(ROW, ITEM_INDEX)], how="horizontal"), on="_i", how="left", maintain_order="left")
-    return table.drop("_i")
+    return table.sort("_i").drop("_i")
 
 
-def _text(inputs: FeatureInputs, rows: pl.DataFrame, table: pl.DataFrame) -> pl.DataFrame:
+def text_scores(model: TextModel, vectors: ItemVectors, rows: pl.DataFrame, table: pl.DataFrame) -> pl.DataFrame:
+    """The text family of every candidate of `table`, keyed by (impression, position): the model's interest
+    score and the history similarities (:func:`recsys.text.features.text_features`)."""
     from recsys.text.features import text_features
 
-    if inputs.text_model is None or inputs.vectors is None:
-        raise RecsysError("the text feature family needs a text model and its item vectors")
-    scored = text_features(inputs.text_model, inputs.vectors, as_impressions(table, rows))
+    scored = text_features(model, vectors, as_impressions(table, rows))
     return scored.with_columns(pl.int_range(pl.len()).over(Col.IMPRESSION).cast(pl.Int32()).alias(Col.POSITION)).select(*_JOIN, *TEXT_FEATURES)
 
 

@@ -27,9 +27,6 @@ import scipy.sparse as sp
 from recsys.data import Col
 from recsys.candidates.retrieval import ITEM_INDEX, ROW, Retriever
 
-RECENT = 5
-
-
 def item_codes(items: pl.DataFrame) -> tuple[np.ndarray, np.ndarray]:
     """Integer codes of each item's category and brand (first tag), -1 where missing, in ``items`` order."""
     codes = items.select(
@@ -52,7 +49,7 @@ def _rows(matrix: np.ndarray | sp.spmatrix | None, idx: np.ndarray, n_items: int
 
 def _share(codes: np.ndarray, recent: np.ndarray, local: np.ndarray, items: np.ndarray) -> np.ndarray:
     """Share of each row's recent items (-1 = none) whose code equals the candidate's (missing codes never match)."""
-    rec = np.where(recent >= 0, codes[np.maximum(recent, 0)], -2)[local]  # (pairs, RECENT)
+    rec = np.where(recent >= 0, codes[np.maximum(recent, 0)], -2)[local]  # (pairs, recent items)
     cand = codes[items][:, None]
     valid = (recent >= 0)[local].sum(axis=1)
     return ((rec == cand) & (cand >= 0)).sum(axis=1) / np.maximum(valid, 1)
@@ -81,16 +78,17 @@ def pair_features(
     transitions_t = retriever.transitions.T.tocsr()
     rows_all = candidates[ROW].to_numpy()
     bounds = np.searchsorted(rows_all, np.arange(0, len(histories) + batch_size, batch_size).clip(max=len(histories)))
-    weights = retriever.cfg.decay ** np.arange(RECENT, dtype=np.float32)
+    n_recent = retriever.cfg.recent  # the history items the retrieval sources read, most recent first
+    weights = retriever.cfg.decay ** np.arange(n_recent, dtype=np.float32)
     parts: list[dict[str, np.ndarray]] = []
     for b, start in enumerate(range(0, len(histories), batch_size)):
         lo, hi = bounds[b], bounds[b + 1]
         local = rows_all[lo:hi] - start
         items = candidates[ITEM_INDEX].to_numpy()[lo:hi]
         hist = histories[start : start + batch_size]
-        recent = np.full((len(hist), RECENT), -1, dtype=np.int64)  # recent[:, 0] is the last item
+        recent = np.full((len(hist), n_recent), -1, dtype=np.int64)  # recent[:, 0] is the last item
         for r, h in enumerate(hist):
-            tail = h[::-1][:RECENT]
+            tail = h[::-1][:n_recent]
             recent[r, : len(tail)] = tail
         last = recent[:, 0]
         f: dict[str, np.ndarray] = {
@@ -106,8 +104,8 @@ def pair_features(
             "brand_share": _share(brand, recent, local, items),
         }
         for enc, v in vectors.items():
-            sims = np.full((RECENT, len(items)), -np.inf, dtype=np.float32)
-            for k in range(RECENT):
+            sims = np.full((n_recent, len(items)), -np.inf, dtype=np.float32)
+            for k in range(n_recent):
                 ok = recent[:, k] >= 0
                 s = np.zeros((len(hist), n_items), dtype=np.float32)
                 if ok.any():

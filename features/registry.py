@@ -103,7 +103,7 @@ TEXT_FEATURES: tuple[str, ...] = tuple(f.name for f in _TEXT)
 
 # Retrieval sources (recsys/candidates/retrieval.py) and the text encoders of the pair features.
 SOURCES = ("ease", "transitions", "cooccurrence", "text", "popularity", "recent")
-ENCODERS = ("ft", "frozen")  # fine-tuned, pretrained
+ENCODERS = ("frozen", "ft")  # pretrained, fine-tuned
 
 
 def source_score(source: str) -> str:

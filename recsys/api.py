@@ -24,7 +24,7 @@ from recsys.errors import RecsysError
 from recsys.evaluate import evaluate
 from recsys.model import check_dataset, read_model_json
 from recsys.pipeline import Assets, train
-from recsys.recommend import RecommendConfig, check_requests, read_requests, recommend_chunks, write_recommendations
+from recsys.recommend import RECS_SCHEMA, RecommendConfig, check_requests, read_requests, recommend_chunks, write_recommendations
 
 
 class Recommender:
@@ -84,7 +84,8 @@ class Recommender:
     def recommend(self, requests: pl.DataFrame, k: int = 10, *, chunk_size: int = 20_000) -> pl.DataFrame:
         """Top-`k` lists for `requests` (``user_id``; optional ``request_id``, ``history``, ``candidates``, ``timestamp``)."""
         requests = check_requests(requests)
-        return pl.concat(list(self._chunks(requests, RecommendConfig(top_k=k, chunk_size=chunk_size), False)))
+        chunks = list(self._chunks(requests, RecommendConfig(top_k=k, chunk_size=chunk_size), False))
+        return pl.concat(chunks) if chunks else pl.DataFrame(schema=RECS_SCHEMA)
 
     def recommend_file(self, requests: str | Path, out: str | Path, cfg: RecommendConfig | None = None, *, show_progress: bool = True) -> dict[str, object]:
         """The batch job: requests from Parquet/JSONL/CSV, lists to Parquet (atomically); returns a summary."""
@@ -95,4 +96,4 @@ class Recommender:
     def evaluate(self, dataset: Dataset | None = None, split: str = "dev", *, protocol: str | None = None,
                  report_dir: str | Path | None = None, allow_other_dataset: bool = False) -> dict[str, dict[str, float]]:
         """Metrics of the model and its baselines on `split` (see :func:`recsys.evaluate.evaluate`)."""
-        return evaluate(self.model_dir, dataset or self.dataset, split, protocol, report_dir, allow_other_dataset=allow_other_dataset)
+        return evaluate(self.model_dir, dataset or self.dataset, split, protocol, report_dir, allow_other_dataset=allow_other_dataset, config=self.config)

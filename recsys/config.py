@@ -86,6 +86,11 @@ class TrainConfig:
             raise RecsysError(f"TrainConfig.train_negatives must be >= 1, got {self.train_negatives}")
         if self.fine_tune and not self.use_text:
             raise RecsysError("TrainConfig.fine_tune needs use_text")
+        families = set(self.features.families)
+        if TEXT in families and not self.use_text:
+            raise RecsysError("features.families has 'text' but use_text is false; drop 'text' from features.families or turn use_text on")
+        if not families - {TEXT}:
+            raise RecsysError("features.families needs a family besides 'text' (behaviour, retrieval or pairs): the without-text baseline reads it")
 
     @classmethod
     def default(cls, kind: str) -> TrainConfig:
@@ -115,7 +120,7 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any], base: TrainConfig | None = None, source: str = "config") -> TrainConfig:
         """`base` (default: the impression defaults) with every value given in `data` replaced; unknown keys are errors."""
-        return _merge(base or cls(), data, source)
+        return _merge(base or cls.default(IMPRESSIONS), data, source)
 
 
 def _plain(obj: Any) -> Any:
@@ -150,14 +155,35 @@ def _merge(base: Any, data: dict[str, Any], where: str) -> Any:
             changes[name] = value  # a whole stage config
         elif dataclasses.is_dataclass(current):
             changes[name] = _merge(current, value, f"{where}.{name}")
-        elif value == NONE and _allows_none(types_[name]):
-            changes[name] = None
         else:
-            changes[name] = tuple(value) if isinstance(value, list) else value
+            changes[name] = _coerce(value, types_[name], f"{where}.{name}")
     try:
         return dataclasses.replace(base, **changes)
     except TypeError as exc:
         raise RecsysError(f"{where}: {exc}") from exc
+
+
+def _coerce(value: Any, tp: Any, where: str) -> Any:
+    """`value` as the field type `tp` wants (lists become tuples, ints become floats, "none" None), or an error naming it."""
+    options = [t for t in typing.get_args(tp) if t is not type(None)] if _allows_none(tp) else [tp]
+    if value is None or (value == NONE and _allows_none(tp)):
+        if _allows_none(tp):
+            return None
+        raise RecsysError(f"{where} must be set (got {value!r})")
+    for t in options:
+        origin = typing.get_origin(t) or t
+        if origin is tuple and isinstance(value, (list, tuple)):
+            inner = typing.get_args(t)[0] if typing.get_args(t) else Any
+            return tuple(_coerce(v, inner, where) for v in value)
+        if t is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if t is int and isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if t in (bool, str) and isinstance(value, t):
+            return value
+        if t is Any:
+            return value
+    raise RecsysError(f"{where} must be {' or '.join(getattr(t, '__name__', str(t)) for t in options)}, got {value!r}")
 
 
 def override(cfg: TrainConfig, **dotted: Any) -> TrainConfig:

@@ -28,7 +28,7 @@ PROTOCOLS = (REPLAY, CATALOGUE)
 
 
 def evaluate(model_dir: str | Path, dataset: Dataset, split: str = Split.DEV, protocol: str | None = None, report_dir: str | Path | None = None,
-             *, allow_other_dataset: bool = False, seed: int = 0) -> dict[str, dict[str, float]]:
+             *, allow_other_dataset: bool = False, seed: int = 0, config: TrainConfig | None = None) -> dict[str, dict[str, float]]:
     """Evaluate a trained model on one split of `dataset` against its baselines; write the report.
 
     Args:
@@ -39,6 +39,7 @@ def evaluate(model_dir: str | Path, dataset: Dataset, split: str = Split.DEV, pr
         report_dir: where ``report.md``, ``metrics.json`` and the plots go (None = no report).
         allow_other_dataset: evaluate on a log other than the training one (a newer log of the same site).
         seed: seed of the random baseline.
+        config: the model's config with other resource settings (default: the one in ``model.json``).
 
     Returns:
         Model or baseline name -> metric -> value; empty for an unlabelled split (MIND predictions written).
@@ -51,13 +52,17 @@ def evaluate(model_dir: str | Path, dataset: Dataset, split: str = Split.DEV, pr
     model_dir = Path(model_dir)
     meta = read_model_json(model_dir)
     check_dataset(meta, dataset, allow_other=allow_other_dataset)
-    protocol = protocol or (REPLAY if meta["candidates"] == LOGGED else CATALOGUE)
+    own = REPLAY if meta["candidates"] == LOGGED else CATALOGUE
+    protocol = protocol or own
     if protocol not in PROTOCOLS:
         raise RecsysError(f"unknown protocol {protocol!r}; use one of {PROTOCOLS}")
+    if protocol != own:
+        raise RecsysError(f"this model's ranker learned on {meta['candidates']} candidates: evaluate it with the {own} protocol, "
+                          f"which ranks the same kind of candidates")
     rows = dataset.split(split)
     if rows.is_empty():
         raise RecsysError(f"{dataset.path or 'the dataset'} has no impressions in split {split!r}")
-    assets = Assets(model_dir, TrainConfig.from_dict(meta["config"]), dataset)
+    assets = Assets(model_dir, config or TrainConfig.from_dict(meta["config"]), dataset)
     start = time.perf_counter()
     if protocol == REPLAY:
         table, extra = replay(assets, rows, Path(report_dir) if report_dir else None, seed)

@@ -294,7 +294,7 @@ def _raw_impression_id(ids: pl.Expr) -> pl.Expr:
     return ids.cast(pl.String).str.replace(pattern, "")
 
 
-def write_mind_prediction(df: pl.DataFrame, score_col: str, path: str | Path) -> Path:
+def write_mind_prediction(df: pl.DataFrame, source_score: str, path: str | Path) -> Path:
     """Write MIND's submission file: ``ImpressionID [r1,r2,...]`` per impression.
 
     ``r_i`` is the rank (1 = top) of the i-th candidate in the impression's original candidate order
@@ -302,8 +302,8 @@ def write_mind_prediction(df: pl.DataFrame, score_col: str, path: str | Path) ->
     original order: ascending MIND id when all ids are numbers, else first appearance.
 
     Args:
-        df: Long format with Col.IMPRESSION, `score_col` and optionally Col.POSITION.
-        score_col: The model's score.
+        df: Long format with Col.IMPRESSION, `source_score` and optionally Col.POSITION.
+        source_score: The model's score.
         path: Output file (written atomically).
 
     Returns:
@@ -320,11 +320,11 @@ def write_mind_prediction(df: pl.DataFrame, score_col: str, path: str | Path) ->
     2 [2,1]
     10 [2,1,3]
     """
-    for name in (Col.IMPRESSION, score_col):
+    for name in (Col.IMPRESSION, source_score):
         if name not in df.columns:
             raise DataError("prediction input", None, name, "column is missing")
-    if df[score_col].null_count():
-        raise DataError("prediction input", None, score_col, "null scores; every candidate needs a score")
+    if df[source_score].null_count():
+        raise DataError("prediction input", None, source_score, "null scores; every candidate needs a score")
     raw = df.select(_raw_impression_id(pl.col(Col.IMPRESSION)).n_unique().alias("raw"), pl.col(Col.IMPRESSION).n_unique()).row(0)
     if raw[0] != raw[1]:
         raise DataError("prediction input", None, Col.IMPRESSION, "impressions of several splits share MIND ids; write one split per file")
@@ -332,7 +332,7 @@ def write_mind_prediction(df: pl.DataFrame, score_col: str, path: str | Path) ->
     d = df.select(
         _raw_impression_id(pl.col(Col.IMPRESSION)).alias("id"),
         position.alias("pos"),
-        pl.col(score_col).alias("s"),
+        pl.col(source_score).alias("s"),
         pl.int_range(pl.len()).alias("row"),
     )
     d = d.sort("id", "pos", maintain_order=True).with_columns(

@@ -47,4 +47,10 @@ def write_json(obj: Any, path: str | os.PathLike[str]) -> Path:
 
 
 def read_json(path: str | os.PathLike[str]) -> Any:
-    return json.loads(Path(path).read_text())
+    """Parse a JSON file; a damaged one is a one-line error naming it."""
+    from recsys.errors import RecsysError
+
+    try:
+        return json.loads(Path(path).read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise RecsysError(f"{path}: not valid JSON ({exc}); restore it or re-create it") from exc

@@ -9,7 +9,7 @@ Layout (both log kinds)::
     text/                    the fine-tuned encoder (safetensors) + its config and training log (when fine-tuned)
     item_vectors.parquet     catalogue vectors of the fine-tuned encoder (when fine-tuned)
     frozen_vectors.parquet   catalogue vectors of the pretrained encoder
-    candidates.parquet       the ranker's training candidates, features.parquet their features
+    features.parquet         the ranker's training candidates with their features
     ranker/, ranker_no_text/ LightGBM text models + manifests: the model and its "without text" baseline
 
 Loading verifies every artifact's hash, so a file changed after training is refused, and checks that the
@@ -19,6 +19,7 @@ dataset it is asked to serve from is the one it was trained on (unless the calle
 from __future__ import annotations
 
 import hashlib
+import json
 import time
 from importlib import metadata
 from pathlib import Path
@@ -35,6 +36,12 @@ TEXT_DIR = "text"
 ITEM_VECTORS, FROZEN_VECTORS = "item_vectors.parquet", "frozen_vectors.parquet"
 _SERVED = (TEXT_DIR, RANKER_DIR, NO_TEXT_DIR, ITEM_VECTORS, FROZEN_VECTORS)
 _NOT_ARTIFACTS = {"logs"}  # training curves: read by reports, never by scoring
+
+
+def fingerprint(*parts: Any) -> str:
+    """A short stable hash of JSON-able parts (configs, upstream fingerprints, manifests)."""
+    blob = json.dumps(parts, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
 
 
 def sha256(path: Path) -> str:
@@ -84,12 +91,15 @@ def write_model_json(model_dir: Path, *, kind: str, candidates: str, config: dic
 
 
 def read_model_json(model_dir: Path, *, verify: bool = True) -> dict[str, Any]:
-    """``model.json`` of a trained model, every artifact's hash checked.
+    """``model.json`` of a trained model, every artifact's hash and the config checked.
 
     Raises:
         RecsysError: not a trained model, or a model of another format.
-        ModelMismatchError: an artifact is missing or was changed after training.
+        ModelMismatchError: an artifact is missing or was changed after training, or the config was edited.
     """
+    from recsys.config import TrainConfig
+    from recsys.resources import result_settings
+
     path = Path(model_dir) / MODEL_JSON
     if not path.is_file():
         raise RecsysError(f"{model_dir} is not a trained model (no {MODEL_JSON}); train one with `recsys train`")
@@ -103,6 +113,9 @@ def read_model_json(model_dir: Path, *, verify: bool = True) -> dict[str, Any]:
                 raise ModelMismatchError(f"{file}: artifact listed in {MODEL_JSON} is missing; restore it or retrain")
             if sha256(file) != digest:
                 raise ModelMismatchError(f"{file}: sha256 differs from {MODEL_JSON} (changed after training); restore it or retrain")
+        cfg = TrainConfig.from_dict(meta["config"], source=f"{path} config")
+        if fingerprint(result_settings(cfg)) != meta["config_fingerprint"]:
+            raise ModelMismatchError(f"{path}: its config was edited after training (the model was trained with another); retrain")
     return meta
 
 

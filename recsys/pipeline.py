@@ -22,12 +22,12 @@ before the ones it scores (:mod:`recsys.splits`), so no target is ever in what s
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +35,7 @@ import numpy as np
 import polars as pl
 
 from features.collect import FeatureInputs, collect_features
-from features.registry import ENCODERS, ranker_features
+from features.registry import BEHAVIOUR, ENCODERS, PAIRS, RETRIEVAL, TEXT, ranker_features
 from ranker.lambdarank import Ranker, fit, load_ranker, save_ranker
 from recsys.candidates.logged import logged_candidates
 from recsys.candidates.retrieval import Retriever, aligned_vectors
@@ -45,25 +45,19 @@ from recsys.config import IMPRESSIONS, TrainConfig, to_toml
 from recsys.data import Col, Dataset, Split
 from recsys.errors import RecsysError
 from recsys.io import atomic_path, read_json, write_json, write_parquet
-from recsys.model import FROZEN_VECTORS, ITEM_VECTORS, NO_TEXT_DIR, RANKER_DIR, TEXT_DIR, write_model_json
+from recsys.model import FROZEN_VECTORS, ITEM_VECTORS, NO_TEXT_DIR, RANKER_DIR, TEXT_DIR, fingerprint, write_model_json
 from recsys.resources import result_settings
 from recsys.splits import held_out_users, last_per_user, split_latest, splits_before
 
 log = logging.getLogger(__name__)
 
 LOGGED, RETRIEVED = "logged", "retrieved"
-FT, FROZEN = ENCODERS
+FROZEN, FT = ENCODERS
 
 
 def candidate_source(kind: str) -> str:
     """Where a log's candidates and labels come from: the one place the log kind matters."""
     return LOGGED if kind == IMPRESSIONS else RETRIEVED
-
-
-def fingerprint(*parts: Any) -> str:
-    """A short stable hash of JSON-able parts (configs, upstream fingerprints, manifests)."""
-    blob = json.dumps(parts, sort_keys=True, default=str).encode()
-    return hashlib.sha256(blob).hexdigest()[:16]
 
 
 class Stages:
@@ -94,58 +88,60 @@ class Stages:
 
 @dataclass
 class Assets:
-    """What scoring reads from a model directory: its config, text model and vectors, and rankers."""
+    """What scoring reads from a model directory: its config, text model and vectors, and rankers (each loaded once)."""
 
     model_dir: Path
     config: TrainConfig
     dataset: Dataset
 
+    @cached_property
     def text_model(self) -> Any:
+        """The text family's model: the fine-tuned one, or the pretrained encoder with mean pooling."""
         from recsys.text.train import load_text_model, pretrained_text_model
 
         return load_text_model(self.model_dir / TEXT_DIR) if self.config.fine_tune else pretrained_text_model(self.config.text)
 
     def vectors(self, name: str) -> Any:
+        """An encoder's catalogue vectors (``ft`` only when this model fine-tunes), or None."""
         from recsys.text.encode import ItemVectors
 
         path = self.model_dir / (ITEM_VECTORS if name == FT else FROZEN_VECTORS)
-        return ItemVectors.load(path) if path.exists() else None
+        wanted = self.config.use_text and (name == FROZEN or self.config.fine_tune)
+        return ItemVectors.load(path) if wanted and path.exists() else None
 
+    @cached_property
     def main_vectors(self) -> Any:
         """The vectors of the text model and the text retrieval source: fine-tuned when present, else frozen."""
-        return self.vectors(FT) if self.config.fine_tune else self.vectors(FROZEN)
+        return self.vectors(FT if self.config.fine_tune else FROZEN)
 
+    @cached_property
     def pair_vectors(self) -> dict[str, np.ndarray]:
         """Each encoder's L2-normalised vectors in catalogue order (the pairs family's text signals)."""
         item_ids = self.dataset.items[Col.ITEM].to_list()
         out = {}
         for name in ENCODERS:
-            v = self.vectors(name) if self.config.use_text else None
+            v = self.vectors(name)
             if v is not None:
                 a = aligned_vectors(v, item_ids)
                 out[name] = a / np.maximum(np.linalg.norm(a, axis=1, keepdims=True), 1e-12)
         return out
 
     def retriever(self, *, splits: list[str] | tuple[str, ...] | None = None, rows: pl.DataFrame | None = None) -> Retriever:
-        """Retrieval statistics fitted on the given splits' (or rows') sequences, with the main text vectors."""
-        vectors = self.main_vectors() if self.config.use_text else None
-        return Retriever.fit(self.dataset, vectors, self.config.retrieval, splits=splits or Split.ALL, rows=rows)
+        """Retrieval statistics fitted on the given splits' (or rows') sequences only, with the main text vectors."""
+        return Retriever.fit(self.dataset, self.main_vectors, self.config.retrieval, splits=Split.ALL if splits is None else splits, rows=rows)
 
     def inputs(self, retriever: Retriever | None) -> FeatureInputs:
-        from features.registry import PAIRS, TEXT
-
         needs = self.config.features.families
         text = TEXT in needs and self.config.use_text
-        return FeatureInputs(self.dataset, self.config.features, self.text_model() if text else None, self.main_vectors() if text else None,
-                             self.pair_vectors() if PAIRS in needs else {}, retriever)
+        return FeatureInputs(self.dataset, self.config.features, self.text_model if text else None, self.main_vectors if text else None,
+                             self.pair_vectors if PAIRS in needs else {}, retriever)
 
+    @cached_property
     def rankers(self) -> dict[str, Ranker]:
         return {"full model": load_ranker(self.model_dir / RANKER_DIR), "without text": load_ranker(self.model_dir / NO_TEXT_DIR)}
 
 
 def needs_retriever(cfg: TrainConfig) -> bool:
-    from features.registry import PAIRS, RETRIEVAL
-
     return bool({RETRIEVAL, PAIRS} & set(cfg.features.families))
 
 
@@ -159,6 +155,8 @@ def training_candidates(assets: Assets, show_progress: bool = False) -> pl.DataF
     ds, cfg = assets.dataset, assets.config
     train_rows = ds.split(Split.TRAIN)
     if candidate_source(ds.kind) == LOGGED:
+        if not (cfg.fine_tune or needs_retriever(cfg)):  # nothing learned from an earlier part: the ranker takes all
+            return collect_features(assets.inputs(None), train_rows, logged_candidates(train_rows), show_progress=show_progress)
         earlier, later = split_latest(train_rows, 1.0 - cfg.text_fraction)
         retriever = assets.retriever(rows=earlier) if needs_retriever(cfg) else None
         return collect_features(assets.inputs(retriever), later, logged_candidates(later), show_progress=show_progress)
@@ -178,7 +176,7 @@ def training_candidates(assets: Assets, show_progress: bool = False) -> pl.DataF
     return pl.concat(tables, how="diagonal_relaxed")
 
 
-def fit_rankers(table: pl.DataFrame, cfg: TrainConfig, out_dir: Path) -> dict[str, Any]:
+def fit_rankers(table: pl.DataFrame, cfg: TrainConfig, out_dir: Path) -> None:
     """Train the ranker and its "without text" baseline on `table`; early-stop on a held-out share of groups."""
     if cfg.valid_by == "time":
         fit_part, valid_part = split_latest(table, cfg.valid_fraction)
@@ -186,18 +184,41 @@ def fit_rankers(table: pl.DataFrame, cfg: TrainConfig, out_dir: Path) -> dict[st
         fit_part, valid_part = held_out_users(table, cfg.valid_fraction, cfg.seed)
     extra = {"train_time_range": [str(table[Col.TIME].min()), str(table[Col.TIME].max())]}
     names = ranker_features(table.columns, cfg.features.families)
-    full = fit(fit_part, valid_part, names, cfg.ranker)
-    save_ranker(full, out_dir / RANKER_DIR, **extra)
+    save_ranker(fit(fit_part, valid_part, names, cfg.ranker), out_dir / RANKER_DIR, **extra)
     save_ranker(fit(fit_part, valid_part, ranker_features(table.columns, cfg.features.families, text=False), cfg.ranker), out_dir / NO_TEXT_DIR, **extra)
-    return {"best_iteration": full.manifest["best_iteration"], "features": len(names)}
 
 
 def _text_rows(ds: Dataset, cfg: TrainConfig) -> pl.DataFrame:
-    """What the encoder fine-tunes on: the earliest training impressions, or sampled negatives of the clicks."""
+    """What the encoder fine-tunes on: the earliest training impressions, or sampled negatives of the clicks
+    (without each user's last train item when that is a ranker target: the encoder must not have seen it)."""
     train_rows = ds.split(Split.TRAIN)
     if candidate_source(ds.kind) == LOGGED:
         return split_latest(train_rows, 1.0 - cfg.text_fraction)[0]
-    return sample_negatives(train_rows, ds.items[Col.ITEM].to_list(), cfg.sampling).drop(Col.SAMPLED)
+    rows = last_per_user(train_rows)[0] if cfg.earlier_targets else train_rows
+    return sample_negatives(rows, ds.items[Col.ITEM].to_list(), cfg.sampling).drop(Col.SAMPLED)
+
+
+def _source_settings(ds: Dataset, cfg: TrainConfig) -> list[Any]:
+    """The settings of how this log's candidates are made (so a setting the other source reads never reruns a stage)."""
+    if candidate_source(ds.kind) == LOGGED:
+        return [cfg.text_fraction]
+    return [result_settings(cfg.sampling), cfg.earlier_targets, cfg.train_negatives]
+
+
+def _encoder_settings(cfg: TrainConfig) -> list[Any]:
+    """What the pretrained encoder's catalogue vectors depend on."""
+    t = cfg.text
+    return [t.encoder, list(t.fields), t.max_tokens, t.pooling, t.precision]
+
+
+def _drop_unused(out_dir: Path, cfg: TrainConfig, stages: Stages) -> None:
+    """Remove text artifacts an earlier run left that this config does not use, so model.json never lists them."""
+    unused = ([TEXT_DIR, ITEM_VECTORS] if not cfg.fine_tune else []) + ([FROZEN_VECTORS] if not cfg.use_text else [])
+    for name in unused:
+        path = out_dir / name
+        shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
+    for stage in ("text_model", "encode") if not cfg.fine_tune else ():
+        stages.done.pop(stage, None)
 
 
 def train(ds: Dataset, out_dir: Path, cfg: TrainConfig | None = None, *, force: bool = False, show_progress: bool = True) -> dict[str, Any]:
@@ -217,38 +238,40 @@ def train(ds: Dataset, out_dir: Path, cfg: TrainConfig | None = None, *, force: 
     from recsys.text.train import load_text_model, pretrained_text_model, train_text_model
 
     cfg = cfg or TrainConfig.for_dataset(ds.manifest)
+    if BEHAVIOUR in cfg.features.families and ds.manifest.get("time_source") == "sequence_order":
+        raise RecsysError("features.families has 'behaviour', but this log's times are only sequence positions: point-in-time "
+                          "features would compare users' positions as times; use the retrieval and pairs families")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     stages = Stages(out_dir, force)
+    _drop_unused(out_dir, cfg, stages)
     data_fp, text_cfg = ds.fingerprint, result_settings(cfg.text)
     cache = out_dir / "cache"
     upstream: list[str] = []
     if cfg.use_text:
         upstream.append(stages.run(
-            "encode_frozen", [data_fp, cfg.text.encoder, cfg.text.max_tokens, list(cfg.text.fields)], [out_dir / FROZEN_VECTORS],
+            "encode_frozen", [data_fp, _encoder_settings(cfg)], [out_dir / FROZEN_VECTORS],
             lambda: encode_items(pretrained_text_model(cfg.text), ds.items, cache_dir=cache, show_progress=show_progress).save(out_dir / FROZEN_VECTORS)))
     if cfg.fine_tune:
         text_fp = stages.run(
-            "text_model", [data_fp, ds.kind, text_cfg, cfg.text_fraction, result_settings(cfg.sampling)], [out_dir / TEXT_DIR / "text_config.json"],
+            "text_model", [data_fp, ds.kind, text_cfg, _source_settings(ds, cfg)], [out_dir / TEXT_DIR / "text_config.json"],
             lambda: train_text_model(_text_rows(ds, cfg), ds.items, cfg.text, out_dir / TEXT_DIR, show_progress=show_progress))
         upstream.append(stages.run(
             "encode", [text_fp], [out_dir / ITEM_VECTORS],
             lambda: encode_items(load_text_model(out_dir / TEXT_DIR), ds.items, cache_dir=cache, show_progress=show_progress).save(out_dir / ITEM_VECTORS)))
     assets = Assets(out_dir, cfg, ds)
-    feature_settings = [result_settings(cfg.features), result_settings(cfg.retrieval), cfg.use_text, cfg.fine_tune, cfg.text_fraction,
-                        cfg.train_negatives, cfg.earlier_targets, cfg.seed]
+    feature_settings = [result_settings(cfg.features), result_settings(cfg.retrieval), cfg.use_text, cfg.fine_tune,
+                        text_cfg if cfg.use_text else None, _source_settings(ds, cfg), cfg.seed]
     feat_fp = stages.run(
         "features", [data_fp, ds.kind, upstream, feature_settings], [out_dir / "features.parquet"],
         lambda: write_parquet(training_candidates(assets, show_progress), out_dir / "features.parquet"))
-    ranker_info: dict[str, Any] = {}
-
-    def ranker_stage() -> None:
-        ranker_info.update(fit_rankers(pl.read_parquet(out_dir / "features.parquet"), cfg, out_dir))
-
     stages.run("ranker", [feat_fp, result_settings(cfg.ranker), cfg.valid_fraction, cfg.valid_by, cfg.seed],
-               [out_dir / RANKER_DIR / "ranker.txt", out_dir / NO_TEXT_DIR / "ranker.txt"], ranker_stage)
+               [out_dir / RANKER_DIR / "ranker.txt", out_dir / NO_TEXT_DIR / "ranker.txt"],
+               lambda: fit_rankers(pl.read_parquet(out_dir / "features.parquet"), cfg, out_dir))
     with atomic_path(out_dir / "config.toml") as tmp:
         tmp.write_text(to_toml(cfg))
-    summary = {"stage_seconds": stages.timings, "train_rows": ds.split(Split.TRAIN).height, "items": ds.items.height, **ranker_info}
+    ranker = read_json(out_dir / RANKER_DIR / "ranker.json")
+    summary = {"stage_seconds": stages.timings, "train_rows": ds.split(Split.TRAIN).height, "items": ds.items.height,
+               "ranker_rows": ranker["train"]["rows"], "best_iteration": ranker["best_iteration"], "features": len(ranker["features"])}
     return write_model_json(out_dir, kind=ds.kind, candidates=candidate_source(ds.kind), config=cfg.to_dict(),
                             config_fingerprint=fingerprint(result_settings(cfg)), dataset=ds, stages=stages.done, summary=summary)

@@ -148,11 +148,11 @@ def rank_requests(assets: Assets, rows: pl.DataFrame, k: int, retriever: Retriev
         if retriever is None or not can_retrieve:
             raise RecsysError("requests without candidates need a model whose ranker learned on retrieved candidates")
         parts.append(retrieved_candidates(retriever, Requests.from_rows(retriever, missing))[0])
-    if not parts:
+    candidates = pl.concat(parts, how="diagonal_relaxed") if parts else pl.DataFrame()
+    if candidates.is_empty():  # no request brought a candidate in the catalogue: short (empty) lists, not an error
         return pl.DataFrame(schema={Col.IMPRESSION: pl.String(), Col.USER: pl.String(), RANK: pl.Int32(), Col.ITEM: pl.String(), "score": pl.Float64()})
-    candidates = pl.concat(parts, how="diagonal_relaxed")
     table = collect_features(assets.inputs(retriever), rows, candidates)
-    top = top_k(table.select(Col.IMPRESSION, Col.USER, Col.ITEM), assets.rankers()["full model"].score(table), k, Col.IMPRESSION, Col.ITEM)
+    top = top_k(table.select(Col.IMPRESSION, Col.USER, Col.ITEM), assets.rankers["full model"].score(table), k, Col.IMPRESSION, Col.ITEM)
     return top.select(Col.IMPRESSION, Col.USER, RANK, Col.ITEM, "score")
 
 

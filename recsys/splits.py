@@ -71,7 +71,7 @@ def resplit_by_time(ds: Dataset, dev_fraction: float = 0.1, test_fraction: float
     if not (0 < dev_fraction and 0 < test_fraction):
         raise RecsysError(f"dev_fraction and test_fraction must be > 0, got {dev_fraction}, {test_fraction}")
     imps = ds.impressions.with_columns(time_labels(ds.impressions[Col.TIME], dev_fraction, test_fraction))
-    return Dataset(ds.items, imps, {**ds.manifest, "split_protocol": f"time: latest {test_fraction} test, {dev_fraction} before it dev"}, ds.path)
+    return Dataset(ds.items, imps, {**ds.manifest, "split_protocol": f"time: latest {test_fraction} test, {dev_fraction} before it dev"})
 
 
 def splits_before(split: str) -> list[str]:

@@ -146,3 +146,23 @@ def test_requests_without_candidates(world: dict[str, Path], tmp_path: Path) -> 
     else:
         invoke(*args)
         assert pl.read_parquet(tmp_path / "recs.parquet").height == 30
+
+
+def test_refusals_are_one_line(world: dict[str, Path], tmp_path: Path) -> None:
+    other = "catalogue" if world["kind"] == "impressions" else "replay"
+    assert "evaluate it with the" in refuse("evaluate", world["model"], "--protocol", other)
+    assert "unknown split" in refuse("evaluate", world["model"], "--split", "bogus")
+    shutil.copytree(world["model"], tmp_path / "model")
+    (tmp_path / "model" / "model.json").write_text("{ not json")
+    assert "model.json: not valid JSON" in refuse("evaluate", tmp_path / "model")
+
+
+def test_a_frozen_retrain_drops_the_fine_tuned_artifacts(world: dict[str, Path], tmp_path: Path) -> None:
+    if world["kind"] == "interactions":
+        pytest.skip("the interaction defaults do not fine-tune")
+    shutil.copytree(world["model"], tmp_path / "model")
+    invoke("train", world["data"], "--out", tmp_path / "model", "--config", world["root"] / "small.toml", "--frozen")
+    meta = json.loads((tmp_path / "model" / "model.json").read_text())
+    assert not (tmp_path / "model" / "text").exists() and not (tmp_path / "model" / "item_vectors.parquet").exists()
+    assert not [a for a in meta["artifacts"] if a.startswith("text/") or a == "item_vectors.parquet"]
+    invoke("evaluate", tmp_path / "model", "--report", tmp_path / "report")

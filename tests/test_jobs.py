@@ -126,6 +126,10 @@ def test_recommend_ranks_the_candidates_a_request_brings(world: dict[str, Path])
     assert recs.filter(pl.col(REQUEST) == "stranger").height == 5
     # Ids outside the catalogue are never ranked, and a repeated candidate appears once.
     assert recs.filter(pl.col(REQUEST) == "unknown-items")[Col.ITEM].to_list() == [items[40]]
+    rec = Recommender.load(world["model"])
+    nothing = rec.recommend(pl.DataFrame({Col.USER: ["u"], Col.CANDIDATES: [["nope"]]}), k=3)
+    assert nothing.is_empty() and dict(nothing.schema) == RECS_SCHEMA  # a short list, not an error
+    assert rec.recommend(pl.DataFrame({Col.USER: [], Col.CANDIDATES: []}, schema={Col.USER: pl.String(), Col.CANDIDATES: pl.List(pl.String())})).is_empty()
 
 
 def test_cli_jobs_and_one_line_errors(world: dict[str, Path], tmp_path: Path) -> None:

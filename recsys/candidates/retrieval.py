@@ -40,13 +40,9 @@ from recsys.resources import resource
 
 log = logging.getLogger(__name__)
 
-ALL_SOURCES = SOURCES  # named in features/registry.py with their features
-EASE, TRANSITIONS, COOCCURRENCE, TEXT, POPULARITY, RECENT = ALL_SOURCES
+EASE, TRANSITIONS, COOCCURRENCE, TEXT, POPULARITY, RECENT = SOURCES  # named in features/registry.py with their features
 DEFAULT_SOURCES = (EASE, TRANSITIONS, COOCCURRENCE, TEXT, POPULARITY)
 ROW, ITEM_INDEX, N_SOURCES = "row", "item_index", "n_sources"
-
-
-score_col, rank_col = source_score, source_rank
 
 
 @dataclass(frozen=True)
@@ -63,9 +59,9 @@ class RetrievalConfig:
     batch_size: int = resource(1024)
 
     def __post_init__(self) -> None:
-        unknown = set(self.sources) - set(ALL_SOURCES)
+        unknown = set(self.sources) - set(SOURCES)
         if unknown or not self.sources:
-            raise RecsysError(f"sources must be a non-empty subset of {ALL_SOURCES}, got {self.sources}")
+            raise RecsysError(f"sources must be a non-empty subset of {SOURCES}, got {self.sources}")
         if self.per_source < 1 or self.recent < 1 or self.batch_size < 1 or self.recent_hours <= 0:
             raise RecsysError("per_source, recent and batch_size must be at least 1, recent_hours > 0")
         if not 0.0 < self.decay <= 1.0 or self.ease_l2 <= 0:
@@ -253,8 +249,8 @@ class Retriever:
             bounds = np.searchsorted(rows, np.arange(b + 1))
             for s in self.sources:
                 values = scores[s][rows, cols]
-                frame[score_col(s)] = values
-                frame[rank_col(s)] = _ranks_of(ordered[s], values, bounds)
+                frame[source_score(s)] = values
+                frame[source_rank(s)] = _ranks_of(ordered[s], values, bounds)
             parts.append(pl.DataFrame(frame))
             if targets is not None:
                 t = np.asarray(targets[start : start + b])
@@ -271,7 +267,7 @@ class Retriever:
         the retrieval features of candidates that retrieval did not produce (logged ones). Rows follow the input."""
         top, n_items = self.cfg.per_source, len(self.item_ids)
         bounds_all = np.searchsorted(rows, np.arange(len(histories) + 1))
-        cols: dict[str, list[np.ndarray]] = {N_SOURCES: [], **{c: [] for s in self.sources for c in (score_col(s), rank_col(s))}}
+        cols: dict[str, list[np.ndarray]] = {N_SOURCES: [], **{c: [] for s in self.sources for c in (source_score(s), source_rank(s))}}
         for start, scores in self.batches(histories):
             b = len(next(iter(scores.values())))
             lo, hi = bounds_all[start], bounds_all[start + b]
@@ -281,8 +277,8 @@ class Retriever:
                 ordered = np.sort(scores[s], axis=1)
                 values = scores[s][r, i]
                 hits += (values >= ordered[r, max(n_items - top, 0)]) & self._retrievable(s, values)
-                cols[score_col(s)].append(values)
-                cols[rank_col(s)].append(_ranks_of(ordered, values, bounds_all[start : start + b + 1] - lo))
+                cols[source_score(s)].append(values)
+                cols[source_rank(s)].append(_ranks_of(ordered, values, bounds_all[start : start + b + 1] - lo))
             cols[N_SOURCES].append(hits)
         return pl.DataFrame({k: np.concatenate(v) if v else np.zeros(0) for k, v in cols.items()})
 

@@ -25,7 +25,8 @@ import polars as pl
 
 from features.collect import collect_features
 from ranker.topk import top_k_matrix
-from recsys.candidates.retrieval import COOCCURRENCE, EASE, ITEM_INDEX, POPULARITY, ROW, TEXT, TRANSITIONS, Retriever, score_col
+from features.registry import source_score
+from recsys.candidates.retrieval import COOCCURRENCE, EASE, ITEM_INDEX, POPULARITY, ROW, TEXT, TRANSITIONS, Retriever
 from recsys.candidates.retrieved import Requests, retrieved_candidates
 from recsys.data import Col, Split
 from recsys.errors import RecsysError
@@ -85,14 +86,14 @@ def _text_rows(assets: Assets, retriever: Retriever, req: Requests, table: pl.Da
     if TEXT in retriever.sources:
         r = got.target_ranks[TEXT]
         name = "text only" if assets.config.fine_tune else "frozen text"
-        out[name] = ((r[:, 0], r[:, 1]), top_k_matrix(table, table[score_col(TEXT)].to_numpy(), n_rows, TOP, ROW, ITEM_INDEX))
+        out[name] = ((r[:, 0], r[:, 1]), top_k_matrix(table, table[source_score(TEXT)].to_numpy(), n_rows, TOP, ROW, ITEM_INDEX))
     frozen = assets.vectors(FROZEN)
     if assets.config.fine_tune and frozen is not None:
         only = Retriever.fit(assets.dataset, frozen, dataclasses.replace(assets.config.retrieval, sources=(TEXT,)), splits=splits_before(split))
         fgot = only.retrieve(req.histories, req.targets)
         r = fgot.target_ranks[TEXT]
         cands = fgot.candidates
-        out["frozen text"] = ((r[:, 0], r[:, 1]), top_k_matrix(cands, cands[score_col(TEXT)].to_numpy(), n_rows, TOP, ROW, ITEM_INDEX))
+        out["frozen text"] = ((r[:, 0], r[:, 1]), top_k_matrix(cands, cands[source_score(TEXT)].to_numpy(), n_rows, TOP, ROW, ITEM_INDEX))
     return out
 
 
@@ -119,21 +120,21 @@ def catalogue(assets: Assets, split: str, seed: int = 0) -> tuple[dict[str, dict
     table = collect_features(assets.inputs(retriever), req.rows, cands, show_progress=True)
     n_items, n_rows = len(retriever.item_ids), len(req.targets)
     found: dict[str, tuple[Ranks, np.ndarray]] = {}
-    for name, ranker in assets.rankers().items():
+    for name, ranker in assets.rankers.items():
         score = ranker.score(table)
         found[name] = (_candidate_ranks(table, score, req.targets, n_items), top_k_matrix(table, score, n_rows, TOP, ROW, ITEM_INDEX))
     found.update(_text_rows(assets, retriever, req, table, got, split))
     for source, name in SOURCE_ROWS.items():
         if source in retriever.sources:
             r = got.target_ranks[source]
-            found[name] = ((r[:, 0], r[:, 1]), top_k_matrix(table, table[score_col(source)].to_numpy(), n_rows, TOP, ROW, ITEM_INDEX))
+            found[name] = ((r[:, 0], r[:, 1]), top_k_matrix(table, table[source_score(source)].to_numpy(), n_rows, TOP, ROW, ITEM_INDEX))
     rng = np.random.default_rng(seed)
     found["random"] = ((rng.integers(1, n_items + 1, n_rows), np.ones(n_rows, dtype=np.int64)), rng.integers(0, n_items, (n_rows, TOP)))
-    frozen = assets.pair_vectors().get(FROZEN)
+    frozen = assets.pair_vectors.get(FROZEN)
     metrics = {name: {**rank_metrics(r, FULL_KS, t), **_beyond(top, n_items, frozen, retriever.popularity)} for name, ((r, t), top) in found.items()}
     recall = {f"retrieval: {s}": v for s, v in got.recall().items()}
     ranks = {name: rt for name, (rt, _) in found.items()}
-    best = max((n for n in ranks if n not in ("full model", "without text", "random")), key=lambda n: metrics[n][ndcg_key(10)])
+    best = max((n for n in ranks if n not in ("full model", "without text", "random")), key=lambda n: metrics[n][ndcg_key(10)], default="random")
     notes = {"rows": n_rows, "items": n_items, "candidates per row": round(table.height / max(n_rows, 1), 1),
              "statistics fitted on": "+".join(splits_before(split)),
              "retrieval recall (union@N = the ranker's ceiling)": "; ".join(

@@ -60,7 +60,7 @@ def _expected_discount(cum: np.ndarray, first: np.ndarray, last: np.ndarray) -> 
 
 def per_impression(
     df: pl.DataFrame,
-    score_col: str,
+    source_score: str,
     *,
     group_col: str = Col.IMPRESSION,
     label_col: str = Col.LABEL,
@@ -71,7 +71,7 @@ def per_impression(
 
     Args:
         df: Long format, one row per (impression, candidate).
-        score_col: Column with the model's scores (higher = better).
+        source_score: Column with the model's scores (higher = better).
         group_col: Column identifying the impression.
         label_col: Column with the relevance label (0/1 clicks; graded labels work for MRR/nDCG).
         ks: Cut-offs for nDCG.
@@ -84,12 +84,12 @@ def per_impression(
     Raises:
         ValueError: Missing columns, null or NaN scores/labels, null group ids.
     """
-    for col in (group_col, label_col, score_col):
+    for col in (group_col, label_col, source_score):
         if col not in df.columns:
             raise ValueError(f"column {col!r} is missing")
     y = df[label_col].cast(pl.Float64)
-    s = df[score_col].cast(pl.Float64)
-    for col, values in ((score_col, s), (label_col, y)):
+    s = df[source_score].cast(pl.Float64)
+    for col, values in ((source_score, s), (label_col, y)):
         if values.null_count() or values.is_nan().any():
             raise ValueError(f"column {col!r}: values must not be null or NaN")
     keys = df[group_col]
@@ -151,7 +151,7 @@ def _group_metrics(gid: np.ndarray, y: np.ndarray, s: np.ndarray, ks: Sequence[i
 
 def impression_metrics(
     df: pl.DataFrame,
-    score_col: str,
+    source_score: str,
     *,
     group_col: str = Col.IMPRESSION,
     label_col: str = Col.LABEL,
@@ -165,7 +165,7 @@ def impression_metrics(
 
     Args:
         df: Long format, one row per (impression, candidate).
-        score_col: Model score column.
+        source_score: Model score column.
         group_col: Impression id column.
         label_col: 0/1 click column.
         ks: nDCG cut-offs.
@@ -180,7 +180,7 @@ def impression_metrics(
     >>> m["auc"], round(m["mrr"], 4), round(m["ndcg@5"], 4), m["impressions"]
     (0.75, 0.6667, 0.9197, 1.0)
     """
-    per = per_impression(df, score_col, group_col=group_col, label_col=label_col, ks=ks)
+    per = per_impression(df, source_score, group_col=group_col, label_col=label_col, ks=ks)
     metrics = [AUC, MRR, *[ndcg_key(k) for k in ks]]
     out = {m: float(per[m].mean()) if per.height else float("nan") for m in metrics}
     out[IMPRESSIONS] = float(per.height)

@@ -22,14 +22,15 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from features.collect import collect_features
+from features.collect import collect_features, text_scores
 from features.registry import TEXT_FEATURES
-from recsys.candidates.logged import as_impressions, logged_candidates
+from recsys.candidates.logged import logged_candidates
 from recsys.data import Col
 from recsys.evaluation.metrics import impression_metrics
 from recsys.evaluation.report import GROUP_KEY, HISTORY_BUCKETS, MODEL_KEY, history_buckets
 from recsys.export import write_mind_prediction
 from recsys.pipeline import FROZEN, Assets, needs_retriever
+from recsys.text.train import pretrained_text_model
 from recsys.splits import splits_before
 
 log = logging.getLogger(__name__)
@@ -38,26 +39,20 @@ POPULARITY_FEATURE = "item_clicks_all"
 ORDER = ("full model", "without text", "text only", "frozen text", "popularity", "random", "oracle")
 
 
-def _frozen_text_scores(assets: Assets, rows: pl.DataFrame, table: pl.DataFrame) -> pl.DataFrame:
-    """The pretrained encoder's interest score of every candidate of `table` (the "frozen text" baseline)."""
-    from recsys.text.features import text_features
-    from recsys.text.train import pretrained_text_model
-
-    scored = text_features(pretrained_text_model(assets.config.text), assets.vectors(FROZEN), as_impressions(table, rows))
-    return scored.select(Col.IMPRESSION, pl.int_range(pl.len()).over(Col.IMPRESSION).cast(pl.Int32()).alias(Col.POSITION),
-                         pl.col(TEXT_FEATURES[0]).alias("frozen text"))
-
-
 def score_replay(assets: Assets, rows: pl.DataFrame, seed: int = 0, *, show_progress: bool = False) -> pl.DataFrame:
     """The logged candidates of `rows` with their features and one score column per ranking of :data:`ORDER`."""
     split = rows[Col.SPLIT][0]
     retriever = assets.retriever(splits=splits_before(split)) if needs_retriever(assets.config) else None
     table = collect_features(assets.inputs(retriever), rows, logged_candidates(rows), show_progress=show_progress)
-    scores: dict[str, np.ndarray] = {name: ranker.score(table) for name, ranker in assets.rankers().items()}
+    if assets.config.fine_tune and assets.vectors(FROZEN) is not None:
+        # The same interest score from the pretrained encoder, not fine-tuned (the "frozen text" baseline).
+        frozen = text_scores(pretrained_text_model(assets.config.text), assets.vectors(FROZEN), rows, table)
+        table = table.join(frozen.select(Col.IMPRESSION, Col.POSITION, pl.col(TEXT_FEATURES[0]).alias("frozen text")),
+                           on=[Col.IMPRESSION, Col.POSITION], how="left", maintain_order="left")
+    scores: dict[str, np.ndarray] = {name: ranker.score(table) for name, ranker in assets.rankers.items()}
     if TEXT_FEATURES[0] in table.columns:
         scores["text only" if assets.config.fine_tune else "frozen text"] = table[TEXT_FEATURES[0]].fill_null(-1e9).to_numpy()
-    if assets.config.fine_tune and assets.vectors(FROZEN) is not None:
-        table = table.join(_frozen_text_scores(assets, rows, table), on=[Col.IMPRESSION, Col.POSITION], how="left")
+    if "frozen text" in table.columns:
         scores["frozen text"] = table["frozen text"].fill_null(-1e9).to_numpy()
     if POPULARITY_FEATURE in table.columns:
         scores["popularity"] = table[POPULARITY_FEATURE].fill_null(0).to_numpy()
