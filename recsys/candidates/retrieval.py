@@ -1,4 +1,4 @@
-"""Candidate retrieval for requests without candidates: a union of item-to-item, text and popularity sources.
+"""Retrieval: item-to-item, text and popularity sources over the whole catalogue (candidates and features).
 
 Sources (each scores the whole catalogue for a user history; items already in the history are excluded):
 
@@ -10,13 +10,14 @@ Sources (each scores the whole catalogue for a user history; items already in th
                    exact batched dot products (the catalogues recsys targets fit; no approximate index).
 * ``popularity``   interactions per item.
 * ``recent``       the fresh catalogue of a news-like log: clicks per item in the last ``recent_hours``
-                   of the fitted rows, plus a bonus for items published in that window (off by default;
-                   the batch job turns it on for impression logs, where timestamps are real).
+                   of the fitted rows, plus a bonus for items published in that window (in the impression-log
+                   defaults, where timestamps are real; read only when a model uses the retrieval family).
 
 Every statistic is fitted on the sequences given to :meth:`Retriever.fit`; callers pass only the data
 allowed at that point (train prefixes to score dev targets, train+dev to score test targets), so a held-out
 target is never in the statistics that score it. Each source's score and rank (1-based, over the catalogue)
-become ranker features; :meth:`Retriever.source_recall` shows the ceiling retrieval puts on the ranker.
+become ranker features (:meth:`Retriever.score_pairs` gives them to candidates retrieval did not produce);
+:meth:`Retrieved.recall` shows the ceiling retrieval puts on the ranker.
 """
 
 from __future__ import annotations
