@@ -257,15 +257,13 @@ def train(ds: Dataset, out_dir: Path, cfg: TrainConfig | None = None, *, force: 
     feat_fp = stages.run(
         "features", [data_fp, ds.kind, upstream, feature_settings], [out_dir / "features.parquet"],
         lambda: write_parquet(training_candidates(assets, show_progress), out_dir / "features.parquet"))
-    ranker_info: dict[str, Any] = {}
-
-    def ranker_stage() -> None:
-        ranker_info.update(fit_rankers(pl.read_parquet(out_dir / "features.parquet"), cfg, out_dir))
-
     stages.run("ranker", [feat_fp, result_settings(cfg.ranker), cfg.valid_fraction, cfg.valid_by, cfg.seed],
-               [out_dir / RANKER_DIR / "ranker.txt", out_dir / NO_TEXT_DIR / "ranker.txt"], ranker_stage)
+               [out_dir / RANKER_DIR / "ranker.txt", out_dir / NO_TEXT_DIR / "ranker.txt"],
+               lambda: fit_rankers(pl.read_parquet(out_dir / "features.parquet"), cfg, out_dir))
     with atomic_path(out_dir / "config.toml") as tmp:
         tmp.write_text(to_toml(cfg))
-    summary = {"stage_seconds": stages.timings, "train_rows": ds.split(Split.TRAIN).height, "items": ds.items.height, **ranker_info}
+    ranker = read_json(out_dir / RANKER_DIR / "ranker.json")  # from the file: the same whether the stage ran or not
+    summary = {"stage_seconds": stages.timings, "train_rows": ds.split(Split.TRAIN).height, "items": ds.items.height,
+               "best_iteration": ranker["best_iteration"], "features": len(ranker["features"])}
     return write_model_json(out_dir, kind=ds.kind, candidates=candidate_source(ds.kind), config=cfg.to_dict(),
                             config_fingerprint=fingerprint(result_settings(cfg)), dataset=ds, stages=stages.done, summary=summary)
