@@ -229,11 +229,12 @@ def build_manifest(items: pl.DataFrame, impressions: pl.DataFrame, source: str, 
 
 
 def save_dataset(ds: Dataset, path: str | Path) -> Path:
-    """Validate and write a dataset directory (each file atomically, manifest last)."""
+    """Validate and write a dataset directory (each file atomically; an old manifest removed first, the new one last)."""
     path = Path(path)
     validate_items(ds.items)
     validate_impressions(ds.impressions)
     path.mkdir(parents=True, exist_ok=True)
+    (path / "manifest.json").unlink(missing_ok=True)  # no manifest over a mix of old and new files, if killed
     write_parquet(ds.items, path / "items.parquet")
     write_parquet(ds.impressions, path / "impressions.parquet")
     write_json(ds.manifest, path / "manifest.json")

@@ -26,11 +26,10 @@ CSV has no list type: a list column is written as its elements joined by single 
 empty and null lists both become an empty field), which is how ``recsys recommend`` reads lists from
 CSV. Lists whose elements are null, empty or hold whitespace, nested lists and structs are refused.
 
-A file export writes a hidden temp file ``.<name>.<8 random chars>.tmp`` beside the target first. One
+A file export writes a hidden temp file beside the target first (:func:`recsys.io.atomic_path`). One
 killed midway (SIGKILL, power loss) leaves it behind, so each export to a target first removes that
-target's temp files that are plain files untouched for :data:`STALE_TEMP_SECONDS` (an hour). The age
-rule is the safe one: the temp name holds no process id, and a live export keeps its file fresh. No
-other file is touched.
+target's temp files whose writer is gone: no process holds their lock, or, for temp files without
+one, untouched for :data:`STALE_TEMP_SECONDS` (an hour). No other file is touched.
 
 :func:`write_mind_prediction` writes MIND's leaderboard ``prediction.txt``.
 """
@@ -39,9 +38,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
-import re
-import stat
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -54,14 +50,13 @@ import pyarrow.parquet as pq
 from recsys.data import Col, Split
 from recsys.errors import DataError, RecsysError
 from recsys.export_target import DEFAULT_TABLE, DbTarget, parse, redact, scheme_of, staging_name
-from recsys.io import atomic_path
+from recsys.io import STALE_TEMP_SECONDS, atomic_path
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["DEFAULT_TABLE", "ExportSummary", "write", "write_mind_prediction"]
+__all__ = ["DEFAULT_TABLE", "STALE_TEMP_SECONDS", "ExportSummary", "write", "write_mind_prediction"]
 
 BATCH_ROWS = 100_000
-STALE_TEMP_SECONDS = 3600
 FILE_FORMATS = {".parquet": "parquet", ".jsonl": "jsonl", ".ndjson": "jsonl", ".csv": "csv"}
 _DUCKDB_ALIAS = "recsys_export_target"
 
@@ -140,25 +135,6 @@ def write(recs: pl.DataFrame | str | Path, target: str | Path) -> ExportSummary:
 # --- files ---------------------------------------------------------------------------------------
 
 
-def _remove_stale_temp_files(path: Path) -> int:
-    """Remove the temp files an interrupted export to `path` left behind; see the module docstring."""
-    pattern = re.compile(re.escape(f".{path.name}.") + r"[a-z0-9_]{8}\.tmp")  # tempfile.mkstemp's names
-    cutoff = time.time() - STALE_TEMP_SECONDS
-    removed = 0
-    with contextlib.suppress(OSError), os.scandir(path.parent) as entries:
-        for entry in entries:
-            if not pattern.fullmatch(entry.name):
-                continue
-            with contextlib.suppress(OSError):  # gone already, or not ours to remove
-                st = entry.stat(follow_symlinks=False)
-                if stat.S_ISREG(st.st_mode) and st.st_mtime < cutoff:
-                    os.unlink(entry.path)
-                    removed += 1
-    if removed:
-        logger.info("removed %d stale temp file(s) of %s", removed, path)
-    return removed
-
-
 def _csv_lists(lf: pl.LazyFrame, schema: pl.Schema, path: Path) -> pl.LazyFrame:
     """List columns as space-separated text (see the module docstring); refuse what would not read back."""
     lists = []
@@ -189,7 +165,6 @@ def _write_file(recs: pl.DataFrame | str | Path, schema: pl.Schema, path: Path) 
     lf = recs.lazy() if isinstance(recs, pl.DataFrame) else pl.scan_parquet(recs)
     if kind == "csv":
         lf = _csv_lists(lf, schema, path)
-    _remove_stale_temp_files(path)
     try:
         with atomic_path(path) as tmp:
             if kind == "parquet":

@@ -1,19 +1,95 @@
-"""Atomic writes: a reader sees the previous file or the complete new one, never half of one."""
+"""Atomic writes: a reader sees the previous file or the complete new one, never half of one.
+
+:func:`atomic_path` writes a hidden temp file ``.<name>.<8 random chars>.flock.tmp`` beside the target
+and renames it onto the target. The writer holds an exclusive ``flock`` on its temp file until it is
+done; the kernel drops the lock when the process dies, however it dies. A writer killed midway
+(SIGKILL, OOM killer) leaves its temp file behind, so each write first removes the temp files of the
+same target that no process holds locked: those writers are gone. Temp files named without
+``.flock`` (written by older versions, or where the file system has no locks) are removed only once
+untouched for :data:`STALE_TEMP_SECONDS`, a live writer keeping its file fresh. Nothing else is touched.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
+import logging
 import os
+import re
+import stat
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import polars as pl
 
+log = logging.getLogger(__name__)
+
+STALE_TEMP_SECONDS = 3600
+_LOCKED = ".flock.tmp"
+_TEMP_NAME = re.compile(r"[a-z0-9_]{8}(\.flock)?\.tmp")  # after ".<name>.": tempfile.mkstemp's 8 characters
+
 _UMASK = os.umask(0)
 os.umask(_UMASK)
+
+
+def _locked_temp(path: Path) -> tuple[int, str]:
+    """A new temp file beside `path`, locked by the returned descriptor (unlocked, plain name, if no locks)."""
+    while True:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=_LOCKED, dir=path.parent)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)  # waits only while a cleaner that got in first removes it
+        except OSError:  # no locks on this file system: the age rule protects a plain name
+            os.close(fd)
+            os.unlink(tmp)
+            return tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        with contextlib.suppress(FileNotFoundError):
+            if os.stat(tmp).st_ino == os.fstat(fd).st_ino:
+                return fd, tmp
+        os.close(fd)  # a cleaner removed it between creation and lock: take another
+
+
+def _remove_if_unlocked(path: str) -> bool:
+    """Remove the regular file `path` if no process holds a lock on it."""
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return False
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:  # held by a live writer (or no locks here)
+            return False
+        if os.stat(path, follow_symlinks=False).st_ino != os.fstat(fd).st_ino:
+            return False
+        os.unlink(path)
+        return True
+    finally:
+        os.close(fd)
+
+
+def remove_stale_temp_files(path: str | os.PathLike[str]) -> int:
+    """Remove the temp files that interrupted writes of `path` left beside it (see the module docstring)."""
+    path = Path(path)
+    prefix, cutoff, removed = f".{path.name}.", time.time() - STALE_TEMP_SECONDS, 0
+    with contextlib.suppress(OSError), os.scandir(path.parent) as entries:
+        for entry in entries:
+            match = _TEMP_NAME.fullmatch(entry.name[len(prefix):]) if entry.name.startswith(prefix) else None
+            if match is None:
+                continue
+            with contextlib.suppress(OSError):  # gone already, or not ours to remove
+                if match.group(1):
+                    removed += _remove_if_unlocked(entry.path)
+                else:
+                    st = entry.stat(follow_symlinks=False)
+                    if stat.S_ISREG(st.st_mode) and st.st_mtime < cutoff:
+                        os.unlink(entry.path)
+                        removed += 1
+    if removed:
+        log.info("removed %d stale temp file(s) of %s", removed, path)
+    return removed
 
 
 @contextlib.contextmanager
@@ -21,15 +97,16 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield a temporary path beside `path`; rename it onto `path` only if the block succeeds."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600 files; give the renamed file the usual mode
+    remove_stale_temp_files(path)
+    fd, tmp = _locked_temp(path)
     try:
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600 files; give the renamed file the usual mode
         yield Path(tmp)
         os.replace(tmp, path)
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+        os.close(fd)  # releases the lock, after the temp name is gone
 
 
 def write_parquet(df: pl.DataFrame, path: str | os.PathLike[str]) -> Path:

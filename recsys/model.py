@@ -3,7 +3,8 @@
 Layout (both log kinds)::
 
     model.json               kind, candidate source, the full config, the dataset's fingerprint, versions,
-                             sha256 of every artifact, model_id (a hash of those), stage timings
+                             sha256 of every artifact, model_id (a hash of those, clock fields left out:
+                             training the same twice gives the same id), stage timings
     config.toml              the same config as TOML: `recsys train --config` reproduces the run
     stages.json              which stage ran with which inputs (the stage cache)
     text/                    the fine-tuned encoder (safetensors) + its config and training log (when fine-tuned)
@@ -36,6 +37,7 @@ TEXT_DIR = "text"
 ITEM_VECTORS, FROZEN_VECTORS = "item_vectors.parquet", "frozen_vectors.parquet"
 _SERVED = (TEXT_DIR, RANKER_DIR, NO_TEXT_DIR, ITEM_VECTORS, FROZEN_VECTORS)
 _NOT_ARTIFACTS = {"logs"}  # training curves: read by reports, never by scoring
+_CLOCK_KEYS = {"trained_at", "seconds"}  # top-level JSON fields that say when or how long, not what
 
 
 def fingerprint(*parts: Any) -> str:
@@ -64,6 +66,18 @@ def artifact_hashes(model_dir: Path) -> dict[str, str]:
     return {str(p.relative_to(model_dir)): sha256(p) for p in sorted(files)}
 
 
+def _clock_free(model_dir: Path, hashes: dict[str, str]) -> dict[str, str]:
+    """`hashes` with each JSON artifact hashed without its clock fields (:data:`_CLOCK_KEYS`), for model_id."""
+    out = dict(hashes)
+    for rel in hashes:
+        if rel.endswith(".json"):
+            obj = read_json(model_dir / rel)
+            if isinstance(obj, dict) and _CLOCK_KEYS & set(obj):
+                kept = {k: v for k, v in obj.items() if k not in _CLOCK_KEYS}
+                out[rel] = hashlib.sha256(json.dumps(kept, sort_keys=True).encode()).hexdigest()
+    return out
+
+
 def _versions() -> dict[str, str]:
     out = {}
     for pkg in ("recsys", "torch", "transformers", "lightning", "lightgbm", "polars", "duckdb", "numpy"):
@@ -78,7 +92,8 @@ def write_model_json(model_dir: Path, *, kind: str, candidates: str, config: dic
                      dataset: Dataset, stages: dict[str, Any], summary: dict[str, Any]) -> dict[str, Any]:
     """Hash the artifacts and write ``model.json`` (last, atomically: its presence means a finished model)."""
     hashes = artifact_hashes(model_dir)
-    model_id = hashlib.sha256(f"{sorted(hashes.items())}|{config_fingerprint}|{dataset.fingerprint}".encode()).hexdigest()[:16]
+    content = sorted(_clock_free(model_dir, hashes).items())  # the same training twice gets the same id
+    model_id = hashlib.sha256(f"{content}|{config_fingerprint}|{dataset.fingerprint}".encode()).hexdigest()[:16]
     meta = {
         "format_version": FORMAT_VERSION, "model_id": model_id, "kind": kind, "candidates": candidates,
         "trained_at": time.strftime("%Y-%m-%dT%H:%M:%S"), "config": config, "config_fingerprint": config_fingerprint,

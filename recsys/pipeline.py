@@ -8,7 +8,8 @@ The log's kind chooses only where candidates and labels come from (:func:`candid
 Everything after that is the same code for training, replay, catalogue evaluation and serving:
 :func:`features.collect.collect_features`, then the LightGBM ranker. :func:`train` runs the stages below,
 each cached in ``stages.json`` by a fingerprint of its inputs (result settings only: resource settings such
-as threads or memory never retrain), so a re-run skips what is unchanged and ``force=True`` redoes all:
+as threads or memory never retrain), so a re-run skips what is unchanged, redoes a stage that changed (or
+was killed midway) and every one after it, and ``force=True`` redoes all (see :class:`Stages`):
 
 1. ``encode_frozen``  catalogue vectors of the pretrained encoder          -> frozen_vectors.parquet
 2. ``text_model``     fine-tune the encoder on the earliest training rows   -> text/               (fine_tune)
@@ -45,7 +46,7 @@ from recsys.config import IMPRESSIONS, TrainConfig, to_toml
 from recsys.data import Col, Dataset, Split
 from recsys.errors import RecsysError
 from recsys.io import atomic_path, read_json, write_json, write_parquet
-from recsys.model import FROZEN_VECTORS, ITEM_VECTORS, NO_TEXT_DIR, RANKER_DIR, TEXT_DIR, fingerprint, write_model_json
+from recsys.model import FROZEN_VECTORS, ITEM_VECTORS, MODEL_JSON, NO_TEXT_DIR, RANKER_DIR, TEXT_DIR, fingerprint, write_model_json
 from recsys.resources import result_settings
 from recsys.splits import held_out_users, last_per_user, split_latest, splits_before
 
@@ -61,23 +62,39 @@ def candidate_source(kind: str) -> str:
 
 
 class Stages:
-    """Bookkeeping of which stage ran with which inputs, kept in ``stages.json``."""
+    """Bookkeeping of which stage ran with which inputs, kept in ``stages.json``.
+
+    A stage's entry is written after its outputs. Before a stage runs, its entry and every later
+    stage's are removed, and ``model.json`` with them: a run killed midway leaves no claim on what it
+    half wrote and no ``model.json`` over it, and every stage after one that runs runs too, since
+    what they read may have changed in ways their input fingerprints cannot see (a stage redone
+    after a kill, on a device that is not bit-exact).
+    """
 
     def __init__(self, out_dir: Path, force: bool) -> None:
         self.path = out_dir / "stages.json"
-        self.force = force
+        self.rerun = force
         self.done: dict[str, dict[str, Any]] = read_json(self.path) if self.path.exists() else {}
         self.timings: dict[str, float] = {}
+        self.seen: set[str] = set()  # stages reached in this run; the others come later
 
     def run(self, name: str, inputs: Any, outputs: list[Path], work: Callable[[], Any]) -> str:
         """Run `work` unless the stage's fingerprint and outputs are unchanged; return the fingerprint."""
         fp = fingerprint(name, inputs)
         previous = self.done.get(name, {})
-        if not self.force and previous.get("fingerprint") == fp and all(p.exists() for p in outputs):
+        self.seen.add(name)
+        if not self.rerun and previous.get("fingerprint") == fp and all(p.exists() for p in outputs):
             log.info("stage %s is up to date (%s)", name, fp)
             self.timings[name] = 0.0
             return fp
         log.info("stage %s: running", name)
+        self.rerun = True
+        (self.path.parent / MODEL_JSON).unlink(missing_ok=True)
+        untrusted = [n for n in self.done if n == name or n not in self.seen]
+        for n in untrusted:
+            del self.done[n]
+        if untrusted:
+            write_json(self.done, self.path)
         start = time.perf_counter()
         work()
         self.timings[name] = round(time.perf_counter() - start, 2)
@@ -270,7 +287,7 @@ def train(ds: Dataset, out_dir: Path, cfg: TrainConfig | None = None, *, force: 
                lambda: fit_rankers(pl.read_parquet(out_dir / "features.parquet"), cfg, out_dir))
     with atomic_path(out_dir / "config.toml") as tmp:
         tmp.write_text(to_toml(cfg))
-    ranker = read_json(out_dir / RANKER_DIR / "ranker.json")
+    ranker = read_json(out_dir / RANKER_DIR / "ranker.json")  # from the file: the same whether the stage ran or not
     summary = {"stage_seconds": stages.timings, "train_rows": ds.split(Split.TRAIN).height, "items": ds.items.height,
                "ranker_rows": ranker["train"]["rows"], "best_iteration": ranker["best_iteration"], "features": len(ranker["features"])}
     return write_model_json(out_dir, kind=ds.kind, candidates=candidate_source(ds.kind), config=cfg.to_dict(),

@@ -166,7 +166,7 @@ def write_dataset(
         with write_dataset(out, items, bad, "mind", "impressions") as writer:
             for batch, path in batches:
                 writer.write(batch, path)
-        # out/manifest.json now exists; nothing is left behind if the block raised.
+        # out/manifest.json now exists; nothing is left behind (and an old dataset stays) if the block raised.
 
     Args:
         out: the dataset directory (created).
@@ -188,6 +188,9 @@ def write_dataset(
             yield writer
         finally:
             light = writer.close()
+        # The manifest marks a finished dataset: an old one goes before the first of its files is replaced,
+        # so a kill from here on leaves no manifest over a mix of old and new files (a raise above keeps it).
+        (out / "manifest.json").unlink(missing_ok=True)
     write_parquet(items, out / "items.parquet")
     bad.write(out)
     writer.manifest = build_manifest(
