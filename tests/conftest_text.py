@@ -51,6 +51,25 @@ def tiny_config(encoder: Path, **overrides: object) -> TextConfig:
     return TextConfig(**base)  # type: ignore[arg-type]
 
 
+def small_toml(encoder: Path) -> str:
+    """A run config (TOML) with a tiny ranker and a one-epoch fine-tune of the tiny encoder at `encoder`."""
+    return f"""
+[ranker]
+n_estimators = 40
+num_leaves = 7
+min_data_in_leaf = 5
+early_stopping_rounds = 10
+
+[text]
+max_tokens = 16
+history_len = 8
+batch_size = 16
+epochs = 1
+precision = "fp32"
+encoder = "{encoder}"
+"""
+
+
 def topic_items(n_per_topic: int = 24, seed: int = 0, prefix: str = "i") -> pl.DataFrame:
     rng = np.random.default_rng(seed)
     rows = []

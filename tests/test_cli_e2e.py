@@ -14,24 +14,10 @@ from click.testing import CliRunner
 
 from cli import main
 from conftest_shop import sequences, write_unisrec
-from conftest_text import make_tiny_encoder
+from conftest_text import make_tiny_encoder, small_toml
 from recsys.config import TrainConfig, load_config
 from recsys.data import Col, Dataset
 
-SMALL = """
-[ranker]
-n_estimators = 40
-num_leaves = 7
-min_data_in_leaf = 5
-early_stopping_rounds = 10
-
-[text]
-max_tokens = 16
-history_len = 8
-batch_size = 16
-epochs = 1
-precision = "fp32"
-"""
 KINDS = ("impressions", "interactions")
 
 
@@ -52,7 +38,7 @@ def refuse(*args: object) -> str:
 def world(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp(request.param)
     encoder = make_tiny_encoder(root / "encoder")
-    (root / "small.toml").write_text(SMALL + f'encoder = "{encoder}"\n' + ("\n[retrieval]\nper_source = 8\n" if request.param == "interactions" else ""))
+    (root / "small.toml").write_text(small_toml(encoder) + ("\n[retrieval]\nper_source = 8\n" if request.param == "interactions" else ""))
     if request.param == "impressions":
         invoke("synth", root / "mind", "--size", "tiny", "--seed", "3", "--format", "mind")
         invoke("ingest", "mind", "--train", root / "mind" / "train", "--dev", root / "mind" / "dev", "--out", root / "data")

@@ -33,7 +33,7 @@ import duckdb
 import polars as pl
 import pytest
 
-from conftest_text import make_tiny_encoder
+from conftest_text import make_tiny_encoder, small_toml
 from recsys.data import Col, load_dataset
 from recsys.io import atomic_path, write_parquet
 from recsys.model import read_model_json
@@ -43,20 +43,6 @@ ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
 KILLS, SEED = 3, 1729
 EXPORT_ROWS = 1_500_000  # enough for export to write for a while
-SMALL = """
-[ranker]
-n_estimators = 40
-num_leaves = 7
-min_data_in_leaf = 5
-early_stopping_rounds = 10
-
-[text]
-max_tokens = 16
-history_len = 8
-batch_size = 16
-epochs = 1
-precision = "fp32"
-"""
 
 
 def _snapshot(watch: Path) -> dict[str, int]:
@@ -195,7 +181,7 @@ def world(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFacto
     """Tiny MIND data, uninterrupted reference runs of every command (timed), and train's kills started."""
     root = tmp_path_factory.mktemp("kill")
     encoder = make_tiny_encoder(root / "encoder")
-    (root / "small.toml").write_text(SMALL + f'encoder = "{encoder}"\n')
+    (root / "small.toml").write_text(small_toml(encoder))
     run("synth", root / "mind", "--size", "tiny", "--seed", "3", "--format", "mind", watch=root)
     w: dict[str, Any] = {"root": root, "config": root / "small.toml", "data": root / "ref" / "data", "model": root / "ref" / "model"}
     w["ingest_args"] = ("ingest", "mind", "--train", root / "mind" / "train", "--dev", root / "mind" / "dev", "--out")
