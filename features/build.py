@@ -56,6 +56,9 @@ _LONG_SCHEMA = pa.schema([
 ])
 
 
+MAX_THREADS = 1024  # DuckDB starts every thread it is given: beyond this a typo exhausts the machine
+
+
 @dataclass
 class FeatureConfig:
     """How features are computed and how much the builder may use.
@@ -92,8 +95,8 @@ class FeatureConfig:
             raise RecsysError(f"FeatureConfig.memory_limit must look like '4GB' or '512MB', got {self.memory_limit!r}")
         if self.temp_dir is not None:
             self.temp_dir = str(self.temp_dir)
-        if self.threads is not None and self.threads < 1:
-            raise RecsysError(f"FeatureConfig.threads must be >= 1, got {self.threads}")
+        if self.threads is not None and not 1 <= self.threads <= MAX_THREADS:
+            raise RecsysError(f"FeatureConfig.threads (--threads) must be in [1, {MAX_THREADS}], got {self.threads}")
         self.families = tuple(self.families)
         if not self.families or set(self.families) - set(FAMILIES):
             raise RecsysError(f"FeatureConfig.families must be a non-empty subset of {FAMILIES}, got {self.families}")
