@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 
 from recsys.data import Col
 from recsys.errors import DataError, ModelMismatchError, RecsysError
-from recsys.io import atomic_path, read_json, write_json
+from recsys.io import atomic_path, make_dir, read_json, write_json
 from recsys.resources import resource
 
 logger = logging.getLogger(__name__)
@@ -306,7 +306,7 @@ def save_ranker(ranker: Ranker, model_dir: str | Path, *, name: str = DEFAULT_NA
         The path of the model file.
     """
     model_dir = Path(model_dir)
-    model_dir.mkdir(parents=True, exist_ok=True)
+    make_dir(model_dir)
     ranker.manifest.update(manifest_extra)
     with atomic_path(model_dir / f"{name}.txt") as tmp:
         ranker.booster.save_model(str(tmp))

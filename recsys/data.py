@@ -32,7 +32,7 @@ from typing import Any
 import polars as pl
 
 from recsys.errors import DataError, RecsysError
-from recsys.io import read_json, write_json, write_parquet
+from recsys.io import make_dir, read_json, write_json, write_parquet
 
 SCHEMA_VERSION = 1
 
@@ -233,7 +233,7 @@ def save_dataset(ds: Dataset, path: str | Path) -> Path:
     path = Path(path)
     validate_items(ds.items)
     validate_impressions(ds.impressions)
-    path.mkdir(parents=True, exist_ok=True)
+    make_dir(path)
     (path / "manifest.json").unlink(missing_ok=True)  # no manifest over a mix of old and new files, if killed
     write_parquet(ds.items, path / "items.parquet")
     write_parquet(ds.impressions, path / "impressions.parquet")

@@ -16,6 +16,7 @@ from typing import Any
 
 from recsys.config import TrainConfig
 from recsys.data import Dataset, Split
+from recsys.io import make_dir
 from recsys.errors import RecsysError
 from recsys.evaluation.catalogue import catalogue
 from recsys.evaluation.replay import replay
@@ -62,6 +63,8 @@ def evaluate(model_dir: str | Path, dataset: Dataset, split: str = Split.DEV, pr
     rows = dataset.split(split)
     if rows.is_empty():
         raise RecsysError(f"{dataset.path or 'the dataset'} has no impressions in split {split!r}")
+    if report_dir is not None:
+        make_dir(report_dir)  # before the work: an unwritable report fails at once
     assets = Assets(model_dir, config or TrainConfig.from_dict(meta["config"]), dataset)
     start = time.perf_counter()
     if protocol == REPLAY:
@@ -81,7 +84,7 @@ def _report(report_dir: Path, meta: dict[str, Any], model_dir: Path, ds: Dataset
     notes = {"model": f"{model_dir} (model_id {meta['model_id']}, {meta['kind']} log, {meta['candidates']} candidates)",
              "dataset": str(ds.path), "split": split, "protocol": protocol, **extra.get("notes", {}),
              "train stage seconds": meta["summary"].get("stage_seconds"), "evaluate seconds": round(seconds, 1)}
-    report_dir.mkdir(parents=True, exist_ok=True)
+    make_dir(report_dir)
     figures = []
     curves = read_curves(model_dir / TEXT_DIR) if (model_dir / TEXT_DIR).is_dir() else None
     if curves is not None and curves.height:

@@ -26,6 +26,8 @@ from typing import Any
 
 import polars as pl
 
+from recsys.errors import RecsysError
+
 log = logging.getLogger(__name__)
 
 STALE_TEMP_SECONDS = 3600
@@ -92,17 +94,33 @@ def remove_stale_temp_files(path: str | os.PathLike[str]) -> int:
     return removed
 
 
+def make_dir(path: str | os.PathLike[str]) -> Path:
+    """Create directory `path` (and its parents); a read-only or full disk is a one-line error naming it."""
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise RecsysError(f"{path}: cannot create the directory ({exc.strerror or exc})") from exc
+    return path
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield a temporary path beside `path`; rename it onto `path` only if the block succeeds."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    make_dir(path.parent)
     remove_stale_temp_files(path)
-    fd, tmp = _locked_temp(path)
+    try:
+        fd, tmp = _locked_temp(path)
+    except OSError as exc:
+        raise RecsysError(f"{path}: cannot write here ({exc.strerror or exc})") from exc
     try:
         os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600 files; give the renamed file the usual mode
         yield Path(tmp)
-        os.replace(tmp, path)
+        try:
+            os.replace(tmp, path)
+        except OSError as exc:
+            raise RecsysError(f"{path}: cannot replace it ({exc.strerror or exc})") from exc
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
@@ -125,8 +143,6 @@ def write_json(obj: Any, path: str | os.PathLike[str]) -> Path:
 
 def read_json(path: str | os.PathLike[str]) -> Any:
     """Parse a JSON file; a damaged one is a one-line error naming it."""
-    from recsys.errors import RecsysError
-
     try:
         return json.loads(Path(path).read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:

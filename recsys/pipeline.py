@@ -45,7 +45,7 @@ from recsys.candidates.sampling import sample_negatives
 from recsys.config import IMPRESSIONS, TrainConfig, to_toml
 from recsys.data import Col, Dataset, Split
 from recsys.errors import RecsysError
-from recsys.io import atomic_path, read_json, write_json, write_parquet
+from recsys.io import atomic_path, make_dir, read_json, write_json, write_parquet
 from recsys.model import FROZEN_VECTORS, ITEM_VECTORS, MODEL_JSON, NO_TEXT_DIR, RANKER_DIR, TEXT_DIR, fingerprint, write_model_json
 from recsys.resources import result_settings
 from recsys.splits import held_out_users, last_per_user, split_latest, splits_before
@@ -259,7 +259,7 @@ def train(ds: Dataset, out_dir: Path, cfg: TrainConfig | None = None, *, force: 
         raise RecsysError("features.families has 'behaviour', but this log's times are only sequence positions: point-in-time "
                           "features would compare users' positions as times; use the retrieval and pairs families")
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    make_dir(out_dir)
     stages = Stages(out_dir, force)
     _drop_unused(out_dir, cfg, stages)
     data_fp, text_cfg = ds.fingerprint, result_settings(cfg.text)

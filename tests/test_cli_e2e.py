@@ -141,6 +141,13 @@ def test_refusals_are_one_line(world: dict[str, Path], tmp_path: Path) -> None:
     shutil.copytree(world["model"], tmp_path / "model")
     (tmp_path / "model" / "model.json").write_text("{ not json")
     assert "model.json: not valid JSON" in refuse("evaluate", tmp_path / "model")
+    # An output that cannot be written (a read-only disk; here a path under a plain file) is named, not a traceback.
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    assert "cannot create the directory" in refuse("evaluate", world["model"], "--report", blocker / "report")
+    assert "cannot create the directory" in refuse("train", world["data"], "--out", blocker / "model")
+    pl.DataFrame({Col.USER: ["u"], Col.CANDIDATES: [["x"]]}).write_parquet(tmp_path / "req.parquet")
+    assert "cannot create the directory" in refuse("recommend", world["model"], tmp_path / "req.parquet", "--out", blocker / "recs.parquet")
 
 
 def test_a_frozen_retrain_drops_the_fine_tuned_artifacts(world: dict[str, Path], tmp_path: Path) -> None:

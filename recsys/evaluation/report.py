@@ -23,7 +23,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from recsys.evaluation.metrics import AUC, IMPRESSIONS, ndcg_key
-from recsys.io import atomic_path, write_json
+from recsys.io import atomic_path, make_dir, write_json
 
 logger = logging.getLogger(__name__)
 
@@ -233,7 +233,7 @@ def write_report(
     if by_group is not None and not {GROUP_KEY, MODEL_KEY} <= set(by_group.columns):
         raise ValueError(f"by_group needs columns {GROUP_KEY!r} and {MODEL_KEY!r}, has {by_group.columns}")
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    make_dir(out_dir)
     md = [f"# {title}", ""]
     if notes:
         md += [f"- **{k}**: {v}" for k, v in notes.items()] + [""]

@@ -34,7 +34,7 @@ from recsys.data import (
     validate_impressions,
     validate_items,
 )
-from recsys.io import atomic_path, write_json, write_parquet
+from recsys.io import atomic_path, make_dir, write_json, write_parquet
 from recsys.loaders.rejects import BadRows
 
 
@@ -181,7 +181,7 @@ def write_dataset(
         The writer; the manifest is available as ``writer.manifest`` after the block.
     """
     validate_items(items, "items")
-    out.mkdir(parents=True, exist_ok=True)
+    make_dir(out)
     with atomic_path(out / "impressions.parquet") as tmp:
         writer = ImpressionWriter(tmp, items, with_click_probs, bad)
         try:
