@@ -1,32 +1,21 @@
 """The `recsys` command: a thin shell over library functions.
 
 Each command reads its options into a config, makes one library call and prints a short summary.
-Errors from the library (RecsysError) print as one line and exit 1; `--debug` shows the traceback.
+Errors a user can cause (RecsysError, bad options) print as one line and exit 1; `--debug` shows the traceback
+(recsys/cli_errors.py).
 """
 
 from __future__ import annotations
 
 import logging
-import sys
 from pathlib import Path
 
 import click
 
-from recsys.errors import RecsysError
+from recsys.cli_errors import OneLineErrors
 
 
-class _Group(click.Group):
-    def invoke(self, ctx: click.Context) -> object:
-        try:
-            return super().invoke(ctx)
-        except RecsysError as exc:
-            if ctx.params.get("debug"):
-                raise
-            click.echo(f"error: {exc}", err=True)
-            sys.exit(1)
-
-
-@click.group(cls=_Group)
+@click.group(cls=OneLineErrors)
 @click.option("--debug", is_flag=True, help="Show tracebacks instead of one-line errors.")
 @click.option("-v", "--verbose", is_flag=True, help="Log at INFO level.")
 def main(debug: bool, verbose: bool) -> None:
@@ -128,6 +117,8 @@ def stats(dataset: Path, as_json: bool) -> None:
 # --- shared options ----------------------------------------------------------------------------
 
 _DATASET = click.Path(exists=True, file_okay=False, path_type=Path)
+# DuckDB starts every thread it is told to: a million of them exhausts memory and kills the process.
+_THREADS = click.IntRange(1, 1024)
 _MODEL = click.Path(exists=True, file_okay=False, path_type=Path)
 _CONFIG = click.option("--config", "config_file", type=click.Path(dir_okay=False, path_type=Path), default=None,
                        help="Settings file (TOML, or JSON such as a model's model.json); flags override it.")
@@ -135,7 +126,7 @@ _CONFIG = click.option("--config", "config_file", type=click.Path(dir_okay=False
 
 def _resource_options(f):  # type: ignore[no-untyped-def]
     f = click.option("--temp-dir", type=click.Path(file_okay=False), default=None, help="Scratch directory for spills (resource).")(f)
-    f = click.option("--threads", type=int, default=None, help="DuckDB threads (resource: never retrains).")(f)
+    f = click.option("--threads", type=_THREADS, default=None, help="DuckDB threads (resource: never retrains).")(f)
     f = click.option("--memory-limit", default=None, help="DuckDB memory limit, e.g. 4GB (resource: never retrains).")(f)
     return f
 
@@ -148,8 +139,11 @@ def _train_config(ds: object, config_file: Path | None, **flags: object) -> obje
     """The log kind's defaults, then the config file, then the flags (each flag changes only its own setting)."""
     from recsys.config import TrainConfig, load_config, override
 
-    base = TrainConfig.for_dataset(ds.manifest)  # type: ignore[attr-defined]
-    return override(load_config(config_file, base) if config_file else base, **flags)
+    cfg = TrainConfig.for_dataset(ds.manifest)  # type: ignore[attr-defined]
+    cfg = load_config(config_file, cfg) if config_file else cfg
+    for key, value in flags.items():  # one at a time, so that an error names its flag (--windows sets windows_hours)
+        cfg = override(cfg, "--" + key.rsplit(".", 1)[-1].replace("_", "-").replace("windows-hours", "windows"), **{key: value})
+    return cfg
 
 
 # --- text model: train-encoder, encode ------------------------------------------------------------
@@ -225,7 +219,7 @@ def encode_cmd(dataset: Path, model_dir: Path | None, out: Path, batch_size: int
 @click.option("--windows", default=None, help="Trailing windows of the item features, hours, comma-separated [default: 1,6,24].")
 @click.option("--memory-limit", default=None, help="DuckDB memory limit; beyond it work spills to --temp-dir [default: 4GB].")
 @click.option("--temp-dir", type=click.Path(file_okay=False, path_type=Path), help="Scratch directory (default: system temp).")
-@click.option("--threads", type=int, help="DuckDB threads (default: all cores).")
+@click.option("--threads", type=_THREADS, help="DuckDB threads (default: all cores).")
 @_CONFIG
 def features_cmd(dataset: Path, out: Path, rows: Path | None, text: Path | None, windows: str | None, memory_limit: str | None,
                  temp_dir: Path | None, threads: int | None, config_file: Path | None) -> None:
@@ -294,7 +288,7 @@ _ALLOW_OTHER = click.option("--allow-other-dataset", is_flag=True, help="Use a l
 @main.command("evaluate")
 @click.argument("model_dir", type=_MODEL)
 @click.argument("log", type=_DATASET, required=False)
-@click.option("--split", default="dev", show_default=True, help="Which split to evaluate (interaction logs: usually test).")
+@click.option("--split", default="dev", show_default=True, type=click.Choice(["train", "dev", "test"]), help="Which split to evaluate (interaction logs: usually test).")
 @click.option("--protocol", type=click.Choice(["replay", "catalogue"]), default=None, help="[default: replay for logged candidates, else catalogue]")
 @click.option("--report", "report_dir", type=click.Path(file_okay=False, path_type=Path), default=None, help="Report directory (default MODEL_DIR/report-SPLIT).")
 @_ALLOW_OTHER

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import sys
 import types
 import typing
@@ -36,6 +37,8 @@ else:  # pragma: no cover
 IMPRESSIONS, INTERACTIONS = "impressions", "interactions"
 KINDS = (IMPRESSIONS, INTERACTIONS)
 NONE = "none"
+# Settings are 32-bit where libraries read them (LightGBM, DuckDB); larger whole numbers are mistakes.
+_MAX_INT = 2**31 - 1
 
 
 
@@ -141,7 +144,10 @@ def _allows_none(tp: Any) -> bool:
 
 
 def _merge(base: Any, data: dict[str, Any], where: str) -> Any:
-    """`base` (a config dataclass) with the values of `data` (nested dicts) replaced, checked by its __post_init__."""
+    """`base` (a config dataclass) with the values of `data` (nested dicts) replaced, checked by its __post_init__.
+
+    Every error names `where` (the config file or the flag, then the table) and the setting.
+    """
     if not isinstance(data, dict):
         raise RecsysError(f"{where}: expected a table of settings, got {data!r}")
     types_ = _field_types(type(base))
@@ -159,7 +165,7 @@ def _merge(base: Any, data: dict[str, Any], where: str) -> Any:
             changes[name] = _coerce(value, types_[name], f"{where}.{name}")
     try:
         return dataclasses.replace(base, **changes)
-    except TypeError as exc:
+    except (TypeError, ValueError, RecsysError) as exc:  # __post_init__ checks the values
         raise RecsysError(f"{where}: {exc}") from exc
 
 
@@ -175,9 +181,9 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
         if origin is tuple and isinstance(value, (list, tuple)):
             inner = typing.get_args(t)[0] if typing.get_args(t) else Any
             return tuple(_coerce(v, inner, where) for v in value)
-        if t is float and isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if t is int and isinstance(value, int) and not isinstance(value, bool):
+        if t is float and isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+            return float(value)  # NaN and infinities are no setting's value
+        if t is int and isinstance(value, int) and not isinstance(value, bool) and abs(value) <= _MAX_INT:
             return value
         if t in (bool, str) and isinstance(value, t):
             return value
@@ -186,10 +192,11 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
     raise RecsysError(f"{where} must be {' or '.join(getattr(t, '__name__', str(t)) for t in options)}, got {value!r}")
 
 
-def override(cfg: TrainConfig, **dotted: Any) -> TrainConfig:
+def override(cfg: TrainConfig, source: str = "option", **dotted: Any) -> TrainConfig:
     """`cfg` with the given settings replaced (``override(cfg, **{"text.epochs": 1})``); None values are skipped.
 
     Only the named settings change: this is how CLI flags apply, so a flag never resets anything else.
+    Errors name `source` (e.g. the flag).
     """
     nested: dict[str, Any] = {}
     for key, value in dotted.items():
@@ -200,7 +207,7 @@ def override(cfg: TrainConfig, **dotted: Any) -> TrainConfig:
         for part in path:
             node = node.setdefault(part, {})
         node[leaf] = value
-    return _merge(cfg, nested, "option") if nested else cfg
+    return _merge(cfg, nested, source) if nested else cfg
 
 
 def read_config_file(path: str | Path) -> dict[str, Any]:

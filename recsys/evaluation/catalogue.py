@@ -108,7 +108,7 @@ def catalogue(assets: Assets, split: str, seed: int = 0) -> tuple[dict[str, dict
         RecsysError: `split` is train or has no rows with a known target.
     """
     if split not in (Split.DEV, Split.TEST):
-        raise RecsysError(f"the catalogue protocol evaluates a held-out split (dev or test), not {split!r}")
+        raise RecsysError(f"split {split!r} (--split): the catalogue protocol evaluates a held-out split, dev or test")
     retriever = assets.retriever(splits=splits_before(split))
     req = Requests.from_rows(retriever, assets.dataset.split(split))
     if not (req.targets >= 0).any():
