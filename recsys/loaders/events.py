@@ -20,6 +20,7 @@ column when present (the impression takes its first event's), else the latest ``
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -79,14 +80,15 @@ class EventsConfig:
     request_gap_hours: float = 24.0
 
     def __post_init__(self) -> None:
-        if self.session_gap_minutes <= 0:
-            raise RecsysError(f"session_gap_minutes must be positive, got {self.session_gap_minutes}")
-        if self.request_gap_hours <= 0:
-            raise RecsysError(f"request_gap_hours must be positive, got {self.request_gap_hours}")
+        # Messages name the `recsys ingest events` flag too: this is where its values are first checked.
+        if not (math.isfinite(self.session_gap_minutes) and self.session_gap_minutes > 0):
+            raise RecsysError(f"--session-gap (session_gap_minutes) must be a positive number of minutes, got {self.session_gap_minutes}")
+        if not (math.isfinite(self.request_gap_hours) and self.request_gap_hours > 0):
+            raise RecsysError(f"request_gap_hours must be a positive number of hours, got {self.request_gap_hours}")
         if not (0 <= self.dev_fraction and 0 <= self.test_fraction and self.dev_fraction + self.test_fraction < 1):
-            raise RecsysError(f"dev_fraction and test_fraction must be >= 0 with a sum below 1, got {self.dev_fraction}, {self.test_fraction}")
+            raise RecsysError(f"--dev-fraction and --test-fraction (dev_fraction, test_fraction) must be >= 0 with a sum below 1, got {self.dev_fraction}, {self.test_fraction}")
         if self.max_history is not None and self.max_history < 0:
-            raise RecsysError(f"max_history must be >= 0, got {self.max_history}")
+            raise RecsysError(f"--max-history (max_history) must be >= 0, got {self.max_history}")
         check_on_bad_rows(self.on_bad_rows)
 
 
@@ -108,7 +110,7 @@ def _as_text(df: pl.DataFrame, column: str, path: Path, bad: BadRows) -> pl.Data
         decoded = pl.Series(column, [_utf8_or_none(b) for b in df[column].to_list()], dtype=pl.String())
         invalid = decoded.is_null() & df[column].is_not_null()
         df = bad.drop(df.with_columns(decoded), invalid, path, column, BAD_UTF8)
-    elif dtype.is_nested() or not (dtype == pl.String() or dtype.is_numeric() or dtype == pl.Categorical() or dtype == pl.Boolean()):
+    elif dtype.is_nested() or not (dtype in (pl.String(), pl.Categorical(), pl.Boolean(), pl.Null()) or dtype.is_numeric()):
         raise DataError(path, None, column, f"has type {dtype}; expected text")
     return df.with_columns(pl.col(column).cast(pl.String()).str.strip_chars())
 
@@ -125,6 +127,21 @@ def _required_text(df: pl.DataFrame, column: str, path: Path, bad: BadRows) -> p
     return bad.drop(df, df[column].is_null() | (df[column] == ""), path, column, f"empty {column}")
 
 
+def _tags(df: pl.DataFrame, path: Path, bad: BadRows) -> pl.DataFrame:
+    """``tags`` as lists of text: a list column as it is (values cast to text), text split on ``|``.
+
+    Raises:
+        DataError: a list of lists or structs, or a column that is not text.
+    """
+    dtype = df.schema[Col.TAGS]
+    if isinstance(dtype, pl.List):
+        if not (dtype.inner == pl.String() or dtype.inner.is_numeric() or dtype.inner == pl.Categorical()):
+            raise DataError(path, None, Col.TAGS, f"has type {dtype}; expected text or a list of text")
+        return df.with_columns(pl.col(Col.TAGS).cast(pl.List(pl.String())))
+    df = _as_text(df, Col.TAGS, path, bad)
+    return df.with_columns(pl.col(Col.TAGS).fill_null("").str.split("|").list.eval(pl.element().str.strip_chars().filter(pl.element() != "")))
+
+
 def read_items(path: Path, bad: BadRows) -> pl.DataFrame:
     """The items table: ``item_id`` and ``title`` required; other contract columns optional.
 
@@ -137,8 +154,8 @@ def read_items(path: Path, bad: BadRows) -> pl.DataFrame:
     for column in (Col.ABSTRACT, Col.CATEGORY, Col.SUBCATEGORY):
         if column in df.columns:
             df = _as_text(df, column, path, bad)
-    if Col.TAGS in df.columns and df.schema[Col.TAGS] == pl.String():
-        df = df.with_columns(pl.col(Col.TAGS).fill_null("").str.split("|").list.eval(pl.element().str.strip_chars().filter(pl.element() != "")))
+    if Col.TAGS in df.columns:
+        df = _tags(df, path, bad)
     if Col.PUBLISHED in df.columns:
         parsed = _times(df, Col.PUBLISHED, path)
         df = bad.drop(df.with_columns(parsed.alias("_t")), parsed.is_null() & df[Col.PUBLISHED].is_not_null(), path, Col.PUBLISHED, "bad timestamp", pl.col(Col.PUBLISHED))

@@ -90,7 +90,7 @@ def _read_csv_by_line(path: Path, sep: str, bad: BadRows) -> pl.DataFrame:
 def _read_parquet(path: Path) -> pl.DataFrame:
     try:
         return pl.read_parquet(path)
-    except Exception as exc:  # Polars, Arrow or OS errors: all mean "not a readable Parquet file"
+    except (Exception, pl.exceptions.PanicException) as exc:  # Polars (a panic too), Arrow or OS errors: "not a readable Parquet file"
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise DataError(path, None, None, f"not a readable Parquet file ({first[:200]})") from None
 
