@@ -31,6 +31,7 @@ from recsys.candidates.retrieved import Requests, retrieved_candidates
 from recsys.data import IMPRESSIONS_SCHEMA, Col, Dataset, Split
 from recsys.errors import DataError, RecsysError
 from recsys.io import atomic_path
+from recsys.loaders.tables import parse_times
 from recsys.pipeline import RETRIEVED, Assets, needs_retriever
 from recsys.resources import resource
 
@@ -43,20 +44,26 @@ RECS_SCHEMA = {
 }
 
 
+_MAX_COUNT = 2**31 - 1  # Polars slices and LightGBM arrays overflow beyond it
+
+
 @dataclass
 class RecommendConfig:
     top_k: int = 10
     chunk_size: int = resource(20_000)
 
     def __post_init__(self) -> None:
-        if self.top_k < 1:
-            raise RecsysError(f"--top-k must be at least 1, got {self.top_k}")
-        if self.chunk_size < 1:
-            raise RecsysError(f"--chunk-size must be at least 1, got {self.chunk_size}")
+        for flag, value in (("--top-k", self.top_k), ("--chunk-size", self.chunk_size)):
+            if not 1 <= value <= _MAX_COUNT:
+                raise RecsysError(f"{flag} must be between 1 and {_MAX_COUNT}, got {value}")
 
 
 def read_requests(path: Path) -> pl.DataFrame:
-    """Read requests from Parquet, JSONL or CSV (lists in CSV as space-separated ids)."""
+    """Read requests from Parquet, JSONL or CSV (lists in CSV as space-separated ids).
+
+    Raises:
+        DataError: the file is missing or unreadable, or a request is bad (see :func:`check_requests`).
+    """
     path = Path(path)
     if not path.is_file():
         raise DataError(path, None, None, "requests file not found")
@@ -73,40 +80,56 @@ def read_requests(path: Path) -> pl.DataFrame:
                     df = df.with_columns(pl.col(col).str.split(" ").list.eval(pl.element().filter(pl.element() != "")))
         else:
             raise DataError(path, None, None, f"unknown requests format {suffix!r}; use .parquet, .jsonl or .csv")
-    except (pl.exceptions.PolarsError, OSError, UnicodeDecodeError) as exc:
-        raise DataError(path, None, None, f"cannot be read as {suffix[1:]}: {str(exc).splitlines()[0]}") from exc
-    return check_requests(df, path)
+    except (pl.exceptions.PolarsError, pl.exceptions.PanicException, OSError, UnicodeDecodeError) as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise DataError(path, None, None, f"cannot be read as {suffix[1:]}: {first[:200]}") from None
+    return check_requests(df, path, first_row=2 if suffix == ".csv" else 1)
 
 
-def check_requests(df: pl.DataFrame, what: object = "requests") -> pl.DataFrame:
-    """Requests with string ids, list columns and datetimes; raises naming the first bad row and field."""
+_REQUEST_TYPES = {REQUEST: pl.String(), Col.USER: pl.String(), Col.HISTORY: pl.List(pl.String()), Col.CANDIDATES: pl.List(pl.String())}
+
+
+def check_requests(df: pl.DataFrame, what: object = "requests", first_row: int = 1) -> pl.DataFrame:
+    """Requests with string ids, lists of string ids and naive UTC datetimes.
+
+    Times are parsed as the loaders parse them (:func:`recsys.loaders.tables.parse_times`): datetimes,
+    numbers as Unix epoch seconds, ISO-8601 text.
+
+    Args:
+        df: the requests.
+        what: the file (or name) that errors name.
+        first_row: the row number errors give ``df``'s first row (2 in a CSV file, whose line 1 is the header).
+
+    Raises:
+        DataError: naming the first bad row and field.
+    """
     if Col.USER not in df.columns:
         raise DataError(what, None, Col.USER, "column is missing; every request needs a user")
     if REQUEST not in df.columns:
         df = df.with_row_index(REQUEST)
-    try:
-        df = df.with_columns(pl.col(REQUEST).cast(pl.String()), pl.col(Col.USER).cast(pl.String()))
-        for col in (Col.HISTORY, Col.CANDIDATES):
-            if col in df.columns:
-                df = df.with_columns(pl.col(col).cast(pl.List(pl.String())))
-        if Col.TIME in df.columns and df.schema[Col.TIME] == pl.String():
-            df = df.with_columns(pl.col(Col.TIME).str.to_datetime(strict=False, time_unit="us").alias("_t"))
-            bad = df.with_row_index("_r").filter(pl.col("_t").is_null() & pl.col(Col.TIME).is_not_null())
-            if bad.height:
-                raise DataError(what, int(bad["_r"][0]) + 1, Col.TIME, f"{bad[Col.TIME][0]!r} is not a date-time")
-            df = df.with_columns(pl.col("_t").alias(Col.TIME)).drop("_t")
-        if Col.TIME in df.columns:
-            df = df.with_columns(pl.col(Col.TIME).cast(pl.Datetime("us")))
-    except pl.exceptions.PolarsError as exc:
-        raise DataError(what, None, None, f"columns of the wrong type: {str(exc).splitlines()[0]}") from exc
+    for col, dtype in _REQUEST_TYPES.items():
+        if col in df.columns:
+            try:
+                df = df.with_columns(pl.col(col).cast(dtype))
+            except pl.exceptions.PolarsError:
+                raise DataError(what, None, col, f"has type {df.schema[col]}; expected {'text' if dtype == pl.String() else 'a list of ids'}") from None
+    if Col.TIME in df.columns:
+        if df.schema[Col.TIME].is_nested():
+            raise DataError(what, None, Col.TIME, f"has type {df.schema[Col.TIME]}; expected date-times")
+        times = parse_times(df[Col.TIME])
+        bad = times.is_null() & df[Col.TIME].is_not_null()
+        if bad.any():
+            row = int(bad.arg_true()[0])
+            raise DataError(what, first_row + row, Col.TIME, f"{df[Col.TIME][row]!r} is not a date-time (ISO-8601, or Unix seconds)")
+        df = df.with_columns(times.alias(Col.TIME))
     for col in (REQUEST, Col.USER):
         nulls = df[col].is_null()
         if nulls.any():
-            raise DataError(what, int(nulls.arg_true()[0]) + 1, col, "is empty")
+            raise DataError(what, first_row + int(nulls.arg_true()[0]), col, "is empty")
     dup = df[REQUEST].is_duplicated()
     if dup.any():
         row = int(dup.arg_true()[0])
-        raise DataError(what, row + 1, REQUEST, f"duplicate request id {df[REQUEST][row]!r}")
+        raise DataError(what, first_row + row, REQUEST, f"duplicate request id {df[REQUEST][row]!r}")
     return df
 
 
