@@ -288,7 +288,7 @@ _ALLOW_OTHER = click.option("--allow-other-dataset", is_flag=True, help="Use a l
 @main.command("evaluate")
 @click.argument("model_dir", type=_MODEL)
 @click.argument("log", type=_DATASET, required=False)
-@click.option("--split", default="dev", show_default=True, type=click.Choice(["train", "dev", "test"]), help="Which split to evaluate (interaction logs: usually test).")
+@click.option("--split", default="dev", show_default=True, help="Which split to evaluate (interaction logs: usually test).")
 @click.option("--protocol", type=click.Choice(["replay", "catalogue"]), default=None, help="[default: replay for logged candidates, else catalogue]")
 @click.option("--report", "report_dir", type=click.Path(file_okay=False, path_type=Path), default=None, help="Report directory (default MODEL_DIR/report-SPLIT).")
 @_ALLOW_OTHER

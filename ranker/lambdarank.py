@@ -41,6 +41,7 @@ MODEL_FILE = f"{DEFAULT_NAME}.txt"
 MANIFEST_FILE = f"{DEFAULT_NAME}.json"
 MANIFEST_VERSION = 1
 SMALL_TABLE_ROWS = 200_000
+MAX_THREADS = 1024
 
 
 @dataclass
@@ -84,6 +85,8 @@ class RankerConfig:
                 raise RecsysError(f"RankerConfig.{name} must be in (0, 1], got {getattr(self, name)}")
         if self.bagging_freq < 0 or self.lambda_l2 < 0 or self.num_threads < 0:
             raise RecsysError("RankerConfig.bagging_freq, lambda_l2 and num_threads must be >= 0")
+        if self.num_threads > MAX_THREADS:  # OpenMP starts every thread it is told to: far more kill the process
+            raise RecsysError(f"RankerConfig.num_threads must be at most {MAX_THREADS}, got {self.num_threads}")
         if len(self.label_gain) < 2 or any(b < a for a, b in zip(self.label_gain, self.label_gain[1:])):
             raise RecsysError(f"RankerConfig.label_gain must have >= 2 non-decreasing values, got {self.label_gain}")
         if not self.eval_at or min(self.eval_at) < 1:

@@ -49,7 +49,7 @@ def evaluate(model_dir: str | Path, dataset: Dataset, split: str = Split.DEV, pr
         RecsysError: unknown split or protocol, a tampered model, or another dataset without `allow_other_dataset`.
     """
     if split not in Split.ALL:
-        raise RecsysError(f"unknown split {split!r}; use one of {Split.ALL}")
+        raise RecsysError(f"unknown split {split!r} (--split); use one of {Split.ALL}")
     model_dir = Path(model_dir)
     meta = read_model_json(model_dir)
     check_dataset(meta, dataset, allow_other=allow_other_dataset)
