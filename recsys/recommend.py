@@ -31,7 +31,7 @@ from recsys.candidates.retrieved import Requests, retrieved_candidates
 from recsys.data import IMPRESSIONS_SCHEMA, Col, Dataset, Split
 from recsys.errors import DataError, RecsysError
 from recsys.io import atomic_path
-from recsys.loaders.tables import parse_times
+from recsys.loaders.tables import parse_times, read_parquet
 from recsys.pipeline import RETRIEVED, Assets, needs_retriever
 from recsys.resources import resource
 
@@ -70,7 +70,7 @@ def read_requests(path: Path) -> pl.DataFrame:
     suffix = path.suffix.lower()
     try:
         if suffix == ".parquet":
-            df = pl.read_parquet(path)
+            df = read_parquet(path)
         elif suffix in (".jsonl", ".ndjson"):
             df = pl.read_ndjson(path)
         elif suffix == ".csv":

@@ -13,6 +13,7 @@ import csv
 from pathlib import Path
 
 import polars as pl
+import pyarrow.parquet as pq
 
 from recsys.errors import DataError
 from recsys.loaders.rejects import LINE, BadRows
@@ -87,10 +88,21 @@ def _read_csv_by_line(path: Path, sep: str, bad: BadRows) -> pl.DataFrame:
     return pl.DataFrame(rows, schema=schema, orient="row")
 
 
-def _read_parquet(path: Path) -> pl.DataFrame:
+def read_parquet(path: Path) -> pl.DataFrame:
+    """A user's Parquet file, read by PyArrow and checked in full before Polars sees it.
+
+    Polars' own reader aborts the whole process on some damaged files (it tries to allocate a length read
+    from a flipped byte), and panics on strings that are not UTF-8; PyArrow raises, and ``validate(full=True)``
+    finds bad UTF-8 and offsets.
+
+    Raises:
+        DataError: the file is not a readable Parquet file.
+    """
     try:
-        return pl.read_parquet(path)
-    except (Exception, pl.exceptions.PanicException) as exc:  # Polars (a panic too), Arrow or OS errors: "not a readable Parquet file"
+        table = pq.read_table(path)
+        table.validate(full=True)
+        return pl.from_arrow(table)  # type: ignore[return-value]
+    except (Exception, pl.exceptions.PanicException) as exc:  # Arrow, Polars (a panic too) or OS errors all mean this
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise DataError(path, None, None, f"not a readable Parquet file ({first[:200]})") from None
 
@@ -115,7 +127,7 @@ def read_table(path: Path, required: tuple[str, ...], bad: BadRows) -> pl.DataFr
         raise DataError(path, None, None, "file is empty")
     suffix = path.suffix.lower()
     if suffix == ".parquet":
-        df = _read_parquet(path).with_row_index(LINE, offset=1).with_columns(pl.col(LINE).cast(pl.Int64()))
+        df = read_parquet(path).with_row_index(LINE, offset=1).with_columns(pl.col(LINE).cast(pl.Int64()))
     elif suffix in (".csv", ".tsv"):
         sep = "\t" if suffix == ".tsv" else ","
         try:
