@@ -76,8 +76,10 @@ class RankerConfig:
         for name in positive_int:
             if int(getattr(self, name)) < 1:
                 raise RecsysError(f"RankerConfig.{name} must be >= 1, got {getattr(self, name)}")
-        if self.num_leaves < 2:
-            raise RecsysError(f"RankerConfig.num_leaves must be >= 2, got {self.num_leaves}")
+        if not 2 <= self.num_leaves <= 131072:  # LightGBM's limits
+            raise RecsysError(f"RankerConfig.num_leaves must be in [2, 131072], got {self.num_leaves}")
+        if self.max_bin < 2:
+            raise RecsysError(f"RankerConfig.max_bin must be >= 2, got {self.max_bin}")
         if not 0 < self.learning_rate <= 1:
             raise RecsysError(f"RankerConfig.learning_rate must be in (0, 1], got {self.learning_rate}")
         for name in ("feature_fraction", "bagging_fraction"):
@@ -236,8 +238,8 @@ def fit(train: pl.DataFrame, valid: pl.DataFrame | None, features: list[str], cf
 
     Raises:
         DataError: Missing columns, null labels, non-numeric features.
-        RecsysError: No trainable impression (none with both a click and a non-click), or a label
-            larger than ``cfg.label_gain`` allows.
+        RecsysError: No trainable impression (none with both a click and a non-click), a label
+            larger than ``cfg.label_gain`` allows, or settings LightGBM rejects.
     """
     if not features or len(set(features)) != len(features):
         raise RecsysError(f"features must be a non-empty list of distinct columns, got {features}")
@@ -260,9 +262,12 @@ def fit(train: pl.DataFrame, valid: pl.DataFrame | None, features: list[str], cf
             logger.warning("validation data has no impression with both labels; training without early stopping")
     params = cfg.params(rows=train_stats["used_rows"])
     with bar:
-        booster = lgb.train(
-            params, train_set, num_boost_round=cfg.n_estimators, valid_sets=valid_sets, valid_names=["valid"] * len(valid_sets), callbacks=callbacks
-        )
+        try:
+            booster = lgb.train(
+                params, train_set, num_boost_round=cfg.n_estimators, valid_sets=valid_sets, valid_names=["valid"] * len(valid_sets), callbacks=callbacks
+            )
+        except lgb.basic.LightGBMError as exc:  # LightGBM checks the rest of its parameters only here
+            raise RecsysError(f"LightGBM rejects the ranker settings ([ranker] of the config): {str(exc).strip().splitlines()[0][:200]}") from exc
     best = booster.best_iteration if valid_sets and booster.best_iteration > 0 else booster.current_iteration()
     valid_scores = {name: float(val) for name, val in booster.best_score.get("valid", {}).items()}
     # Keep only the trees up to the best iteration, so in-memory and saved models score identically.
