@@ -286,6 +286,18 @@ def freeze_lower_layers(bert: PreTrainedModel, n: int) -> None:
         layer.requires_grad_(False)
 
 
+def _check_fits_encoder(cfg: TextConfig, bert: PreTrainedModel, path: Path) -> None:
+    """Sizes the encoder cannot take, checked before anything is allocated for them (a budget of 10^8 tokens
+    padded every text to it; a LoRA rank of 10^6 asked for gigabytes)."""
+    positions, hidden = getattr(bert.config, "max_position_embeddings", None), getattr(bert.config, "hidden_size", None)
+    if isinstance(positions, int) and cfg.max_tokens > positions:
+        raise RecsysError(f"text.max_tokens (--max-tokens) is {cfg.max_tokens}, more than the {positions} positions of the encoder {path}")
+    if isinstance(hidden, int) and cfg.lora_rank > hidden:
+        raise RecsysError(f"text.lora_rank (--lora-rank) is {cfg.lora_rank}, more than the encoder's hidden size {hidden} ({path})")
+    if isinstance(hidden, int) and cfg.projection_dim is not None and cfg.projection_dim > 4 * hidden:
+        raise RecsysError(f"text.projection_dim (--projection-dim) is {cfg.projection_dim}; use at most 4 x the encoder's hidden size {hidden} ({path})")
+
+
 def build_text_model(cfg: TextConfig, encoder_dir: Path | None = None, user_file: Path | None = None) -> TextModel:
     """Load the encoder (and tokenizer) from ``encoder_dir`` or ``cfg.encoder``; new or saved user encoder.
 
@@ -298,12 +310,13 @@ def build_text_model(cfg: TextConfig, encoder_dir: Path | None = None, user_file
         The model, in eval mode.
 
     Raises:
-        RecsysError: missing directories or weights that do not fit the config.
+        RecsysError: missing directories, weights that do not fit the config, or more tokens than the encoder has positions.
     """
     path = encoder_dir or encoder_path(cfg)
     with quiet_transformers():
         tokenizer = AutoTokenizer.from_pretrained(path)
         bert = AutoModel.from_pretrained(path)
+    _check_fits_encoder(cfg, bert, path)
     item_encoder = ItemEncoder(bert, cfg.pooling, cfg.projection_dim)
     if item_encoder.projection is not None and (path / PROJECTION_FILE).exists():
         item_encoder.projection.load_state_dict(load_file(path / PROJECTION_FILE))
