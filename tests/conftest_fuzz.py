@@ -12,6 +12,7 @@ import contextlib
 import json
 import math
 import os
+import resource
 import signal
 import traceback
 from collections.abc import Callable, Iterator, Sequence
@@ -31,6 +32,7 @@ EXAMPLES = int(os.environ.get("RECSYS_FUZZ_EXAMPLES", "0"))
 SEED = os.environ.get("RECSYS_FUZZ_SEED")
 # One case may run no longer than this (a corrupted config may legitimately ask for a long training).
 CASE_SECONDS = float(os.environ.get("RECSYS_FUZZ_CASE_SECONDS", "30"))
+CASE_MEMORY = int(float(os.environ.get("RECSYS_FUZZ_CASE_GB", "3")) * 2**30)
 
 BOM = b"\xef\xbb\xbf"
 ODD_VALUES = ["", " ", "NaN", "nan", "inf", "-inf", "-1", "0", "1e308", "-1e308", "1e-320", "99999999999999999999999",
@@ -61,18 +63,29 @@ class TooSlow(BaseException):
     """A case ran past CASE_SECONDS (a BaseException, so neither the CLI nor CliRunner swallows it)."""
 
 
+def _address_space() -> int:
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmSize:"))
+
+
 @contextlib.contextmanager
-def time_limit(seconds: float = CASE_SECONDS) -> Iterator[None]:
+def case_limits(seconds: float = CASE_SECONDS, extra_bytes: int = CASE_MEMORY) -> Iterator[None]:
+    """Stop a case after ``seconds`` (:class:`TooSlow`), and make it fail with MemoryError instead of calling the
+    OOM killer on the machine when it allocates ``extra_bytes`` more address space (e.g. a setting of 10^9)."""
+
     def stop(signum: int, frame: object) -> None:
         raise TooSlow
 
     previous = signal.signal(signal.SIGALRM, stop)
+    soft, hard = resource.getrlimit(resource.RLIMIT_AS)
+    resource.setrlimit(resource.RLIMIT_AS, (min(_address_space() + extra_bytes, hard if hard > 0 else 2**62), hard))
     signal.setitimer(signal.ITIMER_REAL, seconds)
     try:
         yield
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, previous)
+        resource.setrlimit(resource.RLIMIT_AS, (soft, hard))
 
 
 def note(value: str) -> None:
@@ -88,7 +101,7 @@ def run_cli(args: Sequence[object], names: Sequence[object]) -> Result | None:
     ``names`` (the files and options of the case); never a traceback or any other exit status.
     """
     try:
-        with time_limit():
+        with case_limits():
             result = CliRunner().invoke(main, [str(a) for a in args])
     except TooSlow:
         note("stopped: ran longer than the case limit")
@@ -336,6 +349,22 @@ TOML_VALUES = st.recursive(
 )
 
 
+def _like(current: Any) -> st.SearchStrategy[Any]:
+    """Odd values of the type of the setting ``current`` (they pass the type check and reach the code)."""
+    if isinstance(current, bool):
+        return st.booleans()
+    if isinstance(current, int):
+        return st.integers(-3, 3) | st.sampled_from([10, 1000, 10**6, 2**31 - 1, 2**31, -(2**31)])
+    if isinstance(current, float):
+        return st.floats() | st.sampled_from([0.0, 1.0, 0.5, -0.5, 1e-9, 1e9])
+    if isinstance(current, str):
+        return st.sampled_from(["auto", "mean", "cls", "none", "", "4GB", "1KB", "0GB", "cpu", "cuda", "bf16", "title", "x"]) | st.text(max_size=5)
+    if isinstance(current, list):
+        inner = _like(current[0]) if current else st.text(max_size=3)
+        return st.lists(inner, max_size=4) | st.lists(st.sampled_from(current or ["x"]), max_size=4)
+    return TOML_VALUES
+
+
 def to_toml(data: dict[str, Any]) -> str:
     """Settings as TOML: top-level values first, then one table per nested dict."""
     lines = [f"{json.dumps(k)} = {toml_value(v)}" for k, v in data.items() if not isinstance(v, dict)]
@@ -356,5 +385,7 @@ def corrupted_toml(draw: Any, base: dict[str, Any], known: dict[str, Any]) -> tu
     key = draw(st.sampled_from(sorted(keys) + ["ranker.bogus", "bogus", "ranker"]))
     data = {k: dict(v) if isinstance(v, dict) else v for k, v in base.items()}
     table, _, leaf = key.rpartition(".")
-    (data.setdefault(table, {}) if table else data)[leaf] = draw(TOML_VALUES)
+    current = (known.get(table, {}) if table else known).get(leaf)
+    value = draw(_like(current)) if current is not None and draw(st.integers(0, 2)) else draw(TOML_VALUES)
+    (data.setdefault(table, {}) if table else data)[leaf] = value
     return f"toml setting {key}", to_toml(data).encode()
