@@ -175,6 +175,9 @@ class TextModule(L.LightningModule):
         with torch.autocast(self.device.type, enabled=False):
             scores = torch.einsum("bd,bcd->bc", users.float(), self._cache[batch["cand"]])
         scores, labels, mask = scores.float().cpu().numpy(), batch["labels"].cpu().numpy(), batch["cand_mask"].cpu().numpy()
+        if not np.isfinite(scores[mask]).all():  # the weights blew up: no AUC to keep the best of
+            raise RecsysError(f"the text fine-tune diverged (scores not finite at step {self.trainer.global_step}); "
+                              f"lower text.lr ({self.cfg.lr}) or text.head_lr ({self.cfg.head_lr})")
         for s, y, m in zip(scores, labels, mask, strict=True):
             self._auc_sum += auc(y[m], s[m])
             self._auc_n += 1
