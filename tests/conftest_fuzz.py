@@ -12,6 +12,7 @@ import contextlib
 import json
 import math
 import os
+import re
 import resource
 import signal
 import traceback
@@ -123,9 +124,10 @@ def run_cli(args: Sequence[object], names: Sequence[object]) -> Result | None:
 
 
 def error_kind(line: str) -> str:
-    """The error line without paths, rows and values, so events group alike errors."""
-    text = line.split(": ", 2)[-1]
-    return "".join(c for c in text.split("'")[0].split(":")[0] if not c.isdigit())[:60]
+    """The error line without paths, values and numbers, so that events group alike errors."""
+    text = re.sub(r"/[^\s,:']*", "<path>", line.removeprefix("error: "))
+    text = re.sub(r"'[^']*'|\"[^\"]*\"", "'?'", text)
+    return re.sub(r"(?<![\w-])-?\d[\d.e+-]*", "N", text)[:90]
 
 
 # --- corruptions of text files -----------------------------------------------------------------

@@ -20,8 +20,8 @@ import pytest
 from hypothesis import event
 from hypothesis import strategies as st
 
-from conftest_fuzz import ODD_VALUES, corrupted, corrupted_jsonl, corrupted_table, corrupted_toml, fuzz, run_cli
-from conftest_shop import NAME, sequences, write_unisrec
+from conftest_fuzz import ODD_IDS, ODD_VALUES, corrupted, corrupted_jsonl, corrupted_table, corrupted_toml, fuzz, run_cli
+from conftest_shop import sequences, write_unisrec
 from conftest_text import make_tiny_encoder
 from recsys.config import TrainConfig
 from recsys.data import Col, Dataset
@@ -42,8 +42,18 @@ KNOWN_UNNAMED = "requests, row"
 OPTION_VALUES = st.sampled_from(ODD_VALUES + ["1", "2", "3", "100000000", "1GB", "0GB", "5 GB", "-1MB"]) | st.integers().map(str) | st.floats().map(str) | st.text(max_size=4)
 
 
+_ROOT = Path(tempfile.mkdtemp(prefix="recsys-fuzz-"))
+
+
 def cases() -> Path:
-    return Path(tempfile.mkdtemp(prefix="fuzz-"))
+    """A fresh directory for one case (removed by the case, or with the others at the end of the module)."""
+    return Path(tempfile.mkdtemp(dir=_ROOT))
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _remove_cases() -> Any:
+    yield
+    shutil.rmtree(_ROOT, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
@@ -218,8 +228,7 @@ def _write_requests(requests: pl.DataFrame, fmt: str, data: st.DataObject) -> tu
         return data.draw(corrupted_jsonl(requests.to_dicts()))
     if fmt == "parquet":
         return data.draw(corrupted_table(requests.to_arrow()))
-    flat = requests.with_columns(pl.col(c).list.join(" ") for c in (Col.HISTORY, Col.CANDIDATES) if c in requests.columns)
-    return data.draw(corrupted(flat.write_csv().encode()))
+    return data.draw(corrupted(_flat(requests).write_csv().encode()))
 
 
 @fuzz(6)
@@ -233,6 +242,37 @@ def test_recommend_requests(worlds: dict[str, dict[str, Any]], kind: str, fmt: s
     res = run_cli(["recommend", worlds[kind]["model"], d / f"requests.{fmt}", "--top-k", "3", "--out", d / "recs.parquet"], [f"requests.{fmt}", KNOWN_UNNAMED])
     if res is not None and res.exit_code == 0:
         assert (pl.read_parquet(d / "recs.parquet").group_by("request_id").len()["len"] <= 3).all()
+    shutil.rmtree(d)
+
+
+def _flat(requests: pl.DataFrame) -> pl.DataFrame:
+    return requests.with_columns(pl.col(c).list.join(" ") for c in (Col.HISTORY, Col.CANDIDATES) if c in requests.columns)
+
+
+@fuzz(6)
+@pytest.mark.parametrize("kind", ["impressions", "interactions"])
+def test_a_bad_request_leaves_the_others_alone(worlds: dict[str, dict[str, Any]], kind: str, data: st.DataObject) -> None:
+    """One request with an odd value is refused (the file is) or ranked on its own: every other list is the clean one."""
+    d = cases()
+    clean = _flat(worlds[kind]["requests"])
+    row = data.draw(st.integers(0, clean.height - 1))
+    column = data.draw(st.sampled_from([c for c in clean.columns if c != "request_id"]))
+    value = data.draw(st.sampled_from(ODD_IDS + ODD_VALUES) | st.text(max_size=6))
+    if column in (Col.HISTORY, Col.CANDIDATES) and data.draw(st.booleans()):
+        value = f"{clean[column][row]} {value}"  # an odd id among good ones
+    event(f"odd {column}")
+    bad = clean.with_columns(pl.when(pl.int_range(pl.len()) == row).then(pl.lit(value)).otherwise(pl.col(column)).alias(column))
+    bad.write_csv(d / "bad.csv")
+    if "clean recs" not in worlds[kind]:
+        clean.write_csv(d / "clean.csv")
+        res = run_cli(["recommend", worlds[kind]["model"], d / "clean.csv", "--top-k", "3", "--out", d / "clean.parquet"], [])
+        assert res is not None and res.exit_code == 0, res and res.output
+        worlds[kind]["clean recs"] = pl.read_parquet(d / "clean.parquet").drop("generated_at")
+    res = run_cli(["recommend", worlds[kind]["model"], d / "bad.csv", "--top-k", "3", "--out", d / "bad.parquet"], ["bad.csv", KNOWN_UNNAMED])
+    if res is not None and res.exit_code == 0:
+        others = pl.col("request_id") != clean["request_id"][row]
+        want, got = worlds[kind]["clean recs"].filter(others), pl.read_parquet(d / "bad.parquet").filter(others).drop("generated_at")
+        assert got.equals(want), f"row {row + 2}, {column} = {value!r} changed other requests' lists"
     shutil.rmtree(d)
 
 
@@ -318,7 +358,7 @@ def test_clean_requests_agree_across_formats(worlds: dict[str, dict[str, Any]], 
             path = tmp_path / f"{kind}.{fmt}"
             req = world["requests"]
             if fmt == "csv":
-                req.with_columns(pl.col(c).list.join(" ") for c in (Col.HISTORY, Col.CANDIDATES) if c in req.columns).write_csv(path)
+                _flat(req).write_csv(path)
             else:
                 getattr(req, "write_ndjson" if fmt == "jsonl" else "write_parquet")(path)
             res = run_cli(["recommend", world["model"], path, "--top-k", "3", "--out", tmp_path / f"{kind}-{fmt}.parquet"], [])
