@@ -56,16 +56,31 @@ def _field_name(header: list[str], index: int | None) -> str | None:
     return header[index] if index is not None and index < len(header) else None
 
 
+def _read_header(path: Path, sep: str) -> list[str]:
+    """The column names of a CSV file's first line.
+
+    Raises:
+        DataError: the header is not UTF-8, breaks quoting, or names a column twice (which one would be read?).
+    """
+    with path.open("rb") as fh:
+        first = (fh.readline().splitlines() or [b""])[0]
+    try:
+        text = first.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        raise DataError(path, 1, None, f"{BAD_UTF8} in the header") from None
+    if _bad_quotes(text, sep) is not None:
+        raise DataError(path, 1, None, f"{BAD_QUOTES} in the header")
+    header = next(csv.reader([text], delimiter=sep), [])
+    twice = next((name for i, name in enumerate(header) if name in header[:i]), None)
+    if twice is not None:
+        raise DataError(path, 1, twice, "column name appears twice in the header")
+    return header
+
+
 def _read_csv_by_line(path: Path, sep: str, bad: BadRows) -> pl.DataFrame:
     """The bad path: decode and parse each line on its own; bad lines are reported (raise) or skipped."""
     raw_lines = path.read_bytes().splitlines()
-    try:
-        header_text = raw_lines[0].decode("utf-8-sig")
-    except UnicodeDecodeError:
-        raise DataError(path, 1, None, f"{BAD_UTF8} in the header") from None
-    if _bad_quotes(header_text, sep) is not None:
-        raise DataError(path, 1, None, f"{BAD_QUOTES} in the header")
-    header = next(csv.reader([header_text], delimiter=sep))
+    header = _read_header(path, sep)
     rows: list[list[str | None]] = []
     for line, raw in enumerate(raw_lines[1:], start=2):
         try:
@@ -130,6 +145,7 @@ def read_table(path: Path, required: tuple[str, ...], bad: BadRows) -> pl.DataFr
         df = read_parquet(path).with_row_index(LINE, offset=1).with_columns(pl.col(LINE).cast(pl.Int64()))
     elif suffix in (".csv", ".tsv"):
         sep = "\t" if suffix == ".tsv" else ","
+        _read_header(path, sep)
         try:
             df = pl.read_csv(path, separator=sep, infer_schema=False)
             df = df.with_row_index(LINE, offset=2).with_columns(pl.col(LINE).cast(pl.Int64()))
@@ -141,7 +157,7 @@ def read_table(path: Path, required: tuple[str, ...], bad: BadRows) -> pl.DataFr
         raise DataError(path, None, None, "file has no rows")
     for name in required:
         if name not in df.columns:
-            raise DataError(path, None, name, f"column is missing (columns: {', '.join(c for c in df.columns if c != LINE)})")
+            raise DataError(path, None, name, f"column is missing (columns: {', '.join(repr(c) for c in df.columns if c != LINE)})")
     return df
 
 
