@@ -81,7 +81,7 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if not 0.0 < self.valid_fraction < 0.5:
             raise RecsysError(f"TrainConfig.valid_fraction must be in (0, 0.5), got {self.valid_fraction}")
-        if not 0.0 < self.text_fraction < 1.0:
+        if not (0.0 < self.text_fraction < 1.0 and 1.0 - self.text_fraction < 1.0):  # 1e-300 is nothing next to 1
             raise RecsysError(f"TrainConfig.text_fraction must be in (0, 1), got {self.text_fraction}")
         if self.valid_by not in ("time", "users"):
             raise RecsysError(f"TrainConfig.valid_by must be 'time' or 'users', got {self.valid_by!r}")

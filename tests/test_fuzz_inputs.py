@@ -300,9 +300,11 @@ def test_train_config(worlds: dict[str, dict[str, Any]], kind: str, data: st.Dat
         event("skipped: known crash, features.threads > 1024")
         return
     (d / "config.toml").write_bytes(content)
-    # A value checked only when it meets the encoder or the data names the setting, not the file.
-    setting = corruption.removeprefix("toml setting ").rpartition(".")[2] if corruption.startswith("toml setting") else "config.toml"
-    run_cli(["train", worlds[kind]["data"], "--out", d / "model", "--config", d / "config.toml"], ["config.toml", setting])
+    # A value checked only when it meets the encoder or the data names the setting (e.g. text.encoder), not the file.
+    settings = [f"{t}.{k}" for t, table in known.items() if isinstance(table, dict) for k in table]
+    if corruption.startswith("toml setting "):
+        settings.append(corruption.rpartition(".")[2])
+    run_cli(["train", worlds[kind]["data"], "--out", d / "model", "--config", d / "config.toml"], ["config.toml", *settings])
     shutil.rmtree(d)
 
 

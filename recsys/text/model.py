@@ -166,7 +166,7 @@ def encoder_path(cfg: TextConfig) -> Path:
     else:
         path = Path(cfg.encoder)
     if not (path / "config.json").exists():
-        raise RecsysError(f"encoder {path} is not a Hugging Face model directory (no config.json)")
+        raise RecsysError(f"text.encoder (--encoder) {path} is not a Hugging Face model directory (no config.json)")
     return path
 
 
