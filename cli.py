@@ -117,8 +117,6 @@ def stats(dataset: Path, as_json: bool) -> None:
 # --- shared options ----------------------------------------------------------------------------
 
 _DATASET = click.Path(exists=True, file_okay=False, path_type=Path)
-# DuckDB starts every thread it is told to: a million of them exhausts memory and kills the process.
-_THREADS = click.IntRange(1, 1024)
 _MODEL = click.Path(exists=True, file_okay=False, path_type=Path)
 _CONFIG = click.option("--config", "config_file", type=click.Path(dir_okay=False, path_type=Path), default=None,
                        help="Settings file (TOML, or JSON such as a model's model.json); flags override it.")
@@ -126,7 +124,7 @@ _CONFIG = click.option("--config", "config_file", type=click.Path(dir_okay=False
 
 def _resource_options(f):  # type: ignore[no-untyped-def]
     f = click.option("--temp-dir", type=click.Path(file_okay=False), default=None, help="Scratch directory for spills (resource).")(f)
-    f = click.option("--threads", type=_THREADS, default=None, help="DuckDB threads (resource: never retrains).")(f)
+    f = click.option("--threads", type=int, default=None, help="DuckDB threads (resource: never retrains).")(f)
     f = click.option("--memory-limit", default=None, help="DuckDB memory limit, e.g. 4GB (resource: never retrains).")(f)
     return f
 
@@ -219,7 +217,7 @@ def encode_cmd(dataset: Path, model_dir: Path | None, out: Path, batch_size: int
 @click.option("--windows", default=None, help="Trailing windows of the item features, hours, comma-separated [default: 1,6,24].")
 @click.option("--memory-limit", default=None, help="DuckDB memory limit; beyond it work spills to --temp-dir [default: 4GB].")
 @click.option("--temp-dir", type=click.Path(file_okay=False, path_type=Path), help="Scratch directory (default: system temp).")
-@click.option("--threads", type=_THREADS, help="DuckDB threads (default: all cores).")
+@click.option("--threads", type=int, help="DuckDB threads (default: all cores).")
 @_CONFIG
 def features_cmd(dataset: Path, out: Path, rows: Path | None, text: Path | None, windows: str | None, memory_limit: str | None,
                  temp_dir: Path | None, threads: int | None, config_file: Path | None) -> None:
