@@ -301,7 +301,7 @@ def test_unwritable_targets_fail_in_one_line(tmp_path: Path, monkeypatch: pytest
     assert "is a directory" in _cli_error([str(src), "--to", str(tmp_path / "dir.csv")])
     assert "is a directory" in _cli_error([str(src), "--to", f"duckdb://{tmp_path / 'dir.csv'}"])
     (tmp_path / "file").write_text("")
-    assert "cannot export to" in _cli_error([str(src), "--to", str(tmp_path / "file" / "out.csv")])
+    assert "cannot create the directory" in _cli_error([str(src), "--to", str(tmp_path / "file" / "out.csv")])
     assert "cannot create" in _cli_error([str(src), "--to", f"duckdb://{tmp_path / 'file' / 'out.db'}"])
     held = duckdb.connect(str(tmp_path / "held.db"))  # another connection holds the file
     try:
