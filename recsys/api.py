@@ -77,9 +77,9 @@ class Recommender:
         shutil.copytree(self.model_dir, path, ignore=shutil.ignore_patterns("cache"))
         return path
 
-    def _chunks(self, requests: pl.DataFrame, cfg: RecommendConfig, show_progress: bool) -> Any:
+    def _chunks(self, requests: pl.DataFrame, cfg: RecommendConfig, show_progress: bool, source: object = "requests") -> Any:
         assets = Assets(self.model_dir, self.config, self.dataset)
-        return recommend_chunks(assets, self.model_id, self.meta["candidates"], requests, cfg, show_progress=show_progress)
+        return recommend_chunks(assets, self.model_id, self.meta["candidates"], requests, cfg, show_progress=show_progress, source=source)
 
     def recommend(self, requests: pl.DataFrame, k: int = 10, *, chunk_size: int = 20_000) -> pl.DataFrame:
         """Top-`k` lists for `requests` (``user_id``; optional ``request_id``, ``history``, ``candidates``, ``timestamp``)."""
@@ -91,7 +91,7 @@ class Recommender:
         """The batch job: requests from Parquet/JSONL/CSV, lists to Parquet (atomically); returns a summary."""
         cfg = cfg or RecommendConfig()
         table = read_requests(Path(requests))
-        return write_recommendations(self._chunks(table, cfg, show_progress), table.height, cfg.top_k, Path(out))
+        return write_recommendations(self._chunks(table, cfg, show_progress, Path(requests)), table.height, cfg.top_k, Path(out))
 
     def evaluate(self, dataset: Dataset | None = None, split: str = "dev", *, protocol: str | None = None,
                  report_dir: str | Path | None = None, allow_other_dataset: bool = False) -> dict[str, dict[str, float]]:

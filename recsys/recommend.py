@@ -180,14 +180,14 @@ def rank_requests(assets: Assets, rows: pl.DataFrame, k: int, retriever: Retriev
 
 
 def recommend_chunks(assets: Assets, model_id: str, candidates: str, requests: pl.DataFrame, cfg: RecommendConfig,
-                     *, show_progress: bool = False) -> Iterator[pl.DataFrame]:
-    """Ranked lists (:data:`RECS_SCHEMA`) chunk by chunk: memory stays bounded by the chunk size."""
+                     *, show_progress: bool = False, source: object = "requests") -> Iterator[pl.DataFrame]:
+    """Ranked lists (:data:`RECS_SCHEMA`) chunk by chunk: memory stays bounded by the chunk size; errors name `source`."""
     ds = assets.dataset
     can_retrieve = candidates == RETRIEVED
     if not can_retrieve:
         lacking = requests.with_row_index("_r").filter(pl.col(Col.CANDIDATES).is_null()) if Col.CANDIDATES in requests.columns else requests.with_row_index("_r")
         if lacking.height:
-            raise DataError("requests", int(lacking["_r"][0]) + 1, Col.CANDIDATES,
+            raise DataError(source, int(lacking["_r"][0]) + 1, Col.CANDIDATES,
                             "no candidates: this model's ranker learned on logged impressions only, so it ranks the candidates "
                             "a request brings (give every request a candidates list)")
     retriever = assets.retriever(splits=Split.ALL) if can_retrieve or needs_retriever(assets.config) else None

@@ -127,7 +127,8 @@ def test_requests_without_candidates(world: dict[str, Path], tmp_path: Path) -> 
     (tmp_path / "requests.csv").write_text("user_id,timestamp\n" + "\n".join(f"{u},2030-01-01 10:00:00" for u in users) + "\n")
     args = ("recommend", world["model"], tmp_path / "requests.csv", "--out", tmp_path / "recs.parquet")
     if world["kind"] == "impressions":
-        assert "learned on logged impressions only" in refuse(*args)
+        line = refuse(*args)
+        assert "learned on logged impressions only" in line and "requests.csv, row 1, field 'candidates'" in line
         assert not (tmp_path / "recs.parquet").exists()
     else:
         invoke(*args)

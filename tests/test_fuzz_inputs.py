@@ -37,7 +37,6 @@ NEWS = b"".join(f'N{i}\tnews\tworld\tTitle {i}\tAbstract {i}\thttp://x/{i}\t[{{"
 BEHAVIORS = b"".join(f"{i}\tU{i % 3}\t11/15/2019 {i}:55:22 AM\tN{i} N{i % 6 + 1}\tN{i % 6 + 1}-1 N{(i + 2) % 6 + 1}-0\n".encode() for i in range(1, 9))
 TEST_BEHAVIORS = b"".join(f"{i}\tU{i}\t11/16/2019 1:0{i}:00 PM\t\tN{i} N{i + 1}\n".encode() for i in range(1, 5))
 # recommend_chunks names no file for a request without candidates (api.recommend_file would have to pass the path).
-KNOWN_UNNAMED = "requests, row"
 OPTION_VALUES = st.sampled_from(ODD_VALUES + ["1", "2", "3", "100000000", "1GB", "0GB", "5 GB", "-1MB"]) | st.integers().map(str) | st.floats().map(str) | st.text(max_size=4)
 
 
@@ -238,7 +237,7 @@ def test_recommend_requests(worlds: dict[str, dict[str, Any]], kind: str, fmt: s
     corruption, content = _write_requests(worlds[kind]["requests"], fmt, data)
     event(f"{fmt}: {corruption}")
     (d / f"requests.{fmt}").write_bytes(content)
-    res = run_cli(["recommend", worlds[kind]["model"], d / f"requests.{fmt}", "--top-k", "3", "--out", d / "recs.parquet"], [f"requests.{fmt}", KNOWN_UNNAMED])
+    res = run_cli(["recommend", worlds[kind]["model"], d / f"requests.{fmt}", "--top-k", "3", "--out", d / "recs.parquet"], [f"requests.{fmt}"])
     if res is not None and res.exit_code == 0:
         assert (pl.read_parquet(d / "recs.parquet").group_by("request_id").len()["len"] <= 3).all()
     shutil.rmtree(d)
@@ -267,7 +266,7 @@ def test_a_bad_request_leaves_the_others_alone(worlds: dict[str, dict[str, Any]]
         res = run_cli(["recommend", worlds[kind]["model"], d / "clean.csv", "--top-k", "3", "--out", d / "clean.parquet"], [])
         assert res is not None and res.exit_code == 0, res and res.output
         worlds[kind]["clean recs"] = pl.read_parquet(d / "clean.parquet").drop("generated_at")
-    res = run_cli(["recommend", worlds[kind]["model"], d / "bad.csv", "--top-k", "3", "--out", d / "bad.parquet"], ["bad.csv", KNOWN_UNNAMED])
+    res = run_cli(["recommend", worlds[kind]["model"], d / "bad.csv", "--top-k", "3", "--out", d / "bad.parquet"], ["bad.csv"])
     if res is not None and res.exit_code == 0:
         others = pl.col("request_id") != clean["request_id"][row]
         want, got = worlds[kind]["clean recs"].filter(others), pl.read_parquet(d / "bad.parquet").filter(others).drop("generated_at")
