@@ -38,6 +38,7 @@ from recsys.resources import resource
 log = logging.getLogger(__name__)
 
 REQUEST = "request_id"
+SMALL_CHUNK = 1000  # below this a chunk's fixed cost (the feature builder's set-up) dominates
 RECS_SCHEMA = {
     REQUEST: pl.String(), Col.USER: pl.String(), RANK: pl.Int32(), Col.ITEM: pl.String(),
     "score": pl.Float64(), "model_id": pl.String(), "generated_at": pl.Datetime("us"),
@@ -184,6 +185,10 @@ def recommend_chunks(assets: Assets, model_id: str, candidates: str, requests: p
     """Ranked lists (:data:`RECS_SCHEMA`) chunk by chunk: memory stays bounded by the chunk size; errors name `source`."""
     ds = assets.dataset
     can_retrieve = candidates == RETRIEVED
+    n_chunks = -(-requests.height // cfg.chunk_size)
+    if cfg.chunk_size < SMALL_CHUNK and n_chunks > 1:
+        log.warning("--chunk-size %d splits %d requests into %d chunks; each chunk pays the feature builder's fixed cost, "
+                    "so this is slow: %d or more keeps memory bounded at a fraction of the time", cfg.chunk_size, requests.height, n_chunks, SMALL_CHUNK)
     if not can_retrieve:
         lacking = requests.with_row_index("_r").filter(pl.col(Col.CANDIDATES).is_null()) if Col.CANDIDATES in requests.columns else requests.with_row_index("_r")
         if lacking.height:

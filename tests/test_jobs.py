@@ -157,3 +157,19 @@ def test_demo_runs_the_whole_path(world: dict[str, Path], tmp_path: Path) -> Non
     recs = pl.read_parquet(result["recs"]["out"])
     assert recs[REQUEST].n_unique() == 5
     _check_lists(recs, 10)
+
+
+def test_a_tiny_chunk_size_warns(world: dict[str, Path], tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    dev = pl.read_parquet(world["data"] / "impressions.parquet").filter(pl.col(Col.SPLIT) == Split.DEV).head(3)
+    dev.select(Col.USER, Col.CANDIDATES).write_parquet(tmp_path / "req.parquet")
+    rec = Recommender.load(world["model"])
+    with caplog.at_level("WARNING"):
+        one = rec.recommend_file(tmp_path / "req.parquet", tmp_path / "a.parquet", RecommendConfig(top_k=3, chunk_size=1), show_progress=False)
+    assert "--chunk-size 1 splits 3 requests into 3 chunks" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        rec.recommend_file(tmp_path / "req.parquet", tmp_path / "b.parquet", RecommendConfig(top_k=3), show_progress=False)
+    assert "chunk-size" not in caplog.text
+    # The chunking changes the time, never the lists.
+    assert pl.read_parquet(tmp_path / "a.parquet").drop("generated_at").equals(pl.read_parquet(tmp_path / "b.parquet").drop("generated_at"))
+    assert one["rows"] == 9
