@@ -141,12 +141,13 @@ def latest_histories(ds: Dataset) -> pl.DataFrame:
     return last.select(Col.USER, pl.concat_list(Col.HISTORY, clicked).alias(Col.HISTORY))
 
 
-def to_impressions(requests: pl.DataFrame, ds: Dataset, now: dt.datetime) -> pl.DataFrame:
-    """Requests in the contract's impressions format (unlabelled, split 'test'); histories filled from the log,
-    candidates outside the catalogue and repeats dropped (a null candidate list stays null: retrieve)."""
+def to_impressions(requests: pl.DataFrame, ds: Dataset, now: dt.datetime, histories: pl.DataFrame | None) -> pl.DataFrame:
+    """Requests in the contract's impressions format (unlabelled, split 'test'); missing histories come from
+    `histories` (:func:`latest_histories`, computed once per job), candidates outside the catalogue and repeats
+    are dropped (a null candidate list stays null: retrieve)."""
     df = requests
     if Col.HISTORY not in df.columns:
-        df = df.join(latest_histories(ds), on=Col.USER, how="left")
+        df = df.join(histories, on=Col.USER, how="left")
     if Col.TIME not in df.columns:
         df = df.with_columns(pl.lit(now).alias(Col.TIME))
     if Col.CANDIDATES not in df.columns:
@@ -197,10 +198,11 @@ def recommend_chunks(assets: Assets, model_id: str, candidates: str, requests: p
                             "a request brings (give every request a candidates list)")
     retriever = assets.retriever(splits=Split.ALL) if can_retrieve or needs_retriever(assets.config) else None
     now = ds.impressions[Col.TIME].max() + dt.timedelta(seconds=1)
+    histories = latest_histories(ds) if Col.HISTORY not in requests.columns else None  # once, not per chunk
     generated_at = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
     chunks = range(0, requests.height, cfg.chunk_size)
     for start in tqdm(chunks, desc="recommend", unit="chunk", disable=not show_progress):
-        rows = to_impressions(requests.slice(start, cfg.chunk_size), ds, now)
+        rows = to_impressions(requests.slice(start, cfg.chunk_size), ds, now, histories)
         yield (
             rank_requests(assets, rows, cfg.top_k, retriever, can_retrieve)
             .rename({Col.IMPRESSION: REQUEST})
