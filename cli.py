@@ -289,15 +289,19 @@ _ALLOW_OTHER = click.option("--allow-other-dataset", is_flag=True, help="Use a l
 @click.option("--split", default="dev", show_default=True, help="Which split to evaluate (interaction logs: usually test).")
 @click.option("--protocol", type=click.Choice(["replay", "catalogue"]), default=None, help="[default: replay for logged candidates, else catalogue]")
 @click.option("--report", "report_dir", type=click.Path(file_okay=False, path_type=Path), default=None, help="Report directory (default MODEL_DIR/report-SPLIT).")
+@click.option("--max-users", type=click.IntRange(min=0), default=None,
+              help="Evaluate a seeded sample of this many users when the split has more (0 = every user) [default: 20000]; the report gives 95% intervals.")
 @_ALLOW_OTHER
 @_CONFIG
-def evaluate_cmd(model_dir: Path, log: Path | None, split: str, protocol: str | None, report_dir: Path | None, allow_other_dataset: bool, config_file: Path | None) -> None:
+def evaluate_cmd(model_dir: Path, log: Path | None, split: str, protocol: str | None, report_dir: Path | None, max_users: int,
+                 allow_other_dataset: bool, config_file: Path | None) -> None:
     """Evaluate the model and its baselines on LOG (default: its training dataset); write a report."""
     from recsys.evaluation.report import metric_table_text
 
     rec = _load_model(model_dir, log, allow_other_dataset, config_file)
     report_dir = report_dir or model_dir / f"report-{split}"
-    table = rec.evaluate(split=split, protocol=protocol, report_dir=report_dir, allow_other_dataset=allow_other_dataset)  # type: ignore[attr-defined]
+    sample = {} if max_users is None else {"max_users": max_users or None}
+    table = rec.evaluate(split=split, protocol=protocol, report_dir=report_dir, allow_other_dataset=allow_other_dataset, **sample)  # type: ignore[attr-defined]
     click.echo(metric_table_text(table) if table else f"unlabelled split: predictions written to {report_dir / 'prediction.txt'}")
     click.echo(f"report: {report_dir / 'report.md'}")
 

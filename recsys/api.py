@@ -21,7 +21,7 @@ import polars as pl
 from recsys.config import TrainConfig
 from recsys.data import Dataset
 from recsys.errors import RecsysError
-from recsys.evaluate import evaluate
+from recsys.evaluate import DEFAULT_MAX_USERS, evaluate
 from recsys.model import check_dataset, read_model_json
 from recsys.pipeline import Assets, train
 from recsys.recommend import RECS_SCHEMA, RecommendConfig, check_requests, read_requests, recommend_chunks, write_recommendations
@@ -94,6 +94,8 @@ class Recommender:
         return write_recommendations(self._chunks(table, cfg, show_progress, Path(requests)), table.height, cfg.top_k, Path(out))
 
     def evaluate(self, dataset: Dataset | None = None, split: str = "dev", *, protocol: str | None = None,
-                 report_dir: str | Path | None = None, allow_other_dataset: bool = False) -> dict[str, dict[str, float]]:
-        """Metrics of the model and its baselines on `split` (see :func:`recsys.evaluate.evaluate`)."""
-        return evaluate(self.model_dir, dataset or self.dataset, split, protocol, report_dir, allow_other_dataset=allow_other_dataset, config=self.config)
+                 report_dir: str | Path | None = None, allow_other_dataset: bool = False,
+                 max_users: int | None = DEFAULT_MAX_USERS) -> dict[str, dict[str, float]]:
+        """Metrics of the model and its baselines on `split`, on a sample of `max_users` users (see :func:`recsys.evaluate.evaluate`)."""
+        return evaluate(self.model_dir, dataset or self.dataset, split, protocol, report_dir, allow_other_dataset=allow_other_dataset,
+                        config=self.config, max_users=max_users)

@@ -61,6 +61,9 @@ class TrainConfig:
             logs, whose targets all sit at the end of each user's sequence).
         train_negatives: interaction logs: retrieved negatives kept per training group.
         earlier_targets: interaction logs: each user's last train item is one more training target.
+        ranker_users: the ranker learns from the rows of a seeded sample of this many users when the log has
+            more (None = every user): past a few tens of thousands of groups a larger table buys little
+            (``benchmarks/budgets.py`` measures the curve) and costs features and boosting time linearly.
         seed: seed of every sampled choice.
     """
 
@@ -76,6 +79,7 @@ class TrainConfig:
     valid_by: str = "time"
     train_negatives: int = 100
     earlier_targets: bool = True
+    ranker_users: int | None = 20_000
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -85,6 +89,8 @@ class TrainConfig:
             raise RecsysError(f"TrainConfig.text_fraction must be in (0, 1), got {self.text_fraction}")
         if self.valid_by not in ("time", "users"):
             raise RecsysError(f"TrainConfig.valid_by must be 'time' or 'users', got {self.valid_by!r}")
+        if self.ranker_users is not None and self.ranker_users < 1:
+            raise RecsysError(f"TrainConfig.ranker_users must be >= 1 or none, got {self.ranker_users}")
         if self.train_negatives < 1:
             raise RecsysError(f"TrainConfig.train_negatives must be >= 1, got {self.train_negatives}")
         if self.fine_tune and not self.use_text:

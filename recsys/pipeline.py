@@ -48,7 +48,7 @@ from recsys.errors import RecsysError
 from recsys.io import atomic_path, make_dir, read_json, write_json, write_parquet
 from recsys.model import FROZEN_VECTORS, ITEM_VECTORS, MODEL_JSON, NO_TEXT_DIR, RANKER_DIR, TEXT_DIR, fingerprint, write_model_json
 from recsys.resources import result_settings
-from recsys.splits import held_out_users, last_per_user, split_latest, splits_before
+from recsys.splits import held_out_users, last_per_user, sample_users, split_latest, splits_before
 
 log = logging.getLogger(__name__)
 
@@ -173,17 +173,20 @@ def training_candidates(assets: Assets, show_progress: bool = False) -> pl.DataF
     train_rows = ds.split(Split.TRAIN)
     if candidate_source(ds.kind) == LOGGED:
         if not (cfg.fine_tune or needs_retriever(cfg)):  # nothing learned from an earlier part: the ranker takes all
-            return collect_features(assets.inputs(None), train_rows, logged_candidates(train_rows), show_progress=show_progress)
+            rows = ranker_sample(train_rows, cfg)
+            return collect_features(assets.inputs(None), rows, logged_candidates(rows), show_progress=show_progress)
         earlier, later = split_latest(train_rows, 1.0 - cfg.text_fraction)
         retriever = assets.retriever(rows=earlier) if needs_retriever(cfg) else None
+        later = ranker_sample(later, cfg)
         return collect_features(assets.inputs(retriever), later, logged_candidates(later), show_progress=show_progress)
     dev = ds.split(Split.DEV)
     if dev.height == 0:
         raise RecsysError("the dataset has no dev rows: the ranker learns from dev targets (re-split a timestamped log by time)")
-    parts = [(assets.retriever(splits=splits_before(Split.DEV)), dev)]
+    users = ranker_sample(ds.split(Split.TRAIN, Split.DEV).select(Col.USER), cfg)[Col.USER].implode()
+    parts = [(assets.retriever(splits=splits_before(Split.DEV)), dev.filter(pl.col(Col.USER).is_in(users)))]
     if cfg.earlier_targets:
         earlier, last = last_per_user(ds.split(*splits_before(Split.DEV)))
-        parts.append((assets.retriever(rows=earlier), last))
+        parts.append((assets.retriever(rows=earlier), last.filter(pl.col(Col.USER).is_in(users))))
     tables = []
     for retriever, rows in parts:
         req = Requests.from_rows(retriever, rows).with_targets()
@@ -191,6 +194,15 @@ def training_candidates(assets: Assets, show_progress: bool = False) -> pl.DataF
         cands = subsample_negatives(cands, cfg.train_negatives, cfg.seed)
         tables.append(collect_features(assets.inputs(retriever), req.rows, cands, show_progress=show_progress))
     return pl.concat(tables, how="diagonal_relaxed")
+
+
+def ranker_sample(rows: pl.DataFrame, cfg: TrainConfig) -> pl.DataFrame:
+    """The rows of the users the ranker learns from: a seeded sample of ``cfg.ranker_users`` when there are more."""
+    sampled, n_users = sample_users(rows, cfg.ranker_users, cfg.seed)
+    if sampled.height < rows.height:
+        log.info("ranker: a seeded sample of %d of %d users (%d of %d rows); raise ranker_users for more", cfg.ranker_users, n_users,
+                 sampled.height, rows.height)
+    return sampled
 
 
 def fit_rankers(table: pl.DataFrame, cfg: TrainConfig, out_dir: Path) -> None:
@@ -278,7 +290,7 @@ def train(ds: Dataset, out_dir: Path, cfg: TrainConfig | None = None, *, force: 
             lambda: encode_items(load_text_model(out_dir / TEXT_DIR), ds.items, cache_dir=cache, show_progress=show_progress).save(out_dir / ITEM_VECTORS)))
     assets = Assets(out_dir, cfg, ds)
     feature_settings = [result_settings(cfg.features), result_settings(cfg.retrieval), cfg.use_text, cfg.fine_tune,
-                        text_cfg if cfg.use_text else None, _source_settings(ds, cfg), cfg.seed]
+                        text_cfg if cfg.use_text else None, _source_settings(ds, cfg), cfg.ranker_users, cfg.seed]
     feat_fp = stages.run(
         "features", [data_fp, ds.kind, upstream, feature_settings], [out_dir / "features.parquet"],
         lambda: write_parquet(training_candidates(assets, show_progress), out_dir / "features.parquet"))

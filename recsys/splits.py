@@ -92,3 +92,16 @@ def held_out_users(table: pl.DataFrame, fraction: float, seed: int) -> tuple[pl.
     held_users = users[np.random.default_rng(seed).random(len(users)) < fraction]
     held = pl.col(Col.USER).is_in(pl.Series(held_users, dtype=pl.String()).implode())
     return table.filter(~held), table.filter(held)
+
+
+def sample_users(rows: pl.DataFrame, max_users: int | None, seed: int) -> tuple[pl.DataFrame, int]:
+    """``(rows of a seeded sample of at most `max_users` users, number of users in `rows`)``; all rows when
+    there are not more users than that (or `max_users` is None). Users keep all their rows, so per-user
+    statistics are unbiased; the sample depends only on the set of users and the seed, not on row order."""
+    users = rows[Col.USER].unique().sort()
+    if max_users is None or users.len() <= max_users:
+        return rows, users.len()
+    if max_users < 1:
+        raise RecsysError(f"a user sample needs at least 1 user, got max_users={max_users}")
+    keep = users.gather(np.sort(np.random.default_rng(seed).permutation(users.len())[:max_users]))
+    return rows.filter(pl.col(Col.USER).is_in(keep.implode())), users.len()

@@ -110,3 +110,21 @@ def test_recommend_excludes_own_items_and_follows_the_chain(shop: Dataset, tmp_p
     r1 = recs.filter(pl.col("request_id") == "r1").sort("rank")
     assert not set(r1[Col.ITEM]) & {"B00010", "B00011", "B00012"}
     assert "B00013" in r1[Col.ITEM].head(3).to_list()  # the chain's next item
+
+
+def test_the_ranker_and_the_evaluation_read_seeded_samples_of_users(shop: Dataset, tmp_path: Path) -> None:
+    rec = Recommender.fit(shop, small_cfg(shop, ranker_users=40), out=tmp_path / "model", show_progress=False)
+    assert pl.read_parquet(rec.model_dir / "features.parquet")[Col.USER].n_unique() <= 40
+    test_users = shop.split(Split.TEST)[Col.USER].n_unique()
+    assert test_users > 60
+    whole = rec.evaluate(split=Split.TEST, report_dir=tmp_path / "all", max_users=None)
+    part = rec.evaluate(split=Split.TEST, report_dir=tmp_path / "part", max_users=60)
+    assert whole[FULL]["n"] == shop.split(Split.TEST).height and part[FULL]["n"] < whole[FULL]["n"]
+    reports = {name: json.loads((tmp_path / name / "metrics.json").read_text()) for name in ("all", "part")}
+    assert reports["part"]["notes"]["users evaluated"].startswith(f"60 of {test_users}")
+    assert reports["all"]["notes"]["users evaluated"] == f"{test_users} of {test_users} (all)"
+    # Fewer rows, wider intervals (the random order's MRR varies row to row); every row has one; the Markdown shows them.
+    assert set(reports["part"]["ci95"]) >= {FULL, NO_TEXT, "popularity", "random"}
+    ci_all, ci_part = (reports[n]["ci95"]["random"]["mrr"] for n in ("all", "part"))
+    assert 0 < ci_all < ci_part
+    assert "## 95% confidence intervals" in (tmp_path / "part" / "report.md").read_text()

@@ -84,6 +84,10 @@ def test_evaluate_compares_model_with_every_baseline(world: dict[str, Path]) -> 
         assert (report / name).stat().st_size > 0, name
     saved = json.loads((report / "metrics.json").read_text())
     assert json.dumps(saved).count("full model") >= 1
+    # Every ranking but the oracle has a 95% interval per metric, over impressions.
+    assert set(saved["ci95"]) == set(table) - {"oracle"}
+    assert all(0 < saved["ci95"][name]["auc"] < 0.5 for name in saved["ci95"])
+    assert saved["notes"]["users evaluated"].endswith("(all)")
 
 
 def test_unlabelled_split_writes_mind_predictions(world: dict[str, Path]) -> None:

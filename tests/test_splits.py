@@ -9,7 +9,7 @@ import pytest
 
 from recsys.data import Col, Split
 from recsys.errors import RecsysError
-from recsys.splits import held_out_users, last_per_user, split_latest, splits_before, time_labels
+from recsys.splits import held_out_users, last_per_user, sample_users, split_latest, splits_before, time_labels
 
 T0 = datetime(2024, 1, 1)
 
@@ -53,3 +53,15 @@ def test_leave_one_out_and_held_out_users() -> None:
     assert set(rest[Col.USER]).isdisjoint(held[Col.USER]) and rest.height + held.height == rows.height
     assert held_out_users(rows, 0.5, seed=0)[1].equals(held)  # seeded
     assert splits_before(Split.DEV) == [Split.TRAIN] and splits_before(Split.TEST) == [Split.TRAIN, Split.DEV]
+
+
+def test_sample_users_keeps_whole_users_and_ignores_row_order() -> None:
+    rows = pl.DataFrame({Col.USER: [f"u{i % 50}" for i in range(400)], "x": range(400)})
+    sampled, n_users = sample_users(rows, 10, seed=3)
+    assert n_users == 50 and sampled[Col.USER].n_unique() == 10
+    counts = rows.group_by(Col.USER).len()
+    assert sampled.group_by(Col.USER).len().join(counts, on=Col.USER).filter(pl.col("len") != pl.col("len_right")).is_empty()
+    again, _ = sample_users(rows.reverse(), 10, seed=3)
+    assert set(again[Col.USER]) == set(sampled[Col.USER])
+    assert set(sample_users(rows, 10, seed=4)[0][Col.USER]) != set(sampled[Col.USER])
+    assert sample_users(rows, 50, seed=3)[0].height == 400 and sample_users(rows, None, seed=3)[0].height == 400

@@ -30,8 +30,8 @@ from recsys.candidates.retrieval import COOCCURRENCE, EASE, ITEM_INDEX, POPULARI
 from recsys.candidates.retrieved import Requests, retrieved_candidates
 from recsys.data import Col, Split
 from recsys.errors import RecsysError
-from recsys.evaluation.metrics import (FULL_KS, catalogue_coverage, held_out_ranks, intra_list_diversity, ndcg_key, popularity_bias,
-                                       rank_metrics, recall_key)
+from recsys.evaluation.metrics import (FULL_KS, catalogue_coverage, ci95, held_out_ranks, intra_list_diversity, ndcg_key,
+                                       popularity_bias, rank_metric_rows, rank_metrics, recall_key)
 from recsys.evaluation.report import GROUP_KEY, HISTORY_BUCKETS, MODEL_KEY, history_buckets
 from recsys.pipeline import FROZEN, Assets
 from recsys.splits import splits_before
@@ -97,12 +97,12 @@ def _text_rows(assets: Assets, retriever: Retriever, req: Requests, table: pl.Da
     return out
 
 
-def catalogue(assets: Assets, split: str, seed: int = 0) -> tuple[dict[str, dict[str, float]], dict[str, Any]]:
-    """Metrics of the model and every baseline over the whole catalogue for the held-out items of `split`.
+def catalogue(assets: Assets, rows: pl.DataFrame, split: str, seed: int = 0) -> tuple[dict[str, dict[str, float]], dict[str, Any]]:
+    """Metrics of the model and every baseline over the whole catalogue for the held-out items of `rows` (of `split`).
 
     Returns:
         Model name -> metric -> value (plus ``retrieval: <source>`` rows with each source's and the union's
-        recall), and what the report shows beside them (by history length, notes).
+        recall), and what the report shows beside them (by history length, 95% intervals, notes).
 
     Raises:
         RecsysError: `split` is train or has no rows with a known target.
@@ -110,7 +110,7 @@ def catalogue(assets: Assets, split: str, seed: int = 0) -> tuple[dict[str, dict
     if split not in (Split.DEV, Split.TEST):
         raise RecsysError(f"split {split!r} (--split): the catalogue protocol evaluates a held-out split, dev or test")
     retriever = assets.retriever(splits=splits_before(split))
-    req = Requests.from_rows(retriever, assets.dataset.split(split))
+    req = Requests.from_rows(retriever, rows)
     if not (req.targets >= 0).any():
         raise RecsysError(f"the dataset has no {split} rows with a clicked item in the catalogue")
     if not (req.targets >= 0).all():
@@ -132,6 +132,7 @@ def catalogue(assets: Assets, split: str, seed: int = 0) -> tuple[dict[str, dict
     found["random"] = ((rng.integers(1, n_items + 1, n_rows), np.ones(n_rows, dtype=np.int64)), rng.integers(0, n_items, (n_rows, TOP)))
     frozen = assets.pair_vectors.get(FROZEN)
     metrics = {name: {**rank_metrics(r, FULL_KS, t), **_beyond(top, n_items, frozen, retriever.popularity)} for name, ((r, t), top) in found.items()}
+    intervals = {name: {m: ci95(v) for m, v in rank_metric_rows(r, FULL_KS, t).items()} for name, ((r, t), _) in found.items()}
     recall = {f"retrieval: {s}": v for s, v in got.recall().items()}
     ranks = {name: rt for name, (rt, _) in found.items()}
     best = max((n for n in ranks if n not in ("full model", "without text", "random")), key=lambda n: metrics[n][ndcg_key(10)], default="random")
@@ -143,4 +144,4 @@ def catalogue(assets: Assets, split: str, seed: int = 0) -> tuple[dict[str, dict
     if split == Split.DEV:
         notes["split"] = "dev (the ranker was trained on these targets: in-sample for the ranker rows)"
     by_group = _by_history({n: ranks[n] for n in ("full model", "without text", best)}, np.array([len(h) for h in req.histories]))
-    return {**metrics, **recall}, {"by_group": by_group, "notes": notes}
+    return {**metrics, **recall}, {"by_group": by_group, "notes": notes, "ci95": intervals}

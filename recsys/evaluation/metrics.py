@@ -187,6 +187,12 @@ def impression_metrics(
     return out
 
 
+def impression_ci95(df: pl.DataFrame, source_score: str, *, ks: Sequence[int] = NDCG_KS) -> dict[str, float]:
+    """Half-width of the 95% confidence interval of each metric of :func:`impression_metrics` (impressions as draws)."""
+    per = per_impression(df, source_score, ks=ks)
+    return {m: ci95(per[m].to_numpy()) for m in (AUC, MRR, *[ndcg_key(k) for k in ks])}
+
+
 def _single(labels: np.ndarray, scores: np.ndarray, metric: str, k: int | None = None) -> float:
     y, s = np.asarray(labels, dtype=np.float64), np.asarray(scores, dtype=np.float64)
     if y.shape != s.shape or y.ndim != 1:
@@ -269,6 +275,10 @@ def _as_ranks(ranks: np.ndarray, ties: np.ndarray | None) -> tuple[np.ndarray, n
     return ranks, ties
 
 
+def _recall_rows(ranks: np.ndarray, ties: np.ndarray, k: int) -> np.ndarray:
+    return np.clip(k - ranks + 1, 0, ties) / ties  # share of the tie's ranks that fall within k
+
+
 def recall_at_k(ranks: np.ndarray, k: int, ties: np.ndarray | None = None) -> float:
     """Share of held-out items ranked in the top k (one relevant item per row, so recall = hit rate).
 
@@ -276,8 +286,7 @@ def recall_at_k(ranks: np.ndarray, k: int, ties: np.ndarray | None = None) -> fl
     0.6667
     """
     ranks, ties = _as_ranks(ranks, ties)
-    inside = np.clip(k - ranks + 1, 0, ties) / ties  # share of the tie's ranks that fall within k
-    return float(inside.mean()) if ranks.size else float("nan")
+    return float(_recall_rows(ranks, ties, k).mean()) if ranks.size else float("nan")
 
 
 def ndcg_at_k(ranks: np.ndarray, k: int, ties: np.ndarray | None = None) -> float:
@@ -300,6 +309,21 @@ def mrr_full(ranks: np.ndarray, ties: np.ndarray | None = None) -> float:
     return float(_mean_over_tie(ranks, ties, None).mean()) if ranks.size else float("nan")
 
 
+def rank_metric_rows(ranks: np.ndarray, ks: Sequence[int] = FULL_KS, ties: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    """Each row's Recall@k, NDCG@k (each k) and reciprocal rank: the values :func:`rank_metrics` averages.
+
+    >>> rank_metric_rows(np.array([1, 4]), (2,))["ndcg@2"].tolist()
+    [1.0, 0.0]
+    """
+    ranks, ties = _as_ranks(ranks, ties)
+    if not ranks.size:
+        return {**{recall_key(k): np.zeros(0) for k in ks}, **{ndcg_key(k): np.zeros(0) for k in ks}, MRR: np.zeros(0)}
+    out = {recall_key(k): _recall_rows(ranks, ties, k) for k in ks}
+    out.update({ndcg_key(k): _mean_over_tie(ranks, ties, k) for k in ks})
+    out[MRR] = _mean_over_tie(ranks, ties, None)
+    return out
+
+
 def rank_metrics(ranks: np.ndarray, ks: Sequence[int] = FULL_KS, ties: np.ndarray | None = None) -> dict[str, float]:
     """Recall@k, NDCG@k for each k, MRR and the number of rows, from held-out ranks.
 
@@ -311,14 +335,21 @@ def rank_metrics(ranks: np.ndarray, ks: Sequence[int] = FULL_KS, ties: np.ndarra
     Returns:
         ``{"recall@10", ..., "ndcg@10", ..., "mrr", "n"}``.
     """
-    out: dict[str, float] = {}
-    for k in ks:
-        out[recall_key(k)] = recall_at_k(ranks, k, ties)
-    for k in ks:
-        out[ndcg_key(k)] = ndcg_at_k(ranks, k, ties)
-    out[MRR] = mrr_full(ranks, ties)
+    rows = rank_metric_rows(ranks, ks, ties)
+    out = {name: float(v.mean()) if v.size else float("nan") for name, v in rows.items()}
     out["n"] = float(np.asarray(ranks).size)
     return out
+
+
+def ci95(values: np.ndarray) -> float:
+    """Half-width of the normal 95% confidence interval of the mean of `values` (rows drawn independently).
+
+    >>> round(ci95(np.array([0.0, 1.0] * 50)), 4)  # 1.96 * 0.5025 / 10
+    0.0985
+    """
+    values = np.asarray(values, dtype=np.float64)
+    values = values[np.isfinite(values)]
+    return float(1.96 * values.std(ddof=1) / np.sqrt(values.size)) if values.size > 1 else float("nan")
 
 
 # --- beyond accuracy -----------------------------------------------------------------------------

@@ -26,7 +26,7 @@ from features.collect import collect_features, text_scores
 from features.registry import TEXT_FEATURES
 from recsys.candidates.logged import logged_candidates
 from recsys.data import Col
-from recsys.evaluation.metrics import impression_metrics
+from recsys.evaluation.metrics import impression_ci95, impression_metrics
 from recsys.evaluation.report import GROUP_KEY, HISTORY_BUCKETS, MODEL_KEY, history_buckets
 from recsys.export import write_mind_prediction
 from recsys.pipeline import FROZEN, Assets, needs_retriever
@@ -74,7 +74,8 @@ def replay(assets: Assets, rows: pl.DataFrame, report_dir: Path | None, seed: in
         return {}, {}
     rankings = [c for c in ORDER if c in table.columns]
     metrics = {name: impression_metrics(table, name) for name in rankings}
-    return metrics, {"by_group": metrics_by_history(table, rows, rankings), "rows": table.height}
+    intervals = {name: impression_ci95(table, name) for name in rankings if name != "oracle"}
+    return metrics, {"by_group": metrics_by_history(table, rows, rankings), "rows": table.height, "ci95": intervals}
 
 
 def metrics_by_history(table: pl.DataFrame, rows: pl.DataFrame, rankings: list[str]) -> pl.DataFrame:

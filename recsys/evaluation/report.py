@@ -128,6 +128,22 @@ def metric_table_md(table: dict[str, dict[str, float]], reference_rows: Sequence
     return "\n".join(lines)
 
 
+def ci_table_md(table: dict[str, dict[str, float]], ci95: dict[str, dict[str, float]]) -> str:
+    """Markdown table of ``mean ± half-width`` for every metric that has an interval.
+
+    >>> print(ci_table_md({"a": {"auc": 0.6, "n": 9.0}}, {"a": {"auc": 0.01}}))
+    | model | auc |
+    |---|---:|
+    | a | 0.6000 ± 0.0100 |
+    """
+    cols = [c for c in _metric_columns(table) if any(c in row for row in ci95.values())]
+    lines = ["| model | " + " | ".join(cols) + " |", "|---|" + "---:|" * len(cols)]
+    for name, row in ci95.items():
+        cells = [f"{_fmt(table[name].get(c))} ± {_fmt(row.get(c))}" if c in row else "–" for c in cols]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def _frame_md(df: pl.DataFrame) -> str:
     lines = ["| " + " | ".join(df.columns) + " |", "|" + "---|" * len(df.columns)]
     lines += ["| " + " | ".join(_fmt(v, c) for v, c in zip(row, df.columns)) + " |" for row in df.iter_rows()]
@@ -207,6 +223,7 @@ def write_report(
     reference_rows: Sequence[str] = ("oracle",),
     group_title: str = "user history length",
     figures: Sequence[tuple[str, str]] = (),
+    ci95: dict[str, dict[str, float]] | None = None,
 ) -> Path:
     """Write ``report.md``, ``metrics.json`` and the PNG plots into `out_dir`.
 
@@ -221,6 +238,8 @@ def write_report(
         reference_rows: Rows that are ceilings rather than contenders (not bolded).
         group_title: What the ``bucket`` column of `by_group` is, for headings and axes.
         figures: More plots already written into `out_dir`: (heading, file name) pairs.
+        ci95: Model -> metric -> half-width of its 95% confidence interval (the rows are a sample of what
+            the model will see: the interval says how far the mean could move on another sample).
 
     Returns:
         The path of ``report.md``.
@@ -241,6 +260,9 @@ def write_report(
            "Best value per metric in bold" + (f"; {', '.join(reference_rows)} rows are ceilings, not ranked." if any(r in table for r in reference_rows) else "."),
            "", f"![metric comparison]({METRICS_PNG})", ""]  # fmt: skip
     plot_metrics(table, out_dir / METRICS_PNG)
+    if ci95:
+        md += ["## 95% confidence intervals", "", ci_table_md(table, ci95), "",
+               "Mean ± 1.96 standard errors over the evaluated rows: differences inside the intervals may be noise.", ""]
     if importance:
         ranked = sorted(importance.items(), key=lambda kv: -kv[1])
         total = sum(v for _, v in ranked) or 1.0
@@ -254,7 +276,7 @@ def write_report(
     for heading, name in figures:
         md += [f"## {heading}", "", f"![{heading}]({name})", ""]
     payload = {"title": title, "metrics": table, "importance": importance, "notes": notes,
-               "by_group": by_group.to_dicts() if by_group is not None else None, "figures": dict(figures)}  # fmt: skip
+               "by_group": by_group.to_dicts() if by_group is not None else None, "figures": dict(figures), "ci95": ci95}  # fmt: skip
     write_json(_clean(payload), out_dir / METRICS_JSON)
     with atomic_path(out_dir / REPORT) as tmp:
         tmp.write_text("\n".join(md))
