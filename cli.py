@@ -252,17 +252,23 @@ def features_cmd(dataset: Path, out: Path, rows: Path | None, text: Path | None,
 @click.option("--epochs", type=int, default=None, help="Encoder fine-tuning epochs.")
 @click.option("--max-train-impressions", "max_train", type=int, default=None, help="Fine-tune on a sample of this many impressions.")
 @click.option("--max-tokens", type=int, default=None, help="Token budget per item text.")
+@click.option("--ranker-users", type=int, default=None, help="The ranker learns from a seeded sample of this many users [default: 20000].")
 @_resource_options
 def train_cmd(dataset: Path, out: Path, config_file: Path | None, force: bool, fine_tune: bool | None, text_fraction: float | None, encoder: str | None,
-              epochs: int | None, max_train: int | None, max_tokens: int | None, memory_limit: str | None, threads: int | None, temp_dir: str | None) -> None:
-    """Train on DATASET: text -> candidates -> features -> ranker, the same path for every log kind."""
+              epochs: int | None, max_train: int | None, max_tokens: int | None, ranker_users: int | None, memory_limit: str | None, threads: int | None,
+              temp_dir: str | None) -> None:
+    """Train on DATASET: text -> candidates -> features -> ranker, the same path for every log kind.
+
+    Before it starts, prints each expensive stage's budget (the setting that bounds it) and estimated time."""
     from recsys.api import Recommender
+    from recsys.budget import describe, plan
     from recsys.data import Dataset
 
     ds = Dataset.load(dataset)
-    cfg = _train_config(ds, config_file, fine_tune=fine_tune, text_fraction=text_fraction, **{
+    cfg = _train_config(ds, config_file, fine_tune=fine_tune, text_fraction=text_fraction, ranker_users=ranker_users, **{
         "text.encoder": encoder, "text.epochs": epochs, "text.max_train_impressions": max_train, "text.max_tokens": max_tokens},
         **_resources(memory_limit, threads, temp_dir))
+    click.echo(describe(plan(ds, cfg)))  # type: ignore[arg-type]
     rec = Recommender.fit(ds, cfg, out=out, force=force)  # type: ignore[arg-type]
     for stage, seconds in rec.meta["summary"]["stage_seconds"].items():
         click.echo(f"{stage:<16} {'up to date' if seconds == 0 else f'{seconds:8.1f} s'}")

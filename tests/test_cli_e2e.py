@@ -62,7 +62,10 @@ def test_model_json_describes_the_model(world: dict[str, Path]) -> None:
 
 def test_retrain_skips_every_stage_and_resources_never_retrain(world: dict[str, Path]) -> None:
     out = invoke("train", world["data"], "--out", world["model"], "--config", world["root"] / "small.toml", "--memory-limit", "1GB", "--threads", "1")
-    stages = [line for line in out.splitlines() if line and not line.startswith("model ")]
+    lines = out.splitlines()
+    # The budget comes first: every expensive stage with the setting that bounds it.
+    assert lines[0].startswith("budget") and any(line.split()[0] == "ranker" and "[ranker_users" in line for line in lines[1:6]), out
+    stages = [line for line in lines if line and not line.startswith(("model ", "budget", "  "))]
     assert stages and all(line.endswith("up to date") for line in stages), out
 
 

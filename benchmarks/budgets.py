@@ -1,0 +1,96 @@
+"""Learning curves behind the default budgets of :mod:`recsys.budget`: quality against the data a stage is given.
+
+* ``text``    impression logs: the fine-tune's ``text.max_train_impressions`` (one epoch) against the dev AUC
+              of the fine-tuned text score alone and of the full model (synthetic log, ``--size``);
+* ``ranker``  any log: ``ranker_users`` against the model's dev metric (AUC for impression logs, NDCG@10 over
+              the catalogue for interaction logs), the text encoder frozen so that only the ranker's data moves.
+
+A budget is where the curve flattens: past it, more data buys less than the metric's own 95% interval.
+Each point trains a fresh model into a temporary directory; the table goes to ``benchmarks/results/``.
+
+Run::
+
+    .venv/bin/python -m benchmarks.budgets text --size small --points 1000 2000 4000 8000
+    .venv/bin/python -m benchmarks.budgets ranker --dataset runs/amazon/data --points 1000 2000 4000 0
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from recsys.api import Recommender
+from recsys.config import TrainConfig, override
+from recsys.data import Dataset, Split
+
+RESULTS = Path(__file__).parent / "results"
+
+
+def _point(ds: Dataset, cfg: TrainConfig, split: str, rows: tuple[str, ...]) -> dict[str, Any]:
+    """Train with `cfg`, evaluate `split`; the metric and its 95% interval for each of `rows`."""
+    with tempfile.TemporaryDirectory() as tmp:
+        start = time.perf_counter()
+        rec = Recommender.fit(ds, cfg, out=Path(tmp) / "model", show_progress=False)
+        seconds = time.perf_counter() - start
+        rec.evaluate(split=split, report_dir=Path(tmp) / "report", max_users=None)
+        report = json.loads((Path(tmp) / "report" / "metrics.json").read_text())
+    metric = "auc" if "auc" in report["metrics"]["full model"] else "ndcg@10"
+    out: dict[str, Any] = {"train seconds": round(seconds, 1), "metric": metric}
+    for name in rows:
+        if name in report["metrics"]:
+            out[name] = f"{report['metrics'][name][metric]:.4f} ± {report['ci95'][name][metric]:.4f}"
+    return out
+
+
+def text_curve(size: str, points: list[int], seed: int = 0) -> list[dict[str, Any]]:
+    """Dev AUC of the text score and of the full model for each fine-tune budget, on ``recsys synth --size``."""
+    from recsys.synth import SynthConfig, synthesize
+
+    with tempfile.TemporaryDirectory() as tmp:
+        ds = synthesize(SynthConfig.preset(size, seed=seed), Path(tmp) / "data")
+        ds = Dataset.load(Path(tmp) / "data")
+        base = TrainConfig.for_dataset(ds.manifest)
+        return [{"text.max_train_impressions": n, **_point(ds, override(base, **{"text.max_train_impressions": n, "text.epochs": 1}), Split.DEV,
+                                                             ("text only", "frozen text", "full model", "without text"))}
+                for n in points]
+
+
+def ranker_curve(dataset: str, points: list[int], split: str | None = None) -> list[dict[str, Any]]:
+    """The model's metric for each ``ranker_users`` (0 = every user), encoder frozen."""
+    ds = Dataset.load(dataset)
+    base = override(TrainConfig.for_dataset(ds.manifest), fine_tune=False)
+    split = split or (Split.DEV if ds.kind == "impressions" else Split.TEST)
+    return [{"ranker_users": n or "all", **_point(ds, override(base, ranker_users=n or None), split, ("full model", "without text"))} for n in points]
+
+
+def _markdown(title: str, rows: list[dict[str, Any]]) -> str:
+    cols = list(dict.fromkeys(k for r in rows for k in r))
+    lines = [f"# {title}", "", f"{dt.datetime.now():%Y-%m-%d %H:%M}", "", "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    lines += ["| " + " | ".join(str(r.get(c, "–")) for c in cols) + " |" for r in rows]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("curve", choices=("text", "ranker"))
+    parser.add_argument("--size", default="small", help="text: synthetic log size")
+    parser.add_argument("--dataset", help="ranker: dataset directory")
+    parser.add_argument("--points", type=int, nargs="+", required=True)
+    args = parser.parse_args(argv)
+    if args.curve == "text":
+        rows, title = text_curve(args.size, args.points), f"Fine-tune budget: synth {args.size}, one epoch"
+    else:
+        rows, title = ranker_curve(args.dataset, args.points), f"Ranker users: {args.dataset}"
+    RESULTS.mkdir(exist_ok=True)
+    path = RESULTS / f"budgets-{args.curve}-{dt.date.today()}.md"
+    path.write_text(_markdown(title, rows))
+    print(path.read_text())
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,106 @@
+"""What `recsys train` will spend, said before it starts: each expensive stage's budget and estimated time.
+
+Every expensive stage is bounded by a setting, so a larger log costs a predictable amount more, never an
+open-ended amount:
+
+* ``encode``     every catalogue item once per encoder (no cap: each item needs a vector);
+* ``fine-tune``  ``text.max_train_impressions`` impressions x ``text.epochs`` (or ``text.max_steps``);
+* ``features``   the ranker's training groups (rows of ``ranker_users`` users) x candidates per group;
+* ``ranker``     those rows x at most ``ranker.n_estimators`` boosting rounds (early stopping ends sooner).
+
+The defaults come from learning curves (``benchmarks/budgets.py``): past them more data bought nothing
+measurable. Estimated times are the work divided by rates ``recsys bench`` measured on a 2-core AVX-512
+BF16 CPU (``benchmarks/results/baseline.md``): a guide to the order of magnitude, not a promise; a GPU
+encodes and fine-tunes far faster.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import polars as pl
+
+from recsys.config import TrainConfig
+from recsys.data import Col, Dataset, Split
+from recsys.pipeline import LOGGED, candidate_source
+
+# Reference rates on the 2-core CPU (bf16), from benchmarks/results/baseline.md.
+ENCODE_ITEMS_PER_S = 690.0  # encode_items at 48 tokens; time grows about linearly with tokens
+FINE_TUNE_SAMPLES_PER_S = 29.0  # one click + its negatives and history, 48 tokens, batch 32
+FEATURE_ROWS_PER_S = 150_000.0  # candidate rows with every feature family
+RANKER_ROW_ROUNDS_PER_S = 1_500_000.0  # rows x boosting rounds of lambdarank (about 40 features, 31-63 leaves)
+REFERENCE_TOKENS = 48
+
+
+@dataclass(frozen=True)
+class StageBudget:
+    """One stage's budget: the work it will do, the setting that bounds it and the estimated seconds."""
+
+    stage: str
+    work: str
+    setting: str
+    seconds: float
+    at_most: bool = False  # the estimate is a ceiling (early stopping usually ends sooner)
+
+
+def plan(ds: Dataset, c: TrainConfig) -> list[StageBudget]:
+    """The budgets of the stages config `c` runs on `ds`."""
+    out: list[StageBudget] = []
+    n_items = ds.items.height
+    token_scale = c.text.max_tokens / REFERENCE_TOKENS
+    encoders = int(c.use_text) + int(c.fine_tune)
+    if encoders:
+        out.append(StageBudget("encode", f"{n_items:,} items x {encoders} encoder(s)", "the catalogue (no cap)",
+                               n_items * encoders * token_scale / ENCODE_ITEMS_PER_S))
+    logged = candidate_source(ds.kind) == LOGGED
+    train = ds.split(Split.TRAIN)
+    if c.fine_tune:
+        text = c.text
+        available = round(train.height * c.text_fraction) if logged else train.height
+        impressions = min(available, text.max_train_impressions or available)
+        samples = impressions * _clicks_per_row(train) * text.epochs
+        if text.max_steps:
+            samples = min(samples, text.max_steps * text.batch_size * text.accumulate)
+        out.append(StageBudget("fine-tune", f"{impressions:,} of {available:,} impressions x {text.epochs} epoch(s), ~{samples:,.0f} samples",
+                               "text.max_train_impressions, text.epochs, text.max_steps", samples * token_scale / FINE_TUNE_SAMPLES_PER_S))
+    ranker_rows = ds.split(Split.TRAIN) if logged else ds.split(Split.DEV)
+    users = ranker_rows[Col.USER].n_unique()
+    share = 1.0 if c.ranker_users is None else min(1.0, c.ranker_users / max(users, 1))
+    groups = ranker_rows.height * share * ((1.0 - c.text_fraction) if logged and c.fine_tune else 1.0)
+    if not logged and c.earlier_targets:
+        groups += train[Col.USER].n_unique() * share
+    per_group = ranker_rows[Col.CANDIDATES].list.len().mean() if logged else c.train_negatives + 1
+    rows = groups * float(per_group or 0)
+    sampled = f"{min(users, c.ranker_users or users):,} of {users:,} users"
+    out.append(StageBudget("features", f"~{groups:,.0f} groups ({sampled}) x ~{per_group:.0f} candidates = ~{rows:,.0f} rows",
+                           "ranker_users", rows / FEATURE_ROWS_PER_S))
+    rounds = c.ranker.n_estimators
+    out.append(StageBudget("ranker", f"~{rows * (1 - c.valid_fraction):,.0f} rows x at most {rounds:,} rounds, 2 rankers",
+                           "ranker_users, ranker.n_estimators", 2 * rows * rounds / RANKER_ROW_ROUNDS_PER_S, at_most=True))
+    return out
+
+
+def _clicks_per_row(rows: pl.DataFrame) -> float:
+    """Mean clicks per impression (each is one fine-tune sample)."""
+    if rows.is_empty() or rows[Col.LABELS].null_count() == rows.height:
+        return 0.0
+    return float(rows.select(pl.col(Col.LABELS).list.sum().mean()).item() or 0.0)
+
+
+def describe(budgets: list[StageBudget]) -> str:
+    """The plan as lines for a terminal, with the total."""
+    width = max(len(b.stage) for b in budgets)
+    lines = [f"  {b.stage:<{width}}  {'<=' if b.at_most else '~'}{_duration(b.seconds):>7}  {b.work}  [{b.setting}]" for b in budgets]
+    total = sum(b.seconds for b in budgets)
+    return "\n".join(["budget (time estimated for a 2-core CPU; raise a setting in [brackets] to spend more):", *lines,
+                      f"  {'total':<{width}}  <={_duration(total):>7}"])
+
+
+def _duration(seconds: float) -> str:
+    """``42 s``, ``7 min``, ``2.5 h``."""
+    if seconds < 90:
+        return f"{max(1, math.ceil(seconds))} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
