@@ -76,3 +76,51 @@ def external(target: str, offer: dict[str, Any]) -> dict[str, Any]:
     if missing:
         raise TypeError(f"{target} needs {missing}; the benchmark offers {sorted(offer)}")
     return dict(fn(**kwargs))
+
+
+def serving_vs_predict(model_dir: str, dataset: str, requests: int = 2000, top_k: int = 10) -> dict[str, Any]:
+    """Serving throughput once the model is loaded, against LightGBM's own ``predict`` on the same feature rows.
+
+    The model is loaded and retrieval fitted first (what a job does once). Then, timed: the requests through
+    :func:`recsys.recommend.rank_requests` (candidates -> features -> rank -> top-k), and, on exactly the feature
+    rows that produced, the bare ``booster.predict`` of the float32 matrix: the cost of scoring alone. The ratio is
+    the share of LightGBM's own throughput the whole serving path keeps (1.0 = features and retrieval are free).
+    Interaction models serve users without candidates (retrieval), impression models dev impressions' candidates.
+    """
+    import datetime as dt
+
+    import numpy as np
+    import polars as pl
+
+    from features.collect import collect_features
+    from ranker.lambdarank import _matrix
+    from recsys.api import Recommender
+    from recsys.candidates.logged import logged_candidates
+    from recsys.candidates.retrieved import Requests, retrieved_candidates
+    from recsys.data import Col, Split
+    from recsys.pipeline import RETRIEVED, Assets, needs_retriever
+    from recsys.recommend import REQUEST, latest_histories, rank_requests, to_impressions
+
+    rec = Recommender.load(model_dir)
+    ds = rec.dataset
+    assets = Assets(rec.model_dir, rec.config, ds)
+    retrieves = rec.meta["candidates"] == RETRIEVED
+    dev = ds.split(Split.DEV)
+    picked = dev[[i % dev.height for i in range(requests)]].select(Col.USER, *([] if retrieves else [Col.CANDIDATES]))
+    picked = picked.with_columns(pl.Series(REQUEST, [f"bench-{i}" for i in range(requests)]))
+    retriever = assets.retriever(splits=Split.ALL) if retrieves or needs_retriever(assets.config) else None
+    ranker = assets.rankers["full model"]
+    now = ds.impressions[Col.TIME].max() + dt.timedelta(seconds=1)
+    rows = to_impressions(picked, ds, now, latest_histories(ds))
+    rank_requests(assets, rows.head(50), top_k, retriever, retrieves)  # warm-up: lazy loads (text model, vectors)
+    start = time.perf_counter()
+    lists = rank_requests(assets, rows, top_k, retriever, retrieves)
+    serving = time.perf_counter() - start
+    cands = retrieved_candidates(retriever, Requests.from_rows(retriever, rows))[0] if retrieves else logged_candidates(rows)
+    matrix = _matrix(collect_features(assets.inputs(retriever), rows, cands), ranker.features, "benchmark rows")
+    start = time.perf_counter()
+    scores = ranker.booster.predict(matrix)
+    predict = time.perf_counter() - start
+    return {"requests": requests, "feature_rows": int(matrix.shape[0]), "lists": lists[Col.IMPRESSION].n_unique(),
+            "serving_requests_per_s": round(requests / serving, 1), "predict_requests_per_s": round(requests / predict, 1),
+            "ratio": round(predict / serving, 3), "finite_scores": bool(np.isfinite(scores).all())}

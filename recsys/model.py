@@ -129,9 +129,23 @@ def read_model_json(model_dir: Path, *, verify: bool = True) -> dict[str, Any]:
             if sha256(file) != digest:
                 raise ModelMismatchError(f"{file}: sha256 differs from {MODEL_JSON} (changed after training); restore it or retrain")
         cfg = TrainConfig.from_dict(meta["config"], source=f"{path} config")
+        newer = _missing_keys(cfg.to_dict(), meta["config"])
+        if newer:
+            raise ModelMismatchError(f"{path}: trained by an older recsys whose config has no {', '.join(newer[:3])}; retrain the model")
         if fingerprint(result_settings(cfg)) != meta["config_fingerprint"]:
             raise ModelMismatchError(f"{path}: its config was edited after training (the model was trained with another); retrain")
     return meta
+
+
+def _missing_keys(full: dict[str, Any], stored: dict[str, Any], prefix: str = "") -> list[str]:
+    """Settings of `full` that `stored` lacks (dotted names): settings added since the model was trained."""
+    out = []
+    for key, value in full.items():
+        if key not in stored:
+            out.append(prefix + key)
+        elif isinstance(value, dict) and isinstance(stored[key], dict):
+            out += _missing_keys(value, stored[key], f"{prefix}{key}.")
+    return out
 
 
 def check_dataset(meta: dict[str, Any], ds: Dataset, *, allow_other: bool = False) -> None:

@@ -60,12 +60,17 @@ def test_model_json_describes_the_model(world: dict[str, Path]) -> None:
     assert not list(world["model"].rglob("*.pkl")) and not list(world["model"].rglob("*.ckpt"))
 
 
+def stage_lines(train_output: str) -> list[str]:
+    """The stage timings `recsys train` printed (not its budget, nor the closing line)."""
+    return [line for line in train_output.splitlines() if line and not line.startswith(("model ", "budget", "  "))]
+
+
 def test_retrain_skips_every_stage_and_resources_never_retrain(world: dict[str, Path]) -> None:
     out = invoke("train", world["data"], "--out", world["model"], "--config", world["root"] / "small.toml", "--memory-limit", "1GB", "--threads", "1")
     lines = out.splitlines()
     # The budget comes first: every expensive stage with the setting that bounds it.
     assert lines[0].startswith("budget") and any(line.split()[0] == "ranker" and "[ranker_users" in line for line in lines[1:6]), out
-    stages = [line for line in lines if line and not line.startswith(("model ", "budget", "  "))]
+    stages = stage_lines(out)
     assert stages and all(line.endswith("up to date") for line in stages), out
 
 
@@ -93,7 +98,7 @@ def test_config_round_trip_reproduces_the_run(world: dict[str, Path], tmp_path: 
     # The written TOML and model.json both reproduce the run: every stage is up to date.
     for config in (world["model"] / "config.toml", world["model"] / "model.json"):
         out = invoke("train", world["data"], "--out", tmp_path / "model", "--config", config)
-        assert all(line.endswith("up to date") for line in out.splitlines() if line and not line.startswith("model ")), (config, out)
+        assert all(line.endswith("up to date") for line in stage_lines(out)), (config, out)
     assert saved["ranker"]["n_estimators"] == 40 and saved["text"]["max_steps"] == "none"
 
 
@@ -143,6 +148,10 @@ def test_refusals_are_one_line(world: dict[str, Path], tmp_path: Path) -> None:
     assert "evaluate it with the" in refuse("evaluate", world["model"], "--protocol", other)
     assert "unknown split" in refuse("evaluate", world["model"], "--split", "bogus")
     shutil.copytree(world["model"], tmp_path / "model")
+    meta = json.loads((tmp_path / "model" / "model.json").read_text())
+    del meta["config"]["ranker_users"], meta["config"]["retrieval"]["per_source"]  # as an older recsys wrote it
+    (tmp_path / "model" / "model.json").write_text(json.dumps(meta))
+    assert "trained by an older recsys whose config has no retrieval.per_source, ranker_users; retrain" in refuse("evaluate", tmp_path / "model")
     (tmp_path / "model" / "model.json").write_text("{ not json")
     assert "model.json: not valid JSON" in refuse("evaluate", tmp_path / "model")
     # An output that cannot be written (a read-only disk; here a path under a plain file) is named, not a traceback.
