@@ -263,11 +263,13 @@ def train_cmd(dataset: Path, out: Path, config_file: Path | None, force: bool, f
     from recsys.api import Recommender
     from recsys.budget import describe, plan
     from recsys.data import Dataset
+    from recsys.io import make_dir
 
     ds = Dataset.load(dataset)
     cfg = _train_config(ds, config_file, fine_tune=fine_tune, text_fraction=text_fraction, ranker_users=ranker_users, **{
         "text.encoder": encoder, "text.epochs": epochs, "text.max_train_impressions": max_train, "text.max_tokens": max_tokens},
         **_resources(memory_limit, threads, temp_dir))
+    make_dir(out)  # an unwritable model directory fails before the budget is printed
     click.echo(describe(plan(ds, cfg)))  # type: ignore[arg-type]
     rec = Recommender.fit(ds, cfg, out=out, force=force)  # type: ignore[arg-type]
     for stage, seconds in rec.meta["summary"]["stage_seconds"].items():
