@@ -84,14 +84,37 @@ def ingest_amazon_cmd(src: Path, out: Path, name: str | None) -> None:
     _ingested(out, ingest_amazon(src, out, name).manifest)
 
 
+def _given(*names: str) -> list[str]:
+    """The options among ``names`` (parameter names) that the command line set, as flags."""
+    ctx = click.get_current_context()
+    params = {p.name: p for p in ctx.command.params}
+    return [params[n].opts[0] for n in names if ctx.get_parameter_source(n) != click.core.ParameterSource.DEFAULT]
+
+
 @main.command()
 @click.argument("out", type=click.Path(path_type=Path))
-@click.option("--size", default="tiny", show_default=True, type=click.Choice(["tiny", "sample", "small", "medium", "large"]))
+@click.option("--kind", default="news", show_default=True, type=click.Choice(["news", "shop"]),
+              help="news: an impression log whose clicks depend on item text; shop: an items table + events log for `recsys ingest events`.")
+@click.option("--size", default="tiny", show_default=True, type=click.Choice(["tiny", "sample", "small", "medium", "large"]), help="News: the preset size.")
 @click.option("--seed", default=0, show_default=True, help="Random seed (same seed, same data).")
-@click.option("--format", "fmt", default="dataset", show_default=True, type=click.Choice(["dataset", "mind"]))
-@click.option("--test-fraction", default=0.0, show_default=True, help="Latest share of impressions held out unlabelled as test.")
-def synth(out: Path, size: str, seed: int, fmt: str, test_fraction: float) -> None:
-    """Generate a synthetic news log whose clicks depend on item text."""
+@click.option("--format", "fmt", default="dataset", show_default=True, type=click.Choice(["dataset", "mind"]), help="News: a dataset directory or MIND files.")
+@click.option("--test-fraction", default=0.0, show_default=True, help="News: latest share of impressions held out unlabelled as test.")
+@click.option("--users", default=10_000, show_default=True, help="Shop: users (each has an event).")
+@click.option("--items", default=5_000, show_default=True, help="Shop: catalogue items.")
+@click.option("--events", default=100_000, show_default=True, help="Shop: events.")
+@click.option("--days", default=60, show_default=True, help="Shop: days the events span.")
+def synth(out: Path, kind: str, size: str, seed: int, fmt: str, test_fraction: float, users: int, items: int, events: int, days: int) -> None:
+    """Generate a synthetic log: news impressions whose clicks depend on text, or a shop's items + events."""
+    misplaced = _given("size", "fmt", "test_fraction") if kind == "shop" else _given("users", "items", "events", "days")
+    if misplaced:
+        raise click.UsageError(f"{', '.join(misplaced)}: only for --kind {'news' if kind == 'shop' else 'shop'}")
+    if kind == "shop":
+        from recsys.synth_shop import EVENTS_FILE, ITEMS_FILE, ShopConfig, write_shop
+
+        summary = write_shop(ShopConfig(n_users=users, n_items=items, n_events=events, days=days, seed=seed), out)
+        click.echo(f"{out}: {summary['items']} items, {summary['users']} users, {summary['events']} events (shop, seed {seed}); "
+                   f"next: recsys ingest events --items {out / ITEMS_FILE} --events {out / EVENTS_FILE} --out DATASET")
+        return
     from recsys.synth import SynthConfig, synthesize
 
     ds = synthesize(SynthConfig.preset(size, seed, test_fraction=test_fraction), out, fmt)
