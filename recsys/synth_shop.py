@@ -242,7 +242,11 @@ def _simulate(cfg: ShopConfig) -> tuple[_World, np.ndarray, np.ndarray, np.ndarr
         user[rows], item[rows], seconds[rows] = u + first_user, world.item_of_slot[slot], t
         first_user, first_event = first_user + part.size, first_event + u.size
     order = np.argsort(seconds, kind="stable")  # ties keep user, then sequence order
-    return world, user[order], item[order], seconds[order]
+    # One array at a time, so each unsorted one is freed before the next copy is made.
+    seconds = seconds[order]
+    user = user[order]
+    item = item[order]
+    return world, user, item, seconds
 
 
 def _vocabulary() -> tuple[pl.Series, np.ndarray, np.ndarray, int]:
