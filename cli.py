@@ -379,9 +379,12 @@ def demo_cmd(out: Path, force: bool, config_file: Path | None) -> None:
 
 
 @main.command("bench")
-@click.option("--quick", "mode", flag_value="quick", help="Smoke run on tiny data (a few minutes).")
-@click.option("--large", "mode", flag_value="large", help="Bigger sizes: sample, small, medium (one to two hours on 2 cores).")
-@click.option("--sizes", help="Synthetic sizes instead of the mode's, comma-separated (tiny,sample,small,medium,large).")
+@click.option("--quick", "mode", flag_value="quick", help="Smoke run on tiny data (a few minutes); with --scale: 20k and 100k events.")
+@click.option("--large", "mode", flag_value="large", help="Bigger sizes: sample, small, medium (one to two hours on 2 cores); with --scale: also 50M events.")
+@click.option("--sizes", help="Synthetic sizes instead of the mode's, comma-separated (tiny,sample,small,medium,large; with --scale: 20k,100k,1M,10M,50M).")
+@click.option("--scale", is_flag=True, help="The scale benchmark: shop logs of 1M and 10M events through ingest, train, evaluate, recommend.")
+@click.option("--stages", help="With --scale: only these stages, comma-separated (synth,ingest,train,evaluate,recommend).")
+@click.option("--stage-timeout", type=float, help="Kill a stage after this many seconds [default: 30 min; with --scale 6 h].")
 @click.option("--amazon/--no-amazon", default=None, help="Train and evaluate on ../shared/data/amazon-scientific [default: on, except --quick].")
 @click.option("--amazon-dir", type=click.Path(file_okay=False, path_type=Path), help="Where the Amazon Scientific files are.")
 @click.option("--compare", type=click.Path(exists=True, dir_okay=False, path_type=Path), help="An older results JSON: print new/old per figure.")
@@ -389,9 +392,24 @@ def demo_cmd(out: Path, force: bool, config_file: Path | None) -> None:
 @click.option("--save-baseline", is_flag=True, help="Also write benchmarks/results/baseline.json/.md.")
 @click.option("--results-dir", type=click.Path(file_okay=False, path_type=Path), help="Where results go [default: benchmarks/results].")
 @click.option("--work-dir", type=click.Path(file_okay=False, path_type=Path), help="Keep datasets, models and stage logs here [default: a temp dir].")
-def bench_cmd(mode: str | None, sizes: str | None, amazon: bool | None, amazon_dir: Path | None, compare: Path | None, new: Path | None,
-              save_baseline: bool, results_dir: Path | None, work_dir: Path | None) -> None:
-    """Benchmark quality, speed, memory and scaling; write benchmarks/results/<date>-<commit>.json/.md."""
+def bench_cmd(mode: str | None, sizes: str | None, scale: bool, stages: str | None, stage_timeout: float | None, amazon: bool | None, amazon_dir: Path | None,
+              compare: Path | None, new: Path | None, save_baseline: bool, results_dir: Path | None, work_dir: Path | None) -> None:
+    """Benchmark quality, speed, memory and scaling; write benchmarks/results/<date>-<commit>.json/.md (--scale: scale-<date>-<sizes>)."""
+    optional = {**({"results_dir": results_dir} if results_dir else {}), **({"stage_timeout_s": stage_timeout} if stage_timeout else {})}
+    if scale:
+        misplaced = _given("amazon", "amazon_dir", "compare", "new", "save_baseline")
+        if misplaced:
+            raise click.UsageError(f"{', '.join(misplaced)}: not with --scale")
+        from benchmarks.scale import ScaleConfig, run_scale, to_markdown as scale_markdown
+
+        scale_cfg = ScaleConfig(mode=mode or "default", sizes=tuple(sizes.split(",")) if sizes else None, work_dir=work_dir,
+                                **({"stages": tuple(stages.split(","))} if stages else {}), **optional)
+        scale_results, written = run_scale(scale_cfg)
+        click.echo(scale_markdown(scale_results))
+        click.echo("wrote " + ", ".join(str(p) for p in written))
+        return
+    if stages:
+        raise click.UsageError("--stages: only with --scale")
     from benchmarks.suite import BenchConfig, run_benchmarks
     from benchmarks.tables import compare_files, to_markdown
 
@@ -401,7 +419,7 @@ def bench_cmd(mode: str | None, sizes: str | None, amazon: bool | None, amazon_d
         click.echo(compare_files(new, compare))
         return
     cfg = BenchConfig(mode=mode or "default", sizes=tuple(sizes.split(",")) if sizes else None, amazon=amazon, compare=compare, save_baseline=save_baseline, work_dir=work_dir,
-                      **({"amazon_dir": amazon_dir} if amazon_dir else {}), **({"results_dir": results_dir} if results_dir else {}))
+                      **({"amazon_dir": amazon_dir} if amazon_dir else {}), **optional)
     results, written = run_benchmarks(cfg)
     click.echo(to_markdown(results))
     click.echo("wrote " + ", ".join(str(p) for p in written))
