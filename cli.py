@@ -84,14 +84,37 @@ def ingest_amazon_cmd(src: Path, out: Path, name: str | None) -> None:
     _ingested(out, ingest_amazon(src, out, name).manifest)
 
 
+def _given(*names: str) -> list[str]:
+    """The options among ``names`` (parameter names) that the command line set, as flags."""
+    ctx = click.get_current_context()
+    params = {p.name: p for p in ctx.command.params}
+    return [params[n].opts[0] for n in names if ctx.get_parameter_source(n) != click.core.ParameterSource.DEFAULT]
+
+
 @main.command()
 @click.argument("out", type=click.Path(path_type=Path))
-@click.option("--size", default="tiny", show_default=True, type=click.Choice(["tiny", "sample", "small", "medium", "large"]))
+@click.option("--kind", default="news", show_default=True, type=click.Choice(["news", "shop"]),
+              help="news: an impression log whose clicks depend on item text; shop: an items table + events log for `recsys ingest events`.")
+@click.option("--size", default="tiny", show_default=True, type=click.Choice(["tiny", "sample", "small", "medium", "large"]), help="News: the preset size.")
 @click.option("--seed", default=0, show_default=True, help="Random seed (same seed, same data).")
-@click.option("--format", "fmt", default="dataset", show_default=True, type=click.Choice(["dataset", "mind"]))
-@click.option("--test-fraction", default=0.0, show_default=True, help="Latest share of impressions held out unlabelled as test.")
-def synth(out: Path, size: str, seed: int, fmt: str, test_fraction: float) -> None:
-    """Generate a synthetic news log whose clicks depend on item text."""
+@click.option("--format", "fmt", default="dataset", show_default=True, type=click.Choice(["dataset", "mind"]), help="News: a dataset directory or MIND files.")
+@click.option("--test-fraction", default=0.0, show_default=True, help="News: latest share of impressions held out unlabelled as test.")
+@click.option("--users", default=10_000, show_default=True, help="Shop: users (each has an event).")
+@click.option("--items", default=5_000, show_default=True, help="Shop: catalogue items.")
+@click.option("--events", default=100_000, show_default=True, help="Shop: events.")
+@click.option("--days", default=60, show_default=True, help="Shop: days the events span.")
+def synth(out: Path, kind: str, size: str, seed: int, fmt: str, test_fraction: float, users: int, items: int, events: int, days: int) -> None:
+    """Generate a synthetic log: news impressions whose clicks depend on text, or a shop's items + events."""
+    misplaced = _given("size", "fmt", "test_fraction") if kind == "shop" else _given("users", "items", "events", "days")
+    if misplaced:
+        raise click.UsageError(f"{', '.join(misplaced)}: only for --kind {'news' if kind == 'shop' else 'shop'}")
+    if kind == "shop":
+        from recsys.synth_shop import EVENTS_FILE, ITEMS_FILE, ShopConfig, write_shop
+
+        summary = write_shop(ShopConfig(n_users=users, n_items=items, n_events=events, days=days, seed=seed), out)
+        click.echo(f"{out}: {summary['items']} items, {summary['users']} users, {summary['events']} events (shop, seed {seed}); "
+                   f"next: recsys ingest events --items {out / ITEMS_FILE} --events {out / EVENTS_FILE} --out DATASET")
+        return
     from recsys.synth import SynthConfig, synthesize
 
     ds = synthesize(SynthConfig.preset(size, seed, test_fraction=test_fraction), out, fmt)
@@ -368,9 +391,12 @@ def demo_cmd(out: Path, force: bool, config_file: Path | None) -> None:
 
 
 @main.command("bench")
-@click.option("--quick", "mode", flag_value="quick", help="Smoke run on tiny data (a few minutes).")
-@click.option("--large", "mode", flag_value="large", help="Bigger sizes: sample, small, medium (one to two hours on 2 cores).")
-@click.option("--sizes", help="Synthetic sizes instead of the mode's, comma-separated (tiny,sample,small,medium,large).")
+@click.option("--quick", "mode", flag_value="quick", help="Smoke run on tiny data (a few minutes); with --scale: 20k and 100k events.")
+@click.option("--large", "mode", flag_value="large", help="Bigger sizes: sample, small, medium (one to two hours on 2 cores); with --scale: also 50M events.")
+@click.option("--sizes", help="Synthetic sizes instead of the mode's, comma-separated (tiny,sample,small,medium,large; with --scale: 20k,100k,1M,10M,50M).")
+@click.option("--scale", is_flag=True, help="The scale benchmark: shop logs of 1M and 10M events through ingest, train, evaluate, recommend.")
+@click.option("--stages", help="With --scale: only these stages, comma-separated (synth,ingest,train,evaluate,recommend).")
+@click.option("--stage-timeout", type=float, help="Kill a stage after this many seconds [default: 30 min; with --scale 6 h].")
 @click.option("--amazon/--no-amazon", default=None, help="Train and evaluate on ../shared/data/amazon-scientific [default: on, except --quick].")
 @click.option("--amazon-dir", type=click.Path(file_okay=False, path_type=Path), help="Where the Amazon Scientific files are.")
 @click.option("--compare", type=click.Path(exists=True, dir_okay=False, path_type=Path), help="An older results JSON: print new/old per figure.")
@@ -378,9 +404,24 @@ def demo_cmd(out: Path, force: bool, config_file: Path | None) -> None:
 @click.option("--save-baseline", is_flag=True, help="Also write benchmarks/results/baseline.json/.md.")
 @click.option("--results-dir", type=click.Path(file_okay=False, path_type=Path), help="Where results go [default: benchmarks/results].")
 @click.option("--work-dir", type=click.Path(file_okay=False, path_type=Path), help="Keep datasets, models and stage logs here [default: a temp dir].")
-def bench_cmd(mode: str | None, sizes: str | None, amazon: bool | None, amazon_dir: Path | None, compare: Path | None, new: Path | None,
-              save_baseline: bool, results_dir: Path | None, work_dir: Path | None) -> None:
-    """Benchmark quality, speed, memory and scaling; write benchmarks/results/<date>-<commit>.json/.md."""
+def bench_cmd(mode: str | None, sizes: str | None, scale: bool, stages: str | None, stage_timeout: float | None, amazon: bool | None, amazon_dir: Path | None,
+              compare: Path | None, new: Path | None, save_baseline: bool, results_dir: Path | None, work_dir: Path | None) -> None:
+    """Benchmark quality, speed, memory and scaling; write benchmarks/results/<date>-<commit>.json/.md (--scale: scale-<date>-<sizes>)."""
+    optional = {**({"results_dir": results_dir} if results_dir else {}), **({"stage_timeout_s": stage_timeout} if stage_timeout else {})}
+    if scale:
+        misplaced = _given("amazon", "amazon_dir", "compare", "new", "save_baseline")
+        if misplaced:
+            raise click.UsageError(f"{', '.join(misplaced)}: not with --scale")
+        from benchmarks.scale import ScaleConfig, run_scale, to_markdown as scale_markdown
+
+        scale_cfg = ScaleConfig(mode=mode or "default", sizes=tuple(sizes.split(",")) if sizes else None, work_dir=work_dir,
+                                **({"stages": tuple(stages.split(","))} if stages else {}), **optional)
+        scale_results, written = run_scale(scale_cfg)
+        click.echo(scale_markdown(scale_results))
+        click.echo("wrote " + ", ".join(str(p) for p in written))
+        return
+    if stages:
+        raise click.UsageError("--stages: only with --scale")
     from benchmarks.suite import BenchConfig, run_benchmarks
     from benchmarks.tables import compare_files, to_markdown
 
@@ -390,7 +431,7 @@ def bench_cmd(mode: str | None, sizes: str | None, amazon: bool | None, amazon_d
         click.echo(compare_files(new, compare))
         return
     cfg = BenchConfig(mode=mode or "default", sizes=tuple(sizes.split(",")) if sizes else None, amazon=amazon, compare=compare, save_baseline=save_baseline, work_dir=work_dir,
-                      **({"amazon_dir": amazon_dir} if amazon_dir else {}), **({"results_dir": results_dir} if results_dir else {}))
+                      **({"amazon_dir": amazon_dir} if amazon_dir else {}), **optional)
     results, written = run_benchmarks(cfg)
     click.echo(to_markdown(results))
     click.echo("wrote " + ", ".join(str(p) for p in written))

@@ -87,6 +87,12 @@ def child_main(spec_path: Path) -> int:
     return 0
 
 
+def child_env() -> dict[str, str]:
+    """The environment of a stage process: this checkout first on the import path, quiet tokenizers."""
+    path = os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    return {**os.environ, "PYTHONPATH": path, "TOKENIZERS_PARALLELISM": "false"}
+
+
 def run_stage(target: str, kwargs: dict[str, Any], work_dir: Path, name: str, timeout_s: float | None = None) -> dict[str, Any]:
     """Run ``target`` (``"module:function"``) with ``kwargs`` in a fresh Python process and measure it.
 
@@ -108,8 +114,7 @@ def run_stage(target: str, kwargs: dict[str, Any], work_dir: Path, name: str, ti
     spec_path, out, log_path = work_dir / f"{slug}.spec.json", work_dir / f"{slug}.result.json", work_dir / f"{slug}.log"
     out.unlink(missing_ok=True)
     spec_path.write_text(json.dumps({"target": target, "kwargs": kwargs, "out": str(out)}, default=str))
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep),
-           "TOKENIZERS_PARALLELISM": "false"}
+    env = child_env()
     log.info("stage %s: %s", name, target)
     try:
         with log_path.open("w") as log_file:
@@ -125,18 +130,8 @@ def run_stage(target: str, kwargs: dict[str, Any], work_dir: Path, name: str, ti
     return json.loads(out.read_text())
 
 
-def hardware_info() -> dict[str, Any]:
-    """The machine a run measured: CPU model and threads, memory, GPU, library versions.
-
-    Imports torch and friends, so the harness calls it through :func:`run_stage`.
-    """
-    import duckdb
-    import lightgbm
-    import polars
-    import torch
-
-    from recsys.text.device import cpu_supports_bf16
-
+def machine_info() -> dict[str, Any]:
+    """CPU model, cores (all and usable by this process) and memory, from the OS alone (no heavy import)."""
     cpu = platform.processor() or platform.machine()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -152,14 +147,27 @@ def hardware_info() -> dict[str, Any]:
                 mem_gib = round(int(line.split()[1]) / 1024**2, 1)
     except OSError:
         pass
+    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return {"cpu": cpu, "cpu_count": os.cpu_count(), "usable_cpus": usable, "memory_gib": mem_gib}
+
+
+def hardware_info() -> dict[str, Any]:
+    """The machine a run measured: CPU model and threads, memory, GPU, library versions.
+
+    Imports torch and friends, so the harness calls it through :func:`run_stage`.
+    """
+    import duckdb
+    import lightgbm
+    import polars
+    import torch
+
+    from recsys.text.device import cpu_supports_bf16
+
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
     return {
-        "cpu": cpu,
-        "cpu_count": os.cpu_count(),
-        "usable_cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+        **machine_info(),
         "torch_threads": torch.get_num_threads(),
         "cpu_bf16": cpu_supports_bf16(),
-        "memory_gib": mem_gib,
         "gpu": gpu,
         "python": platform.python_version(),
         "versions": {"torch": torch.__version__, "polars": polars.__version__, "duckdb": duckdb.__version__, "lightgbm": lightgbm.__version__},

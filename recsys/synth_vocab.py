@@ -59,3 +59,9 @@ FILLER = (
     "new report says after year week today people first big more top best could says could may will what why how "
     "here this that just back again still very really could make know time day world local family life"
 ).split()
+
+# Product-name words that carry no topic, for the shop generator's titles (recsys.synth_shop).
+PRODUCT_FILLER = (
+    "pack set kit pro mini max plus classic deluxe edition original premium essential compact portable "
+    "large small bundle series collection standard ultra basic"
+).split()
