@@ -6,7 +6,7 @@ open-ended amount:
 * ``encode``     every catalogue item once per encoder (no cap: each item needs a vector);
 * ``fine-tune``  ``text.max_train_impressions`` impressions x ``text.epochs`` (or ``text.max_steps``);
 * ``features``   the ranker's training groups (rows of ``ranker_users`` users) x candidates per group;
-* ``ranker``     those rows x at most ``ranker.n_estimators`` boosting rounds (early stopping ends sooner).
+* ``ranker``     those rows x boosting rounds: at most ``ranker.n_estimators``, early stopping ends sooner.
 
 The defaults come from learning curves (``benchmarks/budgets.py``): past them more data bought nothing
 measurable. Estimated times are the work divided by rates ``recsys bench`` measured on a 2-core AVX-512
@@ -31,6 +31,7 @@ FINE_TUNE_SAMPLES_PER_S = 29.0  # one click + its negatives and history, 48 toke
 FEATURE_ROWS_PER_S = 150_000.0  # candidate rows with every feature family
 RANKER_ROW_ROUNDS_PER_S = 1_500_000.0  # rows x boosting rounds of lambdarank (about 40 features, 31-63 leaves)
 REFERENCE_TOKENS = 48
+TYPICAL_ROUNDS = 150  # early stopping ended between 20 and 120 best rounds (+ patience) on every log measured
 
 
 @dataclass(frozen=True)
@@ -41,7 +42,6 @@ class StageBudget:
     work: str
     setting: str
     seconds: float
-    at_most: bool = False  # the estimate is a ceiling (early stopping usually ends sooner)
 
 
 def plan(ds: Dataset, c: TrainConfig) -> list[StageBudget]:
@@ -76,8 +76,9 @@ def plan(ds: Dataset, c: TrainConfig) -> list[StageBudget]:
     out.append(StageBudget("features", f"~{groups:,.0f} groups ({sampled}) x ~{per_group:.0f} candidates = ~{rows:,.0f} rows",
                            "ranker_users", rows / FEATURE_ROWS_PER_S))
     rounds = c.ranker.n_estimators
-    out.append(StageBudget("ranker", f"~{rows * (1 - c.valid_fraction):,.0f} rows x at most {rounds:,} rounds, 2 rankers",
-                           "ranker_users, ranker.n_estimators", 2 * rows * rounds / RANKER_ROW_ROUNDS_PER_S, at_most=True))
+    typical = min(rounds, TYPICAL_ROUNDS)
+    out.append(StageBudget("ranker", f"~{rows * (1 - c.valid_fraction):,.0f} rows x ~{typical:,} rounds (early stopping; at most {rounds:,}), 2 rankers",
+                           "ranker_users, ranker.n_estimators", 2 * rows * typical / RANKER_ROW_ROUNDS_PER_S))
     return out
 
 
@@ -91,10 +92,10 @@ def _clicks_per_row(rows: pl.DataFrame) -> float:
 def describe(budgets: list[StageBudget]) -> str:
     """The plan as lines for a terminal, with the total."""
     width = max(len(b.stage) for b in budgets)
-    lines = [f"  {b.stage:<{width}}  {'<=' if b.at_most else '~'}{_duration(b.seconds):>7}  {b.work}  [{b.setting}]" for b in budgets]
+    lines = [f"  {b.stage:<{width}}  ~{_duration(b.seconds):>7}  {b.work}  [{b.setting}]" for b in budgets]
     total = sum(b.seconds for b in budgets)
     return "\n".join(["budget (time estimated for a 2-core CPU; raise a setting in [brackets] to spend more):", *lines,
-                      f"  {'total':<{width}}  <={_duration(total):>7}"])
+                      f"  {'total':<{width}}  ~{_duration(total):>7}"])
 
 
 def _duration(seconds: float) -> str:
