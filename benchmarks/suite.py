@@ -170,6 +170,11 @@ def _pipeline(rec: Recorder, size: str, plan: Plan, work: Path) -> None:
         rec.add_speed("recommend, end to end", recs["requests_per_s"], "requests/s", size=size)
         if recs["marginal_requests_per_s"] is not None:
             rec.add_speed("recommend, marginal (model loaded)", recs["marginal_requests_per_s"], "requests/s", size=size)
+    serving = rec.stage("serving vs predict", "benchmarks.speed:serving_vs_predict",
+                        {"model_dir": str(model), "dataset": str(data), "requests": plan.recommend_requests}, size)
+    if serving is not None:
+        rec.add_speed("serving, model loaded (candidates, features, rank, top-k)", serving["serving_requests_per_s"], "requests/s", size=size,
+                      baseline="LightGBM predict alone, same feature rows", baseline_value=serving["predict_requests_per_s"])
 
 
 def _speed(rec: Recorder, plan: Plan, work: Path) -> None:
