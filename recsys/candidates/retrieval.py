@@ -47,10 +47,9 @@ from features.registry import SOURCES, source_rank, source_score
 from recsys.candidates.als import ALS as ALSModel
 from recsys.candidates.ann import TextIndex
 from recsys.candidates.itemitem import cooccurrence, ease_bytes, fit_ease, transitions
-from recsys.candidates.topn import DenseScores, IndexedText
+from recsys.candidates.topn import DenseScores, IndexedText, Retrieved
 from recsys.data import Col, Dataset, Split, explode_candidates
 from recsys.errors import RecsysError
-from recsys.evaluation.metrics import recall_at_k
 from recsys.resources import parse_bytes, resource
 
 log = logging.getLogger(__name__)
@@ -351,33 +350,6 @@ class Retriever:
                 cols[source_rank(s)].append(v.ranks(values, bounds_all[start : start + b + 1] - lo))
             cols[N_SOURCES].append(hits)
         return pl.DataFrame({k: np.concatenate(v) if v else np.zeros(0) for k, v in cols.items()})
-
-
-@dataclass
-class Retrieved:
-    """Candidates of a batch of histories and, when targets were given, each source's rank of the target."""
-
-    candidates: pl.DataFrame
-    target_ranks: dict[str, np.ndarray]  # source -> (rows, 3): rank, ties, retrievable
-    per_source: int
-
-    def recall(self, ns: Sequence[int] = (10, 50, 100)) -> dict[str, dict[str, float]]:
-        """Recall@N of each source (tie-averaged) and of the union (a target any source retrieves within N).
-
-        The union at N = ``per_source`` is exactly the candidate set: the ceiling retrieval puts on the ranker.
-        """
-        if not self.target_ranks:
-            raise ValueError("recall needs the targets passed to Retriever.retrieve")
-        out = {s: {f"recall@{n}": recall_at_k(r[:, 0], n, r[:, 1]) for n in ns} for s, r in self.target_ranks.items()}
-        union = {}
-        for n in sorted(set(ns) | {self.per_source}):
-            hit = np.zeros(len(next(iter(self.target_ranks.values()))), dtype=bool)
-            for r in self.target_ranks.values():
-                hit |= (r[:, 0] <= n) & (r[:, 2] > 0)
-            # A hit "ranks" 1 and a miss n + 1, so recall_at_k gives the share of targets in the union.
-            union[f"recall@{n}"] = recall_at_k(np.where(hit, 1, n + 1), n)
-        out["union"] = union
-        return out
 
 
 def _recent_scores(items: pl.DataFrame, rows: pl.DataFrame, hours: float) -> np.ndarray:

@@ -1,4 +1,5 @@
-"""One retrieval source's view of a batch of histories: its top-N items, the rank of any item, pair scores.
+"""One retrieval source's view of a batch of histories (its top-N items, the rank of any item, pair scores), and
+:class:`Retrieved`, what retrieval returns: the candidates and each source's rank of the held-out targets.
 
 Ranks are 1 + the number of items the source scores strictly higher. On a catalogue of at most ``depth``
 items that count is exact (each row fully sorted, as it always was); on a larger one each row keeps only its
@@ -10,9 +11,13 @@ A held-out target's rank in a dense source is always exact (a count over the row
 
 from __future__ import annotations
 
-import numpy as np
+from collections.abc import Sequence
+from dataclasses import dataclass
 
-from recsys.evaluation.metrics import held_out_ranks
+import numpy as np
+import polars as pl
+
+from recsys.evaluation.metrics import held_out_ranks, recall_at_k
 
 PAIR_CHUNK = 16_384  # (row, item) pairs whose vectors are gathered at once for their dot products
 
@@ -150,3 +155,30 @@ class IndexedText:
         b = len(targets)
         values = self.values(np.arange(b), targets)
         return np.stack([ranks_of(self.ordered, values, np.arange(b + 1)), np.ones(b, dtype=np.int64), np.isfinite(values)], axis=1)
+
+
+@dataclass
+class Retrieved:
+    """Candidates of a batch of histories and, when targets were given, each source's rank of the target."""
+
+    candidates: pl.DataFrame
+    target_ranks: dict[str, np.ndarray]  # source -> (rows, 3): rank, ties, retrievable
+    per_source: int
+
+    def recall(self, ns: Sequence[int] = (10, 50, 100)) -> dict[str, dict[str, float]]:
+        """Recall@N of each source (tie-averaged) and of the union (a target any source retrieves within N).
+
+        The union at N = ``per_source`` is exactly the candidate set: the ceiling retrieval puts on the ranker.
+        """
+        if not self.target_ranks:
+            raise ValueError("recall needs the targets passed to Retriever.retrieve")
+        out = {s: {f"recall@{n}": recall_at_k(r[:, 0], n, r[:, 1]) for n in ns} for s, r in self.target_ranks.items()}
+        union = {}
+        for n in sorted(set(ns) | {self.per_source}):
+            hit = np.zeros(len(next(iter(self.target_ranks.values()))), dtype=bool)
+            for r in self.target_ranks.values():
+                hit |= (r[:, 0] <= n) & (r[:, 2] > 0)
+            # A hit "ranks" 1 and a miss n + 1, so recall_at_k gives the share of targets in the union.
+            union[f"recall@{n}"] = recall_at_k(np.where(hit, 1, n + 1), n)
+        out["union"] = union
+        return out
