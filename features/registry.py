@@ -102,7 +102,7 @@ _TEXT = (
 TEXT_FEATURES: tuple[str, ...] = tuple(f.name for f in _TEXT)
 
 # Retrieval sources (recsys/candidates/retrieval.py) and the text encoders of the pair features.
-SOURCES = ("ease", "transitions", "cooccurrence", "text", "popularity", "recent")
+SOURCES = ("ease", "transitions", "cooccurrence", "text", "popularity", "recent", "als")
 ENCODERS = ("frozen", "ft")  # pretrained, fine-tuned
 
 
@@ -118,7 +118,10 @@ _RETRIEVAL = (
     Feature("n_sources", RETRIEVAL, pl.Float32(), "how many retrieval sources have the candidate in their top per_source"),
     *(f for s in SOURCES for f in (
         Feature(source_score(s), RETRIEVAL, pl.Float32(), f"the {s} source's score of the candidate for the user's history", reads_text=s == "text"),
-        Feature(source_rank(s), RETRIEVAL, pl.Float32(), f"the candidate's rank (1 = best) over the catalogue by the {s} source", reads_text=s == "text"),
+        Feature(source_rank(s), RETRIEVAL, pl.Float32(), f"the candidate's rank (1 = best) over the catalogue by the {s} source: "
+                "1 + items scored strictly higher, exact to rank_depth (default 5,000; deeper = rank_depth + 1)"
+                + ("; through the text index, among its per_source retrieved items (below them per_source + 1)" if s == "text" else ""),
+                reads_text=s == "text"),
     )),
 )
 

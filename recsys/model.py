@@ -128,7 +128,10 @@ def read_model_json(model_dir: Path, *, verify: bool = True) -> dict[str, Any]:
                 raise ModelMismatchError(f"{file}: artifact listed in {MODEL_JSON} is missing; restore it or retrain")
             if sha256(file) != digest:
                 raise ModelMismatchError(f"{file}: sha256 differs from {MODEL_JSON} (changed after training); restore it or retrain")
-        cfg = TrainConfig.from_dict(meta["config"], source=f"{path} config")
+        try:
+            cfg = TrainConfig.from_dict(meta["config"], source=f"{path} config")
+        except RecsysError as exc:
+            raise ModelMismatchError(f"{exc} (a model of another recsys version: retrain it)") from None
         newer = _missing_keys(cfg.to_dict(), meta["config"])
         if newer:
             raise ModelMismatchError(f"{path}: trained by an older recsys whose config has no {', '.join(newer[:3])}; retrain the model")

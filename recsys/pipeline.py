@@ -14,7 +14,7 @@ was killed midway) and every one after it, and ``force=True`` redoes all (see :c
 1. ``encode_frozen``  catalogue vectors of the pretrained encoder          -> frozen_vectors.parquet
 2. ``text_model``     fine-tune the encoder on the earliest training rows   -> text/               (fine_tune)
 3. ``encode``         catalogue vectors of the fine-tuned encoder           -> item_vectors.parquet (fine_tune)
-4. ``features``       the ranker's training candidates and their features   -> features.parquet
+4. ``features``       the ranker's training candidates and their features   -> features.parquet (+ retrieval_plan.json)
 5. ``ranker``         lambdarank, and the same ranker without text features -> ranker/, ranker_no_text/
 
 and last ``model.json`` (see :mod:`recsys.model`). Statistics a feature reads are fitted only on rows
@@ -27,7 +27,7 @@ import logging
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -53,6 +53,7 @@ from recsys.splits import held_out_users, last_per_user, sample_users, split_lat
 log = logging.getLogger(__name__)
 
 LOGGED, RETRIEVED = "logged", "retrieved"
+RETRIEVAL_PLAN = "retrieval_plan.json"
 FROZEN, FT = ENCODERS
 
 
@@ -110,6 +111,7 @@ class Assets:
     model_dir: Path
     config: TrainConfig
     dataset: Dataset
+    retrieval_plans: list[dict[str, Any]] = field(default_factory=list)  # what each fitted retriever chose (Retriever.plan)
 
     @cached_property
     def text_model(self) -> Any:
@@ -145,7 +147,9 @@ class Assets:
 
     def retriever(self, *, splits: list[str] | tuple[str, ...] | None = None, rows: pl.DataFrame | None = None) -> Retriever:
         """Retrieval statistics fitted on the given splits' (or rows') sequences only, with the main text vectors."""
-        return Retriever.fit(self.dataset, self.main_vectors, self.config.retrieval, splits=Split.ALL if splits is None else splits, rows=rows)
+        retriever = Retriever.fit(self.dataset, self.main_vectors, self.config.retrieval, splits=Split.ALL if splits is None else splits, rows=rows)
+        self.retrieval_plans.append(retriever.plan)
+        return retriever
 
     def inputs(self, retriever: Retriever | None) -> FeatureInputs:
         needs = self.config.features.families
@@ -203,6 +207,15 @@ def ranker_sample(rows: pl.DataFrame, cfg: TrainConfig) -> pl.DataFrame:
         log.info("ranker: a seeded sample of %d of %d users (%d of %d rows); raise ranker_users for more", cfg.ranker_users, n_users,
                  sampled.height, rows.height)
     return sampled
+
+
+def write_training_candidates(assets: Assets, out_dir: Path, show_progress: bool = False) -> None:
+    """``features.parquet``, and beside it ``retrieval_plan.json``: what each retriever chose (EASE or ALS, exact or indexed
+    text, batch rows) under the memory budget."""
+    (out_dir / RETRIEVAL_PLAN).unlink(missing_ok=True)
+    write_parquet(training_candidates(assets, show_progress), out_dir / "features.parquet")
+    if assets.retrieval_plans:
+        write_json(assets.retrieval_plans, out_dir / RETRIEVAL_PLAN)
 
 
 def fit_rankers(table: pl.DataFrame, cfg: TrainConfig, out_dir: Path) -> None:
@@ -293,7 +306,7 @@ def train(ds: Dataset, out_dir: Path, cfg: TrainConfig | None = None, *, force: 
                         text_cfg if cfg.use_text else None, _source_settings(ds, cfg), cfg.ranker_users, cfg.seed]
     feat_fp = stages.run(
         "features", [data_fp, ds.kind, upstream, feature_settings], [out_dir / "features.parquet"],
-        lambda: write_parquet(training_candidates(assets, show_progress), out_dir / "features.parquet"))
+        lambda: write_training_candidates(assets, out_dir, show_progress))
     stages.run("ranker", [feat_fp, result_settings(cfg.ranker), cfg.valid_fraction, cfg.valid_by, cfg.seed],
                [out_dir / RANKER_DIR / "ranker.txt", out_dir / NO_TEXT_DIR / "ranker.txt"],
                lambda: fit_rankers(pl.read_parquet(out_dir / "features.parquet"), cfg, out_dir))
@@ -302,5 +315,7 @@ def train(ds: Dataset, out_dir: Path, cfg: TrainConfig | None = None, *, force: 
     ranker = read_json(out_dir / RANKER_DIR / "ranker.json")  # from the file: the same whether the stage ran or not
     summary = {"stage_seconds": stages.timings, "train_rows": ds.split(Split.TRAIN).height, "items": ds.items.height,
                "ranker_rows": ranker["train"]["rows"], "best_iteration": ranker["best_iteration"], "features": len(ranker["features"])}
+    if (out_dir / RETRIEVAL_PLAN).exists():
+        summary["retrieval"] = read_json(out_dir / RETRIEVAL_PLAN)
     return write_model_json(out_dir, kind=ds.kind, candidates=candidate_source(ds.kind), config=cfg.to_dict(),
                             config_fingerprint=fingerprint(result_settings(cfg)), dataset=ds, stages=stages.done, summary=summary)

@@ -73,6 +73,17 @@ def test_train_and_evaluate_beat_popularity(shop: Dataset, tmp_path: Path) -> No
     assert table[FULL]["recall@50"] <= table["retrieval: union"]["recall@8"] + 1e-9
     report = json.loads((tmp_path / "report" / "metrics.json").read_text())
     assert FULL in report["metrics"] and (tmp_path / "report" / "report.md").exists()
+    plans = rec.meta["summary"]["retrieval"]  # one per retriever the training candidates were fitted with
+    assert plans and all(p["collaborative"] == "ease" and p["ranks"] == "exact" for p in plans)
+
+
+def test_a_catalogue_over_the_memory_budget_trains_and_serves_with_als(shop: Dataset, tmp_path: Path) -> None:
+    rec = Recommender.fit(shop, small_cfg(shop, **{"retrieval.memory_budget": "10KB"}), out=tmp_path / "model", show_progress=False)
+    assert {p["collaborative"] for p in rec.meta["summary"]["retrieval"]} == {"als"}
+    features = json.loads((rec.model_dir / "ranker" / "ranker.json").read_text())["features"]
+    assert "src_als_score" in features and "src_ease_score" not in features
+    table = rec.evaluate(split=Split.TEST)
+    assert table["als"]["recall@10"] > table["popularity"]["recall@10"] and table[FULL]["recall@10"] > table["popularity"]["recall@10"]
 
 
 def test_text_features_with_a_fine_tuned_tiny_encoder(shop: Dataset, tmp_path: Path) -> None:

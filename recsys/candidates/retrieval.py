@@ -3,15 +3,25 @@
 Sources (each scores the whole catalogue for a user history; items already in the history are excluded):
 
 * ``ease``         EASE (Steck 2019): a closed-form item-item linear model over the user x item matrix.
+* ``als``          implicit ALS (:mod:`recsys.candidates.als`): user factors folded in per history . item factors.
 * ``transitions``  what followed the user's recent items in other users' sequences, P(next | item),
                    summed over the last ``recent`` items with weights ``decay**k`` (k = 0 for the last item).
 * ``cooccurrence`` item-item cosine of the user x item matrix (ItemKNN), summed over the recent items.
-* ``text``         cosine of each item's text vector to the user's recency-weighted mean text vector;
-                   exact batched dot products (the catalogues recsys targets fit; no approximate index).
+* ``text``         cosine of each item's text vector to the user's recency-weighted mean text vector: exact
+                   batched dot products, or above ``text_ann_items`` items the top items of an IVF index
+                   (:mod:`recsys.candidates.ann`, its recall against exact search in :attr:`Retriever.plan`).
 * ``popularity``   interactions per item.
 * ``recent``       the fresh catalogue of a news-like log: clicks per item in the last ``recent_hours``
                    of the fitted rows, plus a bonus for items published in that window (in the impression-log
                    defaults, where timestamps are real; read only when a model uses the retrieval family).
+
+Scale is chosen automatically against ``memory_budget`` and logged in :attr:`Retriever.plan`: EASE only where
+its dense n x n working set fits (checked before anything is allocated; above it ``als`` takes its place), the
+co-occurrence matrix pruned to each item's top neighbours when its size bound is over budget
+(:mod:`recsys.candidates.itemitem`), and histories scored in batches whose dense (rows x items) arrays fit a
+quarter of the budget. Per batch, each source keeps its top ``per_source`` items and ranks candidates within
+``rank_depth`` (:mod:`recsys.candidates.topn`: exact on catalogues up to ``rank_depth`` items, ``rank_depth + 1``
+below that depth on larger ones). Nothing grows with the number of histories but the candidate table.
 
 Every statistic is fitted on the sequences given to :meth:`Retriever.fit`; callers pass only the data
 allowed at that point (train prefixes to score dev targets, train+dev to score test targets), so a held-out
@@ -26,38 +36,55 @@ import logging
 from datetime import timedelta
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import polars as pl
 import scipy.sparse as sp
-from scipy.linalg import lapack
 from tqdm.auto import tqdm
 
 from features.registry import SOURCES, source_rank, source_score
+from recsys.candidates.als import ALS as ALSModel
+from recsys.candidates.ann import TextIndex
+from recsys.candidates.itemitem import cooccurrence, ease_bytes, fit_ease, transitions
+from recsys.candidates.topn import DenseScores, IndexedText, Retrieved
 from recsys.data import Col, Dataset, Split, explode_candidates
 from recsys.errors import RecsysError
-from recsys.evaluation.metrics import held_out_ranks, recall_at_k
-from recsys.resources import resource
+from recsys.resources import parse_bytes, resource
 
 log = logging.getLogger(__name__)
 
-EASE, TRANSITIONS, COOCCURRENCE, TEXT, POPULARITY, RECENT = SOURCES  # named in features/registry.py with their features
+EASE, TRANSITIONS, COOCCURRENCE, TEXT, POPULARITY, RECENT, ALS = SOURCES  # named in features/registry.py with their features
 DEFAULT_SOURCES = (EASE, TRANSITIONS, COOCCURRENCE, TEXT, POPULARITY)
 ROW, ITEM_INDEX, N_SOURCES = "row", "item_index", "n_sources"
+CALIBRATION_QUERIES = 512  # training histories whose text neighbours calibrate the index against exact search
 
 
 @dataclass(frozen=True)
 class RetrievalConfig:
-    """How many candidates each source contributes and how the item-item statistics are fitted."""
+    """How many candidates each source contributes, how the item statistics are fitted, and the memory they may use.
+
+    ``memory_budget`` picks methods where it binds (EASE or ALS, full or pruned co-occurrence), so it is a
+    result setting, not a resource: it is part of the model's fingerprint, changing it retrains, and serving
+    always retrieves with the budget the model was trained with (``retrieval_plan.json`` shows what it chose).
+    """
 
     per_source: int = 100  # top-N of each source joins the union
     sources: tuple[str, ...] = DEFAULT_SOURCES
     recent_hours: float = 48.0  # window of the `recent` source, ending at the last fitted event
     ease_l2: float = 250.0  # EASE ridge strength (RecTools uses 500 on this data; tune on dev)
-    max_ease_items: int = 25_000  # EASE inverts an items x items matrix: skipped above this size
+    als_factors: int = 64
+    als_iterations: int = 15
+    als_l2: float = 10.0  # ALS ridge strength and confidence weight: measured on Amazon Scientific dev
+    als_alpha: float = 40.0
+    cooccurrence_neighbours: int = 200  # kept per item when the full co-occurrence matrix is over the budget
+    text_ann_items: int = 10_000  # above this many items text neighbours come from the index (measured crossover)
+    ann_recall: float = 0.95  # the index probes lists until its recall@per_source against exact search reaches this
+    rank_depth: int = 5_000  # ranks are exact this deep; deeper items rank rank_depth + 1
     recent: int = 5  # history items that drive transitions, co-occurrence and the text vector
     decay: float = 0.6  # weight of the k-th most recent item is decay**k
-    batch_size: int = resource(1024)
+    memory_budget: str = "4GB"  # picks EASE or ALS, full or pruned co-occurrence, and the batch rows
+    batch_size: int = resource(1024)  # most histories per scoring batch (fewer when the budget says so)
 
     def __post_init__(self) -> None:
         unknown = set(self.sources) - set(SOURCES)
@@ -67,6 +94,15 @@ class RetrievalConfig:
             raise RecsysError("per_source, recent and batch_size must be at least 1, recent_hours > 0")
         if not 0.0 < self.decay <= 1.0 or self.ease_l2 <= 0:
             raise RecsysError(f"decay must be in (0, 1] and ease_l2 > 0, got {self.decay}, {self.ease_l2}")
+        if min(self.als_factors, self.als_iterations, self.cooccurrence_neighbours, self.text_ann_items) < 1 or self.als_l2 < 0 or self.als_alpha <= 0:
+            raise RecsysError("als_factors, als_iterations, cooccurrence_neighbours and text_ann_items must be at least 1, "
+                              "als_l2 >= 0 and als_alpha > 0")
+        if not 0.0 < self.ann_recall <= 1.0 or self.rank_depth < self.per_source:
+            raise RecsysError(f"ann_recall must be in (0, 1] and rank_depth >= per_source, got {self.ann_recall}, {self.rank_depth}")
+        try:
+            parse_bytes(self.memory_budget)
+        except ValueError as exc:
+            raise RecsysError(f"memory_budget: {exc}") from exc
 
 
 def user_sequences(impressions: pl.DataFrame) -> pl.DataFrame:
@@ -107,6 +143,13 @@ def _recency_matrix(histories: Sequence[np.ndarray], n_items: int, recent: int |
     return m
 
 
+def batch_rows(n_items: int, dense_sources: int, budget: int, most: int) -> int:
+    """Histories per scoring batch: a quarter of the budget (the fitted statistics hold the rest) over what one row
+    needs, float32 scores of every dense source plus two temporaries (a partition, a mask) and the int8 hit counts."""
+    per_row = max(n_items, 1) * (4 * (dense_sources + 2) + 1)
+    return int(min(most, max(1, budget // 4 // per_row)))
+
+
 class Retriever:
     """Fitted item statistics plus the catalogue's text vectors; scores and retrieves candidates."""
 
@@ -116,48 +159,56 @@ class Retriever:
         self.cfg, self.item_ids = cfg, item_ids
         self.recent_scores = recent_scores
         self.index = {item: i for i, item in enumerate(item_ids)}
-        n = len(item_ids)
+        n, budget = len(item_ids), parse_bytes(cfg.memory_budget)
         self.sources = [s for s in cfg.sources if (s != TEXT or text_vectors is not None) and (s != RECENT or recent_scores is not None)]
-        if EASE in self.sources and n > cfg.max_ease_items:
-            log.warning("EASE skipped: %d items > max_ease_items=%d", n, cfg.max_ease_items)
-            self.sources.remove(EASE)
+        self.plan: dict[str, Any] = {"items": n, "memory_budget": cfg.memory_budget}
+        self._choose_collaborative(n, budget)
         users = _recency_matrix(sequences, n, None, 1.0)
         self.popularity = np.zeros(n, dtype=np.float32)
         for s in sequences:
             np.add.at(self.popularity, s, 1.0)
-        pairs = [np.stack([s[:-1], s[1:]], axis=1) for s in sequences if len(s) > 1]
-        pairs_arr = np.concatenate(pairs) if pairs else np.zeros((0, 2), dtype=np.int64)
-        counts = sp.csr_matrix((np.ones(len(pairs_arr), dtype=np.float32), (pairs_arr[:, 0], pairs_arr[:, 1])), shape=(n, n))
-        # P(next | item) with one pseudo-count so a single observed transition is not a certainty.
-        self.transitions = sp.diags(1.0 / (np.asarray(counts.sum(axis=1)).ravel() + 1.0)).astype(np.float32) @ counts
-        gram = (users.T @ users).tocsr().astype(np.float32)
-        norms = np.sqrt(np.maximum(gram.diagonal(), 1.0))
-        cos = sp.diags(1.0 / norms) @ gram @ sp.diags(1.0 / norms)
-        cos = cos.tocsr().astype(np.float32)
-        cos.setdiag(0.0)
-        cos.eliminate_zeros()
-        self.cooccurrence = cos
-        self.ease = self._fit_ease(gram, cfg.ease_l2) if EASE in self.sources else None
-        self.text = None
+        self.transitions = transitions(sequences, n)
+        self.cooccurrence, facts = cooccurrence(users, budget, cfg.cooccurrence_neighbours)
+        self.plan.update(facts)
+        self.ease = fit_ease(users, cfg.ease_l2) if EASE in self.sources else None
+        self.als = ALSModel.fit(users, cfg.als_factors, cfg.als_iterations, cfg.als_l2, cfg.als_alpha) if ALS in self.sources else None
+        self.text: np.ndarray | None = None
+        self.text_index: TextIndex | None = None
         if text_vectors is not None:
             v = np.asarray(text_vectors, dtype=np.float32)
             self.text = v / np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-12)
-        log.info("retriever fitted on %d sequences, %d items, %d transitions; sources %s", len(sequences), n, len(pairs_arr), self.sources)
+            if TEXT in self.sources:
+                self._choose_text(sequences)
+        self.batch_rows = batch_rows(n, len(self.sources) - (self.text_index is not None), budget, cfg.batch_size)
+        self.plan.update(sources=list(self.sources), batch_rows=self.batch_rows,
+                         ranks="exact" if n <= cfg.rank_depth else f"exact to {cfg.rank_depth}, deeper = {cfg.rank_depth + 1}")
+        log.info("retriever fitted on %d sequences, %d items, %d transitions; plan %s", len(sequences), n, self.transitions.nnz, self.plan)
 
-    @staticmethod
-    def _fit_ease(gram: sp.csr_matrix, l2: float) -> np.ndarray:
-        g = gram.toarray().astype(np.float64)
-        g[np.diag_indices_from(g)] += l2
-        # G + l2*I is symmetric positive definite: a Cholesky inverse is ~3x cheaper than a general one.
-        chol, info = lapack.dpotrf(g, lower=False, overwrite_a=True)
-        if info == 0:
-            p, info = lapack.dpotri(chol, lower=False, overwrite_c=True)
-        if info != 0:
-            raise RecsysError(f"EASE: the item Gram matrix is not positive definite (LAPACK info {info}); raise ease_l2")
-        p = np.triu(p) + np.triu(p, 1).T
-        b = -p / np.diag(p)[None, :]
-        b[np.diag_indices_from(b)] = 0.0
-        return b.astype(np.float32)
+    def _choose_collaborative(self, n: int, budget: int) -> None:
+        """EASE where its dense working set fits the budget, else ALS in its place."""
+        if EASE not in self.sources:
+            self.plan["collaborative"] = ALS if ALS in self.sources else None
+            return
+        need = ease_bytes(n)
+        self.plan.update(collaborative=EASE, ease_bytes=need)
+        if need > budget:
+            log.warning("EASE needs %.2f GB for %d items > memory_budget %.2f GB (%s): using ALS instead", need / 1e9, n, budget / 1e9, self.cfg.memory_budget)
+            self.sources = list(dict.fromkeys(ALS if s == EASE else s for s in self.sources))
+            self.plan["collaborative"] = ALS
+
+    def _choose_text(self, sequences: list[np.ndarray]) -> None:
+        """Exact text scores on a small catalogue; above ``text_ann_items`` an index calibrated on training histories."""
+        cfg, n = self.cfg, len(self.item_ids)
+        if n <= cfg.text_ann_items:
+            self.plan["text"] = "exact"
+            return
+        self.text_index = TextIndex(self.text)
+        pick = np.random.default_rng(0).permutation(len(sequences))
+        sample = [sequences[i] for i in pick if len(sequences[i])][:CALIBRATION_QUERIES]
+        recall = self.text_index.calibrate(self._user_text(_recency_matrix(sample, n, cfg.recent, cfg.decay)), cfg.per_source, cfg.ann_recall) if sample else 1.0
+        self.plan.update(text=f"IVF index, {self.text_index.lists} lists, {self.text_index.nprobe} probed",
+                         **{f"text_recall@{cfg.per_source}": round(recall, 4), "text_index_seconds": round(self.text_index.build_seconds, 1)})
+        log.info("text index over %d items: recall@%d %.3f against exact search on %d training histories", n, cfg.per_source, recall, len(sample))
 
     @classmethod
     def fit(cls, ds: Dataset, vectors: object, cfg: RetrievalConfig | None = None, splits: Sequence[str] = Split.ALL,
@@ -188,37 +239,60 @@ class Retriever:
 
     # --- scoring -------------------------------------------------------------------------------------
 
-    def score(self, histories: Sequence[np.ndarray]) -> dict[str, np.ndarray]:
-        """Dense (len(histories), n_items) float32 scores of every source; the user's own items are -inf."""
+    def _user_text(self, recent: sp.csr_matrix) -> np.ndarray:
+        """Normalised recency-weighted mean text vectors of the rows of `recent`."""
+        user = recent @ self.text
+        user /= np.maximum(np.linalg.norm(user, axis=1, keepdims=True), 1e-12)
+        return user
+
+    def score(self, histories: Sequence[np.ndarray], sources: Sequence[str] | None = None) -> dict[str, np.ndarray]:
+        """Dense (len(histories), n_items) float32 scores of `sources` (default: all, text exact even where retrieval
+        uses the index); the user's own items are -inf. Callers bound len(histories) (see ``batch_rows``)."""
         n, cfg = len(self.item_ids), self.cfg
         recent = _recency_matrix(histories, n, cfg.recent, cfg.decay)
+        binary = _recency_matrix(histories, n, None, 1.0)
         out: dict[str, np.ndarray] = {}
-        for source in self.sources:
+        for source in self.sources if sources is None else sources:
             if source == EASE:
-                s = _recency_matrix(histories, n, None, 1.0) @ self.ease
+                s = binary @ self.ease
+            elif source == ALS:
+                s = self.als.scores(binary)  # type: ignore[union-attr]
             elif source == TRANSITIONS:
                 s = (recent @ self.transitions).toarray()
             elif source == COOCCURRENCE:
                 s = (recent @ self.cooccurrence).toarray()
             elif source == TEXT:
-                user = recent @ self.text
-                user /= np.maximum(np.linalg.norm(user, axis=1, keepdims=True), 1e-12)
-                s = user @ self.text.T
+                s = self._user_text(recent) @ self.text.T  # type: ignore[union-attr]
             elif source == RECENT:
                 s = np.broadcast_to(self.recent_scores, (len(histories), n)).copy()
             else:
                 s = np.broadcast_to(self.popularity, (len(histories), n)).copy()
             out[source] = np.asarray(s, dtype=np.float32)
-        seen = _recency_matrix(histories, n, None, 1.0).tocoo()
+        seen = binary.tocoo()
         for s in out.values():
             s[seen.row, seen.col] = -np.inf
         return out
 
-    def batches(self, histories: Sequence[np.ndarray], show_progress: bool = False) -> Iterator[tuple[int, dict[str, np.ndarray]]]:
-        """(offset, scores) for consecutive batches of `histories`."""
-        step = self.cfg.batch_size
+    def _views(self, histories: Sequence[np.ndarray]) -> dict[str, DenseScores | IndexedText]:
+        """Each source's view of one batch: dense scores, or for indexed text the items the index found."""
+        top, depth = self.cfg.per_source, self.cfg.rank_depth
+        dense = [s for s in self.sources if s != TEXT or self.text_index is None]
+        views: dict[str, DenseScores | IndexedText] = {
+            s: DenseScores(v, top, depth, s in (TRANSITIONS, COOCCURRENCE)) for s, v in self.score(histories, dense).items()}
+        if self.text_index is not None:
+            n = len(self.item_ids)
+            users = self._user_text(_recency_matrix(histories, n, self.cfg.recent, self.cfg.decay))
+            seen = _recency_matrix(histories, n, None, 1.0).tocoo()
+            spare = min(max((len(h) for h in histories), default=0), top)  # own items the index may return first
+            found = self.text_index.search(users, top + spare)
+            views[TEXT] = IndexedText(users, self.text, found, np.sort(seen.row.astype(np.int64) * n + seen.col), top)  # type: ignore[arg-type]
+        return {s: views[s] for s in self.sources}
+
+    def batches(self, histories: Sequence[np.ndarray], show_progress: bool = False) -> Iterator[tuple[int, dict[str, DenseScores | IndexedText]]]:
+        """(offset, each source's view) for consecutive batches of at most ``batch_rows`` histories."""
+        step = self.batch_rows
         for start in tqdm(range(0, len(histories), step), desc="retrieve", unit="batch", disable=not show_progress):
-            yield start, self.score(histories[start : start + step])
+            yield start, self._views(histories[start : start + step])
 
     def retrieve(self, histories: Sequence[np.ndarray], targets: np.ndarray | None = None, show_progress: bool = False) -> Retrieved:
         """The union of every source's top ``per_source`` items for each history, with all sources' scores and ranks.
@@ -230,108 +304,51 @@ class Retriever:
 
         Returns:
             :class:`Retrieved`: ``candidates`` in long format (``row`` = index into `histories`, ``item_index``,
-            ``<source>_score``, ``<source>_rank`` (1 + items scored strictly higher, for every source even if
-            another one retrieved the item), ``n_sources`` (sources with the item in their top ``per_source``))
-            and, with targets, each source's rank of the target for :meth:`Retrieved.recall`.
+            ``<source>_score``, ``<source>_rank`` (1 + items scored strictly higher, within ``rank_depth``, for every
+            source even if another one retrieved the item), ``n_sources`` (sources with the item in their top
+            ``per_source``)) and, with targets, each source's rank of the target for :meth:`Retrieved.recall`.
         """
         parts, target_ranks = [], {s: [] for s in self.sources}
-        n_items, top = len(self.item_ids), self.cfg.per_source
-        for start, scores in self.batches(histories, show_progress):
-            b = len(next(iter(scores.values())))
+        n_items = len(self.item_ids)
+        for start, views in self.batches(histories, show_progress):
+            b = min(self.batch_rows, len(histories) - start)
             hits = np.zeros((b, n_items), dtype=np.int8)
-            ordered = {}
-            for s in self.sources:
-                v = scores[s]
-                ordered[s] = np.sort(v, axis=1)
-                threshold = ordered[s][:, max(n_items - top, 0)]
-                hits += (v >= threshold[:, None]) & self._retrievable(s, v)
+            for v in views.values():
+                v.add_hits(hits)
             rows, cols = np.nonzero(hits)
             frame = {ROW: (rows + start).astype(np.int32), ITEM_INDEX: cols.astype(np.int32), N_SOURCES: hits[rows, cols]}
+            del hits
             bounds = np.searchsorted(rows, np.arange(b + 1))
-            for s in self.sources:
-                values = scores[s][rows, cols]
+            for s, v in views.items():
+                values = v.values(rows, cols)
                 frame[source_score(s)] = values
-                frame[source_rank(s)] = _ranks_of(ordered[s], values, bounds)
+                frame[source_rank(s)] = v.ranks(values, bounds)
             parts.append(pl.DataFrame(frame))
             if targets is not None:
                 t = np.asarray(targets[start : start + b])
-                for s in self.sources:
-                    ranks, ties = held_out_ranks(scores[s], t)
-                    ok = self._retrievable(s, scores[s][np.arange(b), t])
-                    target_ranks[s].append(np.stack([ranks, ties, ok], axis=1))
+                for s, v in views.items():
+                    target_ranks[s].append(v.target_ranks(t))
         cands = pl.concat(parts) if parts else pl.DataFrame()
         per = {s: np.concatenate(r) for s, r in target_ranks.items()} if targets is not None else {}
-        return Retrieved(cands, per, top)
+        return Retrieved(cands, per, self.cfg.per_source)
 
     def score_pairs(self, histories: Sequence[np.ndarray], rows: np.ndarray, items: np.ndarray) -> pl.DataFrame:
         """Every source's score and rank, and ``n_sources``, of given (row, item index) pairs, `rows` sorted:
         the retrieval features of candidates that retrieval did not produce (logged ones). Rows follow the input."""
-        top, n_items = self.cfg.per_source, len(self.item_ids)
         bounds_all = np.searchsorted(rows, np.arange(len(histories) + 1))
         cols: dict[str, list[np.ndarray]] = {N_SOURCES: [], **{c: [] for s in self.sources for c in (source_score(s), source_rank(s))}}
-        for start, scores in self.batches(histories):
-            b = len(next(iter(scores.values())))
+        for start, views in self.batches(histories):
+            b = min(self.batch_rows, len(histories) - start)
             lo, hi = bounds_all[start], bounds_all[start + b]
             r, i = rows[lo:hi] - start, items[lo:hi]
             hits = np.zeros(hi - lo, dtype=np.int8)
-            for s in self.sources:
-                ordered = np.sort(scores[s], axis=1)
-                values = scores[s][r, i]
-                hits += (values >= ordered[r, max(n_items - top, 0)]) & self._retrievable(s, values)
+            for s, v in views.items():
+                values = v.values(r, i)
+                hits += v.hits(r, i, values)
                 cols[source_score(s)].append(values)
-                cols[source_rank(s)].append(_ranks_of(ordered, values, bounds_all[start : start + b + 1] - lo))
+                cols[source_rank(s)].append(v.ranks(values, bounds_all[start : start + b + 1] - lo))
             cols[N_SOURCES].append(hits)
         return pl.DataFrame({k: np.concatenate(v) if v else np.zeros(0) for k, v in cols.items()})
-
-    @staticmethod
-    def _retrievable(source: str, scores: np.ndarray) -> np.ndarray:
-        """Items a source may retrieve: finite scores, and for the sparse count sources a positive one."""
-        ok = np.isfinite(scores)
-        return ok & (scores > 0) if source in (TRANSITIONS, COOCCURRENCE) else ok
-
-
-def _ranks_of(ordered: np.ndarray, values: np.ndarray, bounds: np.ndarray) -> np.ndarray:
-    """1 + the number of items scored strictly higher, for `values` grouped by row (row r is values[bounds[r]:bounds[r+1]]).
-
-    Args:
-        ordered: (rows, n_items) each row's scores sorted ascending.
-        values: the scores to rank, grouped by row.
-        bounds: (rows + 1,) group boundaries into `values`.
-    """
-    n_items = ordered.shape[1]
-    out = np.empty(len(values), dtype=np.int32)
-    for r in range(len(bounds) - 1):
-        lo, hi = bounds[r], bounds[r + 1]
-        if hi > lo:
-            out[lo:hi] = 1 + n_items - np.searchsorted(ordered[r], values[lo:hi], side="right")
-    return out
-
-
-@dataclass
-class Retrieved:
-    """Candidates of a batch of histories and, when targets were given, each source's rank of the target."""
-
-    candidates: pl.DataFrame
-    target_ranks: dict[str, np.ndarray]  # source -> (rows, 3): rank, ties, retrievable
-    per_source: int
-
-    def recall(self, ns: Sequence[int] = (10, 50, 100)) -> dict[str, dict[str, float]]:
-        """Recall@N of each source (tie-averaged) and of the union (a target any source retrieves within N).
-
-        The union at N = ``per_source`` is exactly the candidate set: the ceiling retrieval puts on the ranker.
-        """
-        if not self.target_ranks:
-            raise ValueError("recall needs the targets passed to Retriever.retrieve")
-        out = {s: {f"recall@{n}": recall_at_k(r[:, 0], n, r[:, 1]) for n in ns} for s, r in self.target_ranks.items()}
-        union = {}
-        for n in sorted(set(ns) | {self.per_source}):
-            hit = np.zeros(len(next(iter(self.target_ranks.values()))), dtype=bool)
-            for r in self.target_ranks.values():
-                hit |= (r[:, 0] <= n) & (r[:, 2] > 0)
-            # A hit "ranks" 1 and a miss n + 1, so recall_at_k gives the share of targets in the union.
-            union[f"recall@{n}"] = recall_at_k(np.where(hit, 1, n + 1), n)
-        out["union"] = union
-        return out
 
 
 def _recent_scores(items: pl.DataFrame, rows: pl.DataFrame, hours: float) -> np.ndarray:

@@ -26,7 +26,7 @@ import polars as pl
 from features.collect import collect_features
 from ranker.topk import top_k_matrix
 from features.registry import source_score
-from recsys.candidates.retrieval import COOCCURRENCE, EASE, ITEM_INDEX, POPULARITY, ROW, TEXT, TRANSITIONS, Retriever
+from recsys.candidates.retrieval import ALS, COOCCURRENCE, EASE, ITEM_INDEX, POPULARITY, ROW, TEXT, TRANSITIONS, Retriever
 from recsys.candidates.retrieved import Requests, retrieved_candidates
 from recsys.data import Col, Split
 from recsys.errors import RecsysError
@@ -39,7 +39,7 @@ from recsys.splits import splits_before
 log = logging.getLogger(__name__)
 
 TOP = 10  # beyond-accuracy metrics look at the top 10
-SOURCE_ROWS = {POPULARITY: "popularity", TRANSITIONS: "transitions", COOCCURRENCE: "cooccurrence", EASE: "ease"}
+SOURCE_ROWS = {POPULARITY: "popularity", TRANSITIONS: "transitions", COOCCURRENCE: "cooccurrence", EASE: "ease", ALS: "als"}
 Ranks = tuple[np.ndarray, np.ndarray]  # rank of the target and the size of its tie
 
 
