@@ -248,10 +248,11 @@ def test_batches_are_bounded_whatever_the_number_of_histories(shop: tuple[Datase
         assert max(largest) == 3 * N_ITEMS
 
 
-def test_memory_budget_is_a_checked_resource() -> None:
+def test_memory_budget_is_a_checked_result_setting() -> None:
     assert parse_bytes("4GB") == 4 * 10**9 and parse_bytes("1.5GiB") == 3 * 2**29 and parse_bytes(123) == 123
     with pytest.raises(RecsysError, match="memory_budget"):
         RetrievalConfig(memory_budget="lots")
     with pytest.raises(RecsysError, match="rank_depth"):
         RetrievalConfig(per_source=100, rank_depth=10)
-    assert "memory_budget" not in result_settings(RetrievalConfig()) and "batch_size" not in result_settings(RetrievalConfig())
+    # The budget picks methods (EASE or ALS...), so it is part of the model; the batch size only paces the work.
+    assert "memory_budget" in result_settings(RetrievalConfig()) and "batch_size" not in result_settings(RetrievalConfig())
