@@ -256,3 +256,21 @@ def test_memory_budget_is_a_checked_result_setting() -> None:
         RetrievalConfig(per_source=100, rank_depth=10)
     # The budget picks methods (EASE or ALS...), so it is part of the model; the batch size only paces the work.
     assert "memory_budget" in result_settings(RetrievalConfig()) and "batch_size" not in result_settings(RetrievalConfig())
+
+
+@pytest.mark.parametrize("cfg", [RetrievalConfig(per_source=3, ease_l2=10.0),
+                                 RetrievalConfig(per_source=3, ease_l2=10.0, rank_depth=6, text_ann_items=10, memory_budget="1000B")],
+                         ids=["ease, exact text", "als, text index"])
+def test_an_empty_history_retrieves_only_what_needs_no_history(shop: tuple[Dataset, list[list[int]]], cfg: RetrievalConfig) -> None:
+    # With no history every item scores alike in the history sources; ties all counting, they would each
+    # retrieve the whole catalogue. Only popularity knows something about a new user.
+    ds, _ = shop
+    r = Retriever.fit(ds, vectors(N_ITEMS), cfg)
+    histories = [np.zeros(0, dtype=np.int64), *r.encode_histories(ds.split(Split.TEST).head(3)[Col.HISTORY])]
+    got = r.retrieve(histories).candidates
+    cold = got.filter(pl.col(ROW) == 0)
+    assert 3 <= cold.height < N_ITEMS / 2 and cold[N_SOURCES].max() == 1
+    assert cold[source_rank("popularity")].max() <= 3 + cold[source_rank("popularity")].is_duplicated().sum()
+    assert got.filter(pl.col(ROW) > 0).group_by(ROW).len()["len"].min() > cold.height  # warm rows get every source
+    scored = r.score_pairs(histories, got[ROW].to_numpy(), got[ITEM_INDEX].to_numpy())
+    np.testing.assert_array_equal(scored[N_SOURCES].to_numpy(), got[N_SOURCES].to_numpy())

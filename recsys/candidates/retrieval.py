@@ -277,14 +277,17 @@ class Retriever:
         """Each source's view of one batch: dense scores, or for indexed text the items the index found."""
         top, depth = self.cfg.per_source, self.cfg.rank_depth
         dense = [s for s in self.sources if s != TEXT or self.text_index is None]
+        informed = np.array([len(h) > 0 for h in histories], dtype=bool)
         views: dict[str, DenseScores | IndexedText] = {
-            s: DenseScores(v, top, depth, s in (TRANSITIONS, COOCCURRENCE)) for s, v in self.score(histories, dense).items()}
+            s: DenseScores(v, top, depth, s in (TRANSITIONS, COOCCURRENCE), None if s in (POPULARITY, RECENT) else informed)
+            for s, v in self.score(histories, dense).items()}
         if self.text_index is not None:
             n = len(self.item_ids)
             users = self._user_text(_recency_matrix(histories, n, self.cfg.recent, self.cfg.decay))
             seen = _recency_matrix(histories, n, None, 1.0).tocoo()
             spare = min(max((len(h) for h in histories), default=0), top)  # own items the index may return first
             found = self.text_index.search(users, top + spare)
+            found[~informed] = -1  # an empty history has no text vector to search with
             views[TEXT] = IndexedText(users, self.text, found, np.sort(seen.row.astype(np.int64) * n + seen.col), top)  # type: ignore[arg-type]
         return {s: views[s] for s in self.sources}
 

@@ -73,13 +73,20 @@ def best_scores(scores: np.ndarray, depth: int, sample: int = 1024) -> np.ndarra
 
 
 class DenseScores:
-    """A source's (rows, n_items) scores, own items -inf, with each row's best `depth` scores sorted."""
+    """A source's (rows, n_items) scores, own items -inf, with each row's best `depth` scores sorted.
 
-    def __init__(self, scores: np.ndarray, top: int, depth: int, positive_only: bool) -> None:
+    `informed` marks the rows the source knows something about (for the sources read from the history: a
+    non-empty one); the others retrieve nothing. Without that, an empty history scores every item alike (all
+    zero) and, ties all counting, the whole catalogue would enter the row's candidates.
+    """
+
+    def __init__(self, scores: np.ndarray, top: int, depth: int, positive_only: bool, informed: np.ndarray | None = None) -> None:
         n = scores.shape[1]
         self.scores, self.positive_only = scores, positive_only
         self.ordered = np.sort(scores, axis=1) if depth >= n else best_scores(scores, depth)
         self.threshold = self.ordered[:, max(self.ordered.shape[1] - top, 0)]  # the top-th best score (ties all count)
+        if informed is not None:
+            self.threshold[~informed] = np.inf
 
     def retrievable(self, values: np.ndarray) -> np.ndarray:
         """Finite scores, and for the sparse count sources a positive one."""
