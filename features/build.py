@@ -54,12 +54,14 @@ _MEMORY = re.compile(r"^(\d+(?:\.\d+)?)\s*([KMGT]i?)B$", re.IGNORECASE)
 _UNITS = {"k": 2**10, "m": 2**20, "g": 2**30, "t": 2**40}
 # Memory model of the builder's process (measured: benchmarks/results/features_scale.md). What the process
 # holds already (libraries) and a reserve (the longest window's events, key dictionaries, allocator slack)
-# come off `memory_limit`; the rest sizes the segments, at BYTES_PER_ROW each, or DuckDB's sort, which runs before.
+# come off `memory_limit`; the rest sizes the segments, at BYTES_PER_ROW each, and DuckDB's sort (DUCKDB_SHARE of it),
+# which runs before them.
 MIN_MEMORY_LIMIT = 64 * 2**20
 RESERVE = 384 * 2**20
-BYTES_PER_ROW = 1400
-MIN_SEGMENT_ROWS, MAX_SEGMENT_ROWS = 10_000, 2_000_000  # below: per-segment overhead; above: no faster
+BYTES_PER_ROW = 1600
+MIN_SEGMENT_ROWS, MAX_SEGMENT_ROWS = 10_000, 500_000  # below: per-segment overhead; above: slower (pipeline fill and drain, cache misses)
 MIN_DUCKDB_MEMORY = 16 * 2**20
+DUCKDB_SHARE = 0.5  # of the working memory, for DuckDB's sort: it allocates beyond its limit, Polars keeps what shaping freed
 _KEYS = [Col.IMPRESSION, Col.USER, Col.ITEM, Col.POSITION, Col.TIME, Col.SPLIT, Col.LABEL]
 _DICTIONARY = [Col.IMPRESSION, Col.USER, Col.ITEM, Col.SPLIT]  # dictionary-encoded in the output; numbers compress without
 
@@ -168,9 +170,10 @@ def _resident_bytes() -> int:
 
 def _connect(cfg: FeatureConfig, scratch: Path) -> duckdb.DuckDBPyConnection:
     con = duckdb.connect()
-    con.execute(f"SET memory_limit = '{max(_working_memory(cfg), MIN_DUCKDB_MEMORY) // 2**20}MiB'")
+    con.execute(f"SET memory_limit = '{max(int(_working_memory(cfg) * DUCKDB_SHARE), MIN_DUCKDB_MEMORY) // 2**20}MiB'")
     con.execute(f"SET temp_directory = '{shape.quote(scratch / 'duckdb')}'")
     con.execute("SET preserve_insertion_order = false")  # less memory; what must be ordered is ORDER BY'd
+    con.execute("SET allocator_flush_threshold = '16MB'")  # give a finished sort's memory back to the stream
     if cfg.threads is not None:
         con.execute(f"SET threads = {int(cfg.threads)}")
     return con
@@ -239,7 +242,7 @@ class _Stream:
 def segments(rows: Iterator[pl.DataFrame], events: Iterator[pl.DataFrame] | None, size: int) -> Iterator[pl.DataFrame]:
     """Rows and events merged into time-ordered segments of at most about 2 x `size` rows, never splitting a timestamp.
 
-    Each segment flags its query rows (``_is_query``) and its events (``is_event``). Without `events`
+    Each segment flags its query rows (``_is_query``) and its events (``_is_event``). Without `events`
     the rows are the log: a labelled row not sampled is an event too. Events after the last row are never read.
     """
     streams = [_Stream(rows)] + ([_Stream(events)] if events is not None else [])

@@ -11,10 +11,10 @@ What carries over between segments is small: per key, the totals of events alrea
 segment still reaches. Memory therefore follows the segment, the number of keys and the events of the
 longest window, never the length of the log.
 
-How a segment is answered, in vectorised numpy: the buffer and the segment are laid out in time order,
-sorted by (key, position); a running sum over that order, read at the first row of a row's
-(key, timestamp) group, counts the key's events before t; read at the first row at or after t - w,
-it counts those before the window; the difference is the window's sum.
+How a segment is answered, in vectorised numpy: the buffer and the segment, in time order, are sorted
+stably by key (a radix sort); a running sum over that order, read at the first row of a row's
+(key, timestamp) group less its value at the key's first row, counts the key's events before t (plus
+the state); read instead at the key's first row at or after t - w, it gives the window's sum.
 """
 
 from __future__ import annotations
