@@ -147,8 +147,8 @@ _CONFIG = click.option("--config", "config_file", type=click.Path(dir_okay=False
 
 def _resource_options(f):  # type: ignore[no-untyped-def]
     f = click.option("--temp-dir", type=click.Path(file_okay=False), default=None, help="Scratch directory for spills (resource).")(f)
-    f = click.option("--threads", type=int, default=None, help="DuckDB threads (resource: never retrains).")(f)
-    f = click.option("--memory-limit", default=None, help="DuckDB memory limit, e.g. 4GB (resource: never retrains).")(f)
+    f = click.option("--threads", type=int, default=None, help="DuckDB threads of the feature sort (resource: never retrains).")(f)
+    f = click.option("--memory-limit", default=None, help="Peak memory of feature building, e.g. 4GB (resource: never retrains).")(f)
     return f
 
 
@@ -238,9 +238,9 @@ def encode_cmd(dataset: Path, model_dir: Path | None, out: Path, batch_size: int
 @click.option("--rows", type=click.Path(exists=True, dir_okay=False, path_type=Path), help="Impressions-format Parquet to featurise (default: the dataset's impressions).")
 @click.option("--text", "text", type=click.Path(exists=True, dir_okay=False, path_type=Path), help="Text features (Parquet) to join by (impression, candidate).")
 @click.option("--windows", default=None, help="Trailing windows of the item features, hours, comma-separated [default: 1,6,24].")
-@click.option("--memory-limit", default=None, help="DuckDB memory limit; beyond it work spills to --temp-dir [default: 4GB].")
+@click.option("--memory-limit", default=None, help="Peak memory of the build; beyond it work is streamed in smaller segments and sorts spill to --temp-dir [default: 4GB].")
 @click.option("--temp-dir", type=click.Path(file_okay=False, path_type=Path), help="Scratch directory (default: system temp).")
-@click.option("--threads", type=int, help="DuckDB threads (default: all cores).")
+@click.option("--threads", type=int, help="DuckDB threads of the out-of-core sort (default: all cores).")
 @_CONFIG
 def features_cmd(dataset: Path, out: Path, rows: Path | None, text: Path | None, windows: str | None, memory_limit: str | None,
                  temp_dir: Path | None, threads: int | None, config_file: Path | None) -> None:

@@ -1,15 +1,17 @@
-"""Feature-builder throughput and peak memory on a synthetic log, against a straightforward pandas baseline.
+"""Feature-builder throughput and peak memory on a synthetic log, against a pandas baseline computing the same features.
 
-Three stages, each in its own subprocess so that its peak RSS is its own (``os.wait4`` rusage):
+Stages, each in its own subprocess so that its peak RSS is its own (``os.wait4`` rusage):
 
 * ``generate``  a synthetic log in the canonical format, built with numpy (about 10 candidates per impression)
-* ``features``  :func:`features.build.build_features`: every feature family, DuckDB out of core
-* ``pandas``    two features only (item clicks before t, user clicks before t), the obvious pandas way:
-  read, explode, ``merge_asof`` with ``allow_exact_matches=False``
+* ``features``  :func:`features.build.build_features`: every behaviour feature, streamed out of core
+* ``pandas``    the same features the obvious in-memory pandas way (:mod:`benchmarks.features_pandas`), on
+  ``--baseline-rows`` rows (default: at most 1M, as pandas holds everything in memory); the builder runs on
+  those rows too, and the two tables are compared feature by feature (``pandas_agrees``)
 
-Run::
+Ratios are rows per second (and peak RSS) of the builder over the baseline: at the benchmark's size
+(``speed_ratio_vs_pandas``) and on the baseline's own rows (``speed_ratio_same_rows``). Run::
 
-    .venv/bin/python -m benchmarks.features --rows 10000000 --memory-limit 2GB
+    .venv/bin/python -m benchmarks.features --rows 10000000 --memory-limit 1GB
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ from recsys.io import write_json
 
 log = logging.getLogger(__name__)
 
-_PANDAS_FEATURES = ("item_clicks_all", "user_clicks_before")
+BASELINE_ROWS = 1_000_000
 
 
 def generate(path: Path, n_rows: int, seed: int = 0, n_items: int = 50_000, n_users: int = 200_000, days: int = 14) -> int:
@@ -98,29 +100,10 @@ def _impressions_schema() -> pa.Schema:
     ])
 
 
-def pandas_two_features(dataset: Path, out: Path) -> int:
-    """The baseline: item all-time clicks before t and user clicks before t, written the obvious pandas way."""
-    import pandas as pd
-
-    imps = pd.read_parquet(dataset / "impressions.parquet", columns=[Col.IMPRESSION, Col.USER, Col.TIME, Col.CANDIDATES, Col.LABELS])
-    imps[Col.LABELS] = imps[Col.LABELS].where(imps[Col.LABELS].notna(), imps[Col.CANDIDATES].map(lambda c: [None] * len(c)))
-    rows = imps.explode([Col.CANDIDATES, Col.LABELS]).rename(columns={Col.CANDIDATES: Col.ITEM, Col.LABELS: Col.LABEL})
-    rows = rows.dropna(subset=[Col.ITEM]).sort_values(Col.TIME, kind="stable")
-    events = rows.dropna(subset=[Col.LABEL]).astype({Col.LABEL: "int64"})
-    for key, name in ((Col.ITEM, _PANDAS_FEATURES[0]), (Col.USER, _PANDAS_FEATURES[1])):
-        moments = events.groupby([key, Col.TIME], as_index=False)[Col.LABEL].sum()
-        moments[name] = moments.groupby(key)[Col.LABEL].cumsum()
-        moments = moments.sort_values(Col.TIME, kind="stable")
-        rows = pd.merge_asof(rows, moments[[key, Col.TIME, name]], on=Col.TIME, by=key, allow_exact_matches=False)
-        rows[name] = rows[name].fillna(0).astype("int32")
-    rows[[Col.IMPRESSION, Col.ITEM, Col.TIME, *_PANDAS_FEATURES]].to_parquet(out)
-    return len(rows)
-
-
-def _stage(name: str, workdir: Path, args: argparse.Namespace) -> dict[str, Any]:
+def _stage(name: str, workdir: Path, rows: int, memory_limit: str) -> dict[str, Any]:
     """Run one stage in a child process; return its own figures plus wall time and peak RSS (MB)."""
     cmd = [sys.executable, "-m", "benchmarks.features", "--stage", name, "--workdir", str(workdir),
-           "--rows", str(args.rows), "--memory-limit", args.memory_limit]
+           "--rows", str(rows), "--memory-limit", memory_limit]
     start = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE)
     assert proc.stdout is not None
@@ -129,32 +112,46 @@ def _stage(name: str, workdir: Path, args: argparse.Namespace) -> dict[str, Any]
     if os.waitstatus_to_exitcode(status) != 0:
         raise RuntimeError(f"benchmark stage {name} failed ({status}): {' '.join(cmd)}")
     figures = json.loads(output.decode().strip().splitlines()[-1])
-    figures.update(wall_s=round(time.perf_counter() - start, 1), peak_rss_mb=round(usage.ru_maxrss / 1024))
+    figures.update(wall_s=round(time.perf_counter() - start, 1), peak_rss_mb=round(usage.ru_maxrss / 1024),
+                   cpu_s=round(usage.ru_utime + usage.ru_stime, 1))
     return figures
 
 
-def _same_totals(workdir: Path) -> bool:
-    """Cross-check: both outputs hold the same totals of the two features the baseline computes."""
-    import duckdb
-
-    sums = ", ".join(f"sum({name})" for name in _PANDAS_FEATURES)
-    con = duckdb.connect()
-    totals = [con.execute(f"SELECT {sums} FROM read_parquet('{workdir / f}')").fetchone() for f in ("features.parquet", "pandas.parquet")]
-    return totals[0] == totals[1]
-
-
-def run(rows: int = 10_000_000, memory_limit: str = "2GB", workdir: Path | None = None) -> dict[str, Any]:
-    """Generate a log of `rows` (impression, candidate) pairs, build features, run the pandas baseline.
+def run(rows: int = 10_000_000, memory_limit: str = "4GB", workdir: Path | None = None, baseline_rows: int | None = None) -> dict[str, Any]:
+    """Generate a log of `rows` (impression, candidate) pairs and build its features; run the pandas baseline
+    on `baseline_rows` (default: ``min(rows, BASELINE_ROWS)``) and compare it with the builder on those rows.
 
     Returns:
-        Per stage: seconds, rows per second and peak RSS; plus the speed ratio recsys / pandas.
+        Per stage: seconds, rows per second, peak RSS; whether pandas agrees; speed and memory ratios.
     """
-    args = argparse.Namespace(rows=rows, memory_limit=memory_limit)
+    small = min(rows, baseline_rows or BASELINE_ROWS)
+    load_before = os.getloadavg()
     with tempfile.TemporaryDirectory(prefix="bench-features-", dir=workdir) as tmp:
-        result = {stage: _stage(stage, Path(tmp), args) for stage in ("generate", "features", "pandas")}
-        result["pandas_agrees"] = _same_totals(Path(tmp))
-    result["rows"] = rows
-    result["speed_ratio_vs_pandas"] = round(result["features"]["rows_per_s"] / result["pandas"]["rows_per_s"], 2)
+        big, base = Path(tmp) / "big", Path(tmp) / "baseline"
+        result: dict[str, Any] = {"generate": _stage("generate", big, rows, memory_limit),
+                                  "features": _stage("features", big, rows, memory_limit)}
+        if small != rows:
+            _stage("generate", base, small, memory_limit)
+            result["features_baseline_rows"] = _stage("features", base, small, memory_limit)
+        else:
+            base = big
+            result["features_baseline_rows"] = result["features"]
+        result["pandas"] = _stage("pandas", base, small, memory_limit)
+        from benchmarks.features_pandas import compare
+
+        agreement = compare(base / "features.parquet", base / "pandas.parquet")
+    same = result["features_baseline_rows"]
+    result.update(
+        rows=rows, baseline_rows=small, memory_limit=memory_limit,
+        pandas_agrees=agreement["agrees"], pandas_differs=agreement.get("differ", agreement.get("problem")),
+        speed_ratio_vs_pandas=round(result["features"]["rows_per_s"] / result["pandas"]["rows_per_s"], 2),
+        speed_ratio_same_rows=round(same["rows_per_s"] / result["pandas"]["rows_per_s"], 2),
+        memory_ratio_vs_pandas=round(result["features"]["peak_rss_mb"] / result["pandas"]["peak_rss_mb"], 2),
+        memory_ratio_same_rows=round(same["peak_rss_mb"] / result["pandas"]["peak_rss_mb"], 2),
+        load_average={"before": [round(x, 2) for x in load_before], "after": [round(x, 2) for x in os.getloadavg()]},
+    )
+    if small != rows:
+        result["note"] = f"the pandas baseline ran on {small} rows (it holds everything in memory); ratios are of rows/s"
     return result
 
 
@@ -170,7 +167,11 @@ def _child(args: argparse.Namespace) -> dict[str, Any]:
         summary = build_features(dataset, args.workdir / "features.parquet", cfg, show_progress=False)
         n, n_features = summary.rows, len(summary.features)
     else:
-        n, n_features = pandas_two_features(dataset, args.workdir / "pandas.parquet"), len(_PANDAS_FEATURES)
+        from benchmarks.features_pandas import pandas_features
+        from features.registry import feature_names
+
+        n = pandas_features(dataset, args.workdir / "pandas.parquet")
+        n_features = len(feature_names(pq.read_schema(args.workdir / "pandas.parquet").names))
     seconds = time.perf_counter() - start
     return {"rows_out": n, "features": n_features, "seconds": round(seconds, 1), "rows_per_s": round(n / seconds)}
 
@@ -178,7 +179,8 @@ def _child(args: argparse.Namespace) -> dict[str, Any]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rows", type=int, default=10_000_000)
-    parser.add_argument("--memory-limit", default="2GB")
+    parser.add_argument("--memory-limit", default="4GB", help="the builder's memory limit (FeatureConfig.memory_limit)")
+    parser.add_argument("--baseline-rows", type=int, default=None, help=f"rows of the pandas baseline (default: at most {BASELINE_ROWS})")
     parser.add_argument("--workdir", type=Path, default=None, help="scratch directory (default: system temp)")
     parser.add_argument("--stage", choices=("generate", "features", "pandas"), help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -186,7 +188,7 @@ def main() -> None:
         print(json.dumps(_child(args)))
         return
     logging.basicConfig(level=logging.INFO)
-    print(json.dumps(run(args.rows, args.memory_limit, args.workdir), indent=2))
+    print(json.dumps(run(args.rows, args.memory_limit, args.workdir, args.baseline_rows), indent=2))
 
 
 if __name__ == "__main__":

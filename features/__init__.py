@@ -1,1 +1,2 @@
-"""Point-in-time behavioural features: :mod:`features.build` runs the ``*.sql`` families, :mod:`features.registry` names them."""
+"""Point-in-time behavioural features: :mod:`features.build` streams the log through the families of
+:mod:`features.families`, :mod:`features.registry` names them."""

@@ -4,13 +4,13 @@ Training, replay, catalogue evaluation and serving all call :func:`collect_featu
 ranked (impression format: who, when, history) and their candidates (long format, logged or retrieved).
 Each family in ``FeatureConfig.families`` adds its columns, keyed by (impression, position):
 
-* ``behaviour``  point-in-time SQL over the dataset's log (:func:`features.build.build_features`)
+* ``behaviour``  point-in-time counts over the dataset's log (:func:`features.build.build_features`)
 * ``text``       the text model's interest scores (:func:`recsys.text.features.text_features`)
 * ``retrieval``  every retrieval source's score and rank (already there for retrieved candidates)
 * ``pairs``      item-item, metadata and text-vector signals of the history (:func:`features.pairs.pair_features`)
 
 What the features may read comes in :class:`FeatureInputs`, fitted by the caller on the rows allowed at that
-point (the retriever never saw the targets it scores; the SQL reads only events before each impression).
+point (the retriever never saw the targets it scores; the behaviour features read only events before each impression).
 """
 
 from __future__ import annotations

@@ -23,7 +23,7 @@ DEFAULT_WINDOWS: tuple[int, ...] = (1, 6, 24)
 CLICK_PROB = "click_prob"
 
 # Families the ranker can be told to read (FeatureConfig.families). Behaviour features come from the
-# point-in-time SQL (features/*.sql, in three kinds: item, user, context), text features from the text
+# point-in-time builder (features/build.py, in three kinds: item, user, context), text features from the text
 # model (recsys/text/features.py), retrieval and pair features from the fitted retriever (features/pairs.py).
 BEHAVIOUR, TEXT, RETRIEVAL, PAIRS = "behaviour", "text", "retrieval", "pairs"
 FAMILIES = (BEHAVIOUR, TEXT, RETRIEVAL, PAIRS)

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -155,9 +156,12 @@ def validate_impressions(impressions: pl.DataFrame, what: str = "impressions") -
     return impressions
 
 
-def explode_candidates(impressions: pl.DataFrame) -> pl.DataFrame:
-    """Long format: one row per (impression, candidate) with its position and label (null if unlabelled)."""
-    cols = [Col.IMPRESSION, Col.USER, Col.TIME, Col.SPLIT, Col.CANDIDATES, Col.LABELS]
+def explode_candidates(impressions: pl.DataFrame, carry: Sequence[str] = ()) -> pl.DataFrame:
+    """Long format: one row per (impression, candidate) with its position and label (null if unlabelled).
+
+    `carry` names further impression columns repeated on each of the impression's rows (say a row index).
+    """
+    cols = [Col.IMPRESSION, Col.USER, Col.TIME, Col.SPLIT, *carry, Col.CANDIDATES, Col.LABELS]
     if Col.CLICK_PROBS in impressions.columns:
         cols.append(Col.CLICK_PROBS)
     df = impressions.select(cols).with_columns(
