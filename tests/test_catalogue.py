@@ -139,3 +139,19 @@ def test_the_ranker_and_the_evaluation_read_seeded_samples_of_users(shop: Datase
     ci_all, ci_part = (reports[n]["ci95"]["random"]["mrr"] for n in ("all", "part"))
     assert 0 < ci_all < ci_part
     assert "## 95% confidence intervals" in (tmp_path / "part" / "report.md").read_text()
+
+
+def test_chunked_evaluation_gives_the_same_metrics(shop: Dataset, tmp_path: Path) -> None:
+    from recsys.evaluation.catalogue import catalogue
+    from recsys.pipeline import Assets
+
+    rec = Recommender.fit(shop, small_cfg(shop), out=tmp_path / "model", show_progress=False)
+    assets = Assets(rec.model_dir, rec.config, shop)
+    rows = shop.split(Split.TEST)
+    whole, _ = catalogue(assets, rows, Split.TEST)
+    chunked, _ = catalogue(assets, rows, Split.TEST, chunk_rows=7)
+    assert rows.height > 7 * 3
+    assert whole.keys() == chunked.keys()
+    for name in whole:
+        for metric, value in whole[name].items():
+            assert chunked[name][metric] == pytest.approx(value, abs=1e-12), (name, metric)

@@ -22,12 +22,14 @@ from typing import Any
 
 import numpy as np
 import polars as pl
+from tqdm.auto import tqdm
 
 from features.collect import collect_features
 from ranker.topk import top_k_matrix
 from features.registry import source_score
 from recsys.candidates.retrieval import ALS, COOCCURRENCE, EASE, ITEM_INDEX, POPULARITY, ROW, TEXT, TRANSITIONS, Retriever
 from recsys.candidates.retrieved import Requests, retrieved_candidates
+from recsys.candidates.topn import Retrieved
 from recsys.data import Col, Split
 from recsys.errors import RecsysError
 from recsys.evaluation.metrics import (FULL_KS, catalogue_coverage, ci95, held_out_ranks, intra_list_diversity, ndcg_key,
@@ -39,6 +41,7 @@ from recsys.splits import splits_before
 log = logging.getLogger(__name__)
 
 TOP = 10  # beyond-accuracy metrics look at the top 10
+CHUNK_ROWS = 5_000  # rows ranked at once: ~2M candidate rows with their features at ~400 candidates a row
 SOURCE_ROWS = {POPULARITY: "popularity", TRANSITIONS: "transitions", COOCCURRENCE: "cooccurrence", EASE: "ease", ALS: "als"}
 Ranks = tuple[np.ndarray, np.ndarray]  # rank of the target and the size of its tie
 
@@ -79,26 +82,41 @@ def _by_history(ranks: dict[str, Ranks], hist_len: np.ndarray) -> pl.DataFrame:
     return pl.DataFrame(rows)
 
 
-def _text_rows(assets: Assets, retriever: Retriever, req: Requests, table: pl.DataFrame, got: Any, split: str) -> dict[str, tuple[Ranks, np.ndarray]]:
-    """The text source alone: the main encoder's (``text only`` when fine-tuned, else ``frozen text``) and the frozen one."""
-    n_rows = len(req.targets)
-    out = {}
-    if TEXT in retriever.sources:
-        r = got.target_ranks[TEXT]
-        name = "text only" if assets.config.fine_tune else "frozen text"
-        out[name] = ((r[:, 0], r[:, 1]), top_k_matrix(table, table[source_score(TEXT)].to_numpy(), n_rows, TOP, ROW, ITEM_INDEX))
+def _frozen_text_only(assets: Assets, split: str) -> Retriever | None:
+    """The pretrained encoder's text source alone (the ``frozen text`` row of a fine-tuned model), or None."""
     frozen = assets.vectors(FROZEN)
-    if assets.config.fine_tune and frozen is not None:
-        only = Retriever.fit(assets.dataset, frozen, dataclasses.replace(assets.config.retrieval, sources=(TEXT,)), splits=splits_before(split))
-        fgot = only.retrieve(req.histories, req.targets)
-        r = fgot.target_ranks[TEXT]
-        cands = fgot.candidates
-        out["frozen text"] = ((r[:, 0], r[:, 1]), top_k_matrix(cands, cands[source_score(TEXT)].to_numpy(), n_rows, TOP, ROW, ITEM_INDEX))
-    return out
+    if not (assets.config.fine_tune and frozen is not None):
+        return None
+    return Retriever.fit(assets.dataset, frozen, dataclasses.replace(assets.config.retrieval, sources=(TEXT,)), splits=splits_before(split))
 
 
-def catalogue(assets: Assets, rows: pl.DataFrame, split: str, seed: int = 0) -> tuple[dict[str, dict[str, float]], dict[str, Any]]:
+def _rank_chunk(assets: Assets, retriever: Retriever, frozen_only: Retriever | None, req: Requests) -> tuple[dict[str, tuple[Ranks, np.ndarray]], Retrieved, int]:
+    """Every model's and source's (target rank, tie size) and top-k lists for one chunk of requests; its retrieval;
+    its number of candidates."""
+    cands, got = retrieved_candidates(retriever, req)
+    table = collect_features(assets.inputs(retriever), req.rows, cands)
+    n_items, n_rows = len(retriever.item_ids), len(req.targets)
+    found: dict[str, tuple[Ranks, np.ndarray]] = {}
+    for name, ranker in assets.rankers.items():
+        score = ranker.score(table)
+        found[name] = (_candidate_ranks(table, score, req.targets, n_items), top_k_matrix(table, score, n_rows, TOP, ROW, ITEM_INDEX))
+    sources = {**SOURCE_ROWS, TEXT: "text only" if assets.config.fine_tune else "frozen text"}
+    for source, name in sources.items():
+        if source in retriever.sources:
+            r = got.target_ranks[source]
+            found[name] = ((r[:, 0], r[:, 1]), top_k_matrix(table, table[source_score(source)].to_numpy(), n_rows, TOP, ROW, ITEM_INDEX))
+    if frozen_only is not None:
+        fgot = frozen_only.retrieve(req.histories, req.targets)
+        r, c = fgot.target_ranks[TEXT], fgot.candidates
+        found["frozen text"] = ((r[:, 0], r[:, 1]), top_k_matrix(c, c[source_score(TEXT)].to_numpy(), n_rows, TOP, ROW, ITEM_INDEX))
+    return found, got, table.height
+
+
+def catalogue(assets: Assets, rows: pl.DataFrame, split: str, seed: int = 0, chunk_rows: int = CHUNK_ROWS) -> tuple[dict[str, dict[str, float]], dict[str, Any]]:
     """Metrics of the model and every baseline over the whole catalogue for the held-out items of `rows` (of `split`).
+
+    Rows are ranked `chunk_rows` at a time (retrieval, features, rankers), keeping only each row's target ranks
+    and top-k lists, so memory is bounded by the chunk, not by the number of rows evaluated.
 
     Returns:
         Model name -> metric -> value (plus ``retrieval: <source>`` rows with each source's and the union's
@@ -116,18 +134,18 @@ def catalogue(assets: Assets, rows: pl.DataFrame, split: str, seed: int = 0) -> 
     if not (req.targets >= 0).all():
         log.warning("%d %s rows have no known target item and are skipped", int((req.targets < 0).sum()), split)
         req = req.with_targets()
-    cands, got = retrieved_candidates(retriever, req, show_progress=True)
-    table = collect_features(assets.inputs(retriever), req.rows, cands, show_progress=True)
+    frozen_only = _frozen_text_only(assets, split)
     n_items, n_rows = len(retriever.item_ids), len(req.targets)
-    found: dict[str, tuple[Ranks, np.ndarray]] = {}
-    for name, ranker in assets.rankers.items():
-        score = ranker.score(table)
-        found[name] = (_candidate_ranks(table, score, req.targets, n_items), top_k_matrix(table, score, n_rows, TOP, ROW, ITEM_INDEX))
-    found.update(_text_rows(assets, retriever, req, table, got, split))
-    for source, name in SOURCE_ROWS.items():
-        if source in retriever.sources:
-            r = got.target_ranks[source]
-            found[name] = ((r[:, 0], r[:, 1]), top_k_matrix(table, table[source_score(source)].to_numpy(), n_rows, TOP, ROW, ITEM_INDEX))
+    chunks, retrieved, n_candidates = [], [], 0
+    for start in tqdm(range(0, n_rows, chunk_rows), desc="evaluate", unit="chunk"):
+        part = Requests(req.rows.slice(start, chunk_rows), req.histories[start : start + chunk_rows], req.targets[start : start + chunk_rows])
+        found_part, got, n = _rank_chunk(assets, retriever, frozen_only, part)
+        chunks.append(found_part)
+        retrieved.append(got.target_ranks)
+        n_candidates += n
+    found = {name: ((np.concatenate([c[name][0][0] for c in chunks]), np.concatenate([c[name][0][1] for c in chunks])),
+                    np.concatenate([c[name][1] for c in chunks])) for name in chunks[0]}
+    got = Retrieved(pl.DataFrame(), {s: np.concatenate([t[s] for t in retrieved]) for s in retrieved[0]}, retriever.cfg.per_source)
     rng = np.random.default_rng(seed)
     found["random"] = ((rng.integers(1, n_items + 1, n_rows), np.ones(n_rows, dtype=np.int64)), rng.integers(0, n_items, (n_rows, TOP)))
     frozen = assets.pair_vectors.get(FROZEN)
@@ -136,7 +154,7 @@ def catalogue(assets: Assets, rows: pl.DataFrame, split: str, seed: int = 0) -> 
     recall = {f"retrieval: {s}": v for s, v in got.recall().items()}
     ranks = {name: rt for name, (rt, _) in found.items()}
     best = max((n for n in ranks if n not in ("full model", "without text", "random")), key=lambda n: metrics[n][ndcg_key(10)], default="random")
-    notes = {"rows": n_rows, "items": n_items, "candidates per row": round(table.height / max(n_rows, 1), 1),
+    notes = {"rows": n_rows, "items": n_items, "candidates per row": round(n_candidates / max(n_rows, 1), 1),
              "statistics fitted on": "+".join(splits_before(split)),
              "retrieval recall (union@N = the ranker's ceiling)": "; ".join(
                  f"{name.removeprefix('retrieval: ')} " + " ".join(f"{k.replace('recall', 'R')}={v:.4f}" for k, v in row.items())
