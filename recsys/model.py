@@ -132,7 +132,7 @@ def read_model_json(model_dir: Path, *, verify: bool = True) -> dict[str, Any]:
             cfg = TrainConfig.from_dict(meta["config"], source=f"{path} config")
         except RecsysError as exc:
             raise ModelMismatchError(f"{exc} (a model of another recsys version: retrain it)") from None
-        newer = _missing_keys(cfg.to_dict(), meta["config"])
+        newer = _missing_keys(result_settings(cfg), meta["config"])  # a missing resource setting just takes its default
         if newer:
             raise ModelMismatchError(f"{path}: trained by an older recsys whose config has no {', '.join(newer[:3])}; retrain the model")
         if fingerprint(result_settings(cfg)) != meta["config_fingerprint"]:
