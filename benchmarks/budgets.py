@@ -21,6 +21,7 @@ import datetime as dt
 import json
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -47,25 +48,26 @@ def _point(ds: Dataset, cfg: TrainConfig, split: str, rows: tuple[str, ...]) -> 
     return out
 
 
-def text_curve(size: str, points: list[int], seed: int = 0) -> list[dict[str, Any]]:
+def text_curve(size: str, points: list[int], seed: int = 0) -> Iterator[dict[str, Any]]:
     """Dev AUC of the text score and of the full model for each fine-tune budget, on ``recsys synth --size``."""
     from recsys.synth import SynthConfig, synthesize
 
     with tempfile.TemporaryDirectory() as tmp:
-        ds = synthesize(SynthConfig.preset(size, seed=seed), Path(tmp) / "data")
+        synthesize(SynthConfig.preset(size, seed=seed), Path(tmp) / "data")
         ds = Dataset.load(Path(tmp) / "data")
         base = TrainConfig.for_dataset(ds.manifest)
-        return [{"text.max_train_impressions": n, **_point(ds, override(base, **{"text.max_train_impressions": n, "text.epochs": 1}), Split.DEV,
-                                                             ("text only", "frozen text", "full model", "without text"))}
-                for n in points]
+        for n in points:
+            cfg = override(base, **{"text.max_train_impressions": n, "text.epochs": 1})
+            yield {"text.max_train_impressions": n, **_point(ds, cfg, Split.DEV, ("text only", "frozen text", "full model", "without text"))}
 
 
-def ranker_curve(dataset: str, points: list[int], split: str | None = None) -> list[dict[str, Any]]:
+def ranker_curve(dataset: str, points: list[int], split: str | None = None) -> Iterator[dict[str, Any]]:
     """The model's metric for each ``ranker_users`` (0 = every user), encoder frozen."""
     ds = Dataset.load(dataset)
     base = override(TrainConfig.for_dataset(ds.manifest), fine_tune=False)
     split = split or (Split.DEV if ds.kind == "impressions" else Split.TEST)
-    return [{"ranker_users": n or "all", **_point(ds, override(base, ranker_users=n or None), split, ("full model", "without text"))} for n in points]
+    for n in points:
+        yield {"ranker_users": n or "all", **_point(ds, override(base, ranker_users=n or None), split, ("full model", "without text"))}
 
 
 def _markdown(title: str, rows: list[dict[str, Any]]) -> str:
@@ -83,13 +85,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--points", type=int, nargs="+", required=True)
     args = parser.parse_args(argv)
     if args.curve == "text":
-        rows, title = text_curve(args.size, args.points), f"Fine-tune budget: synth {args.size}, one epoch"
+        points, title = text_curve(args.size, args.points), f"Fine-tune budget: synth {args.size}, one epoch"
     else:
-        rows, title = ranker_curve(args.dataset, args.points), f"Ranker users: {args.dataset}"
+        points, title = ranker_curve(args.dataset, args.points), f"Ranker users: {args.dataset}"
     RESULTS.mkdir(exist_ok=True)
     path = RESULTS / f"budgets-{args.curve}-{dt.date.today()}.md"
-    path.write_text(_markdown(title, rows))
-    print(path.read_text())
+    rows: list[dict[str, Any]] = []
+    for row in points:  # the table is rewritten after every point: a long run stopped midway keeps what it measured
+        rows.append(row)
+        path.write_text(_markdown(title, rows))
+        print(row, flush=True)
 
 
 if __name__ == "__main__":
