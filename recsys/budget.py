@@ -64,14 +64,13 @@ def plan(ds: Dataset, c: TrainConfig) -> list[StageBudget]:
             samples = min(samples, text.max_steps * text.batch_size * text.accumulate)
         out.append(StageBudget("fine-tune", f"{impressions:,} of {available:,} impressions x {text.epochs} epoch(s), ~{samples:,.0f} samples",
                                "text.max_train_impressions, text.epochs, text.max_steps", samples * token_scale / FINE_TUNE_SAMPLES_PER_S))
-    if logged:  # the later part of the training impressions, of a sample of their users
-        users = train[Col.USER].n_unique()
-        share = 1.0 if c.ranker_users is None else min(1.0, c.ranker_users / max(users, 1))
+    # Logged: the later part of the training impressions. Retrieved: dev targets and each user's last train item.
+    users = (train if logged else ds.split(Split.TRAIN, Split.DEV))[Col.USER].n_unique()
+    share = 1.0 if c.ranker_users is None else min(1.0, c.ranker_users / max(users, 1))  # the sampled users' share of the rows
+    if logged:
         groups = train.height * share * ((1.0 - c.text_fraction) if c.fine_tune else 1.0)
         per_group = train[Col.CANDIDATES].list.len().mean()
-    else:  # dev targets (and each user's last train item) of a sample of the train + dev users
-        users = ds.split(Split.TRAIN, Split.DEV)[Col.USER].n_unique()
-        share = 1.0 if c.ranker_users is None else min(1.0, c.ranker_users / max(users, 1))
+    else:
         groups = (ds.split(Split.DEV).height + (train[Col.USER].n_unique() if c.earlier_targets else 0)) * share
         per_group = c.train_negatives + 1
     rows = groups * float(per_group or 0)

@@ -186,7 +186,7 @@ def training_candidates(assets: Assets, show_progress: bool = False) -> pl.DataF
     dev = ds.split(Split.DEV)
     if dev.height == 0:
         raise RecsysError("the dataset has no dev rows: the ranker learns from dev targets (re-split a timestamped log by time)")
-    users = ranker_sample(ds.split(Split.TRAIN, Split.DEV).select(Col.USER), cfg)[Col.USER].implode()
+    users = ranker_sample(ds.split(Split.TRAIN, Split.DEV).select(Col.USER), cfg)[Col.USER].unique().implode()
     parts = [(assets.retriever(splits=splits_before(Split.DEV)), dev.filter(pl.col(Col.USER).is_in(users)))]
     if cfg.earlier_targets:
         earlier, last = last_per_user(ds.split(*splits_before(Split.DEV)))
