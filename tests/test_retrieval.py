@@ -17,7 +17,7 @@ from recsys.loaders.amazon import load_amazon
 from features.registry import source_rank, source_score
 from recsys.candidates.itemitem import ease_bytes, fit_ease
 from recsys.candidates.retrieval import (ALS, DEFAULT_SOURCES, EASE, ITEM_INDEX, N_SOURCES, ROW, TEXT, TRANSITIONS, RetrievalConfig, Retriever,
-                                         user_sequences)
+                                         batch_rows, user_sequences)
 from recsys.candidates.topn import best_scores
 from recsys.resources import parse_bytes, result_settings
 
@@ -227,9 +227,15 @@ def test_best_scores_equal_the_sorted_tail() -> None:
 def test_batches_are_bounded_whatever_the_number_of_histories(shop: tuple[Dataset, list[list[int]]], monkeypatch: pytest.MonkeyPatch) -> None:
     """The dense (rows x items) arrays come from one batch at a time, whose rows the budget sets."""
     ds, _ = shop
-    per_row = N_ITEMS * (4 * (len(DEFAULT_SOURCES) + 2) + 1)
+    # Dense: EASE and exact text; sparse: transitions and co-occurrence, whose rows reach
+    # at most `recent` rows of their matrices.
+    sparse = N_ITEMS * 2  # at most the catalogue each
+    per_row = 4 * N_ITEMS * (2 + 2) + 12 * sparse
     r = Retriever.fit(ds, vectors(N_ITEMS), RetrievalConfig(memory_budget=f"{4 * 3 * per_row}B"))
-    assert r.batch_rows == 3 and r.plan["batch_rows"] == 3
+    assert r.sources == [EASE, TRANSITIONS, "cooccurrence", TEXT, "popularity"]
+    assert r.batch_rows >= 3 and r.plan["batch_rows"] == r.batch_rows
+    assert r.batch_rows == batch_rows(N_ITEMS, 2, sum(min(N_ITEMS, 5 * int(np.diff(m.indptr).max())) for m in (r.transitions, r.cooccurrence)),
+                                      4 * 3 * per_row, 1024)
     largest: list[int] = []
     score = Retriever.score
 
@@ -245,7 +251,7 @@ def test_batches_are_bounded_whatever_the_number_of_histories(shop: tuple[Datase
         many = (histories * 4)[:n]
         r.retrieve(many)
         r.score_pairs(many, np.arange(n), np.zeros(n, dtype=np.int64))
-        assert max(largest) == 3 * N_ITEMS
+        assert max(largest) == r.batch_rows * N_ITEMS < len(histories) * N_ITEMS
 
 
 def test_memory_budget_is_a_checked_result_setting() -> None:

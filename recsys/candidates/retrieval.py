@@ -47,7 +47,7 @@ from features.registry import SOURCES, source_rank, source_score
 from recsys.candidates.als import ALS as ALSModel
 from recsys.candidates.ann import TextIndex
 from recsys.candidates.itemitem import cooccurrence, ease_bytes, fit_ease, transitions
-from recsys.candidates.topn import DenseScores, IndexedText, Retrieved
+from recsys.candidates.topn import DenseScores, IndexedText, OwnItems, Retrieved, SharedScores, SparseScores, reached
 from recsys.data import Col, Dataset, Split, explode_candidates
 from recsys.errors import RecsysError
 from recsys.resources import parse_bytes, resource
@@ -57,6 +57,7 @@ log = logging.getLogger(__name__)
 EASE, TRANSITIONS, COOCCURRENCE, TEXT, POPULARITY, RECENT, ALS = SOURCES  # named in features/registry.py with their features
 DEFAULT_SOURCES = (EASE, TRANSITIONS, COOCCURRENCE, TEXT, POPULARITY)
 ROW, ITEM_INDEX, N_SOURCES = "row", "item_index", "n_sources"
+View = DenseScores | SparseScores | SharedScores | IndexedText
 CALIBRATION_QUERIES = 512  # training histories whose text neighbours calibrate the index against exact search
 
 
@@ -143,10 +144,11 @@ def _recency_matrix(histories: Sequence[np.ndarray], n_items: int, recent: int |
     return m
 
 
-def batch_rows(n_items: int, dense_sources: int, budget: int, most: int) -> int:
+def batch_rows(n_items: int, dense_sources: int, sparse_nonzeros: int, budget: int, most: int) -> int:
     """Histories per scoring batch: a quarter of the budget (the fitted statistics hold the rest) over what one row
-    needs, float32 scores of every dense source plus two temporaries (a partition, a mask) and the int8 hit counts."""
-    per_row = max(n_items, 1) * (4 * (dense_sources + 2) + 1)
+    needs: float32 scores of every dense source plus two temporaries (a partition, a mask), and at most
+    `sparse_nonzeros` scores of the sparse sources at 12 bytes each (value and key)."""
+    per_row = 4 * max(n_items, 1) * (dense_sources + 2) + 12 * sparse_nonzeros
     return int(min(most, max(1, budget // 4 // per_row)))
 
 
@@ -179,7 +181,9 @@ class Retriever:
             self.text = v / np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-12)
             if TEXT in self.sources:
                 self._choose_text(sequences)
-        self.batch_rows = batch_rows(n, len(self.sources) - (self.text_index is not None), budget, cfg.batch_size)
+        # A sparse source's row holds at most `recent` rows of its matrix, so its widest rows bound it.
+        sparse = sum(min(n, cfg.recent * int(np.diff(m.indptr).max(initial=0))) for m in self._sparse().values())
+        self.batch_rows = batch_rows(n, len(self._dense_sources()), sparse, budget, cfg.batch_size)
         self.plan.update(sources=list(self.sources), batch_rows=self.batch_rows,
                          ranks="exact" if n <= cfg.rank_depth else f"exact to {cfg.rank_depth}, deeper = {cfg.rank_depth + 1}")
         log.info("retriever fitted on %d sequences, %d items, %d transitions; plan %s", len(sequences), n, self.transitions.nnz, self.plan)
@@ -273,25 +277,33 @@ class Retriever:
             s[seen.row, seen.col] = -np.inf
         return out
 
-    def _views(self, histories: Sequence[np.ndarray]) -> dict[str, DenseScores | IndexedText]:
-        """Each source's view of one batch: dense scores, or for indexed text the items the index found."""
-        top, depth = self.cfg.per_source, self.cfg.rank_depth
-        dense = [s for s in self.sources if s != TEXT or self.text_index is None]
+    def _dense_sources(self) -> list[str]:
+        """The sources that score every item per row (the others are held sparse or shared)."""
+        return [s for s in self.sources if s in (EASE, ALS) or (s == TEXT and self.text_index is None)]
+
+    def _sparse(self) -> dict[str, sp.csr_matrix]:
+        """The item-item matrices of the sparse sources in use."""
+        return {s: m for s, m in ((TRANSITIONS, self.transitions), (COOCCURRENCE, self.cooccurrence)) if s in self.sources}
+
+    def _views(self, histories: Sequence[np.ndarray]) -> dict[str, View]:
+        """Each source's view of one batch, in the form its scores take (see :mod:`recsys.candidates.topn`)."""
+        top, depth, n = self.cfg.per_source, self.cfg.rank_depth, len(self.item_ids)
+        recent = _recency_matrix(histories, n, self.cfg.recent, self.cfg.decay)
+        own = OwnItems.of(_recency_matrix(histories, n, None, 1.0))
         informed = np.array([len(h) > 0 for h in histories], dtype=bool)
-        views: dict[str, DenseScores | IndexedText] = {
-            s: DenseScores(v, top, depth, s in (TRANSITIONS, COOCCURRENCE), None if s in (POPULARITY, RECENT) else informed)
-            for s, v in self.score(histories, dense).items()}
+        views: dict[str, View] = {s: DenseScores(v, top, depth, informed) for s, v in self.score(histories, self._dense_sources()).items()}
+        views.update({s: reached((recent @ m).tocsr(), own, top, depth) for s, m in self._sparse().items()})
+        shared = {POPULARITY: self.popularity, RECENT: self.recent_scores}
+        views.update({s: SharedScores(v, own, top, depth) for s, v in shared.items() if s in self.sources})
         if self.text_index is not None:
-            n = len(self.item_ids)
-            users = self._user_text(_recency_matrix(histories, n, self.cfg.recent, self.cfg.decay))
-            seen = _recency_matrix(histories, n, None, 1.0).tocoo()
+            users = self._user_text(recent)
             spare = min(max((len(h) for h in histories), default=0), top)  # own items the index may return first
             found = self.text_index.search(users, top + spare)
             found[~informed] = -1  # an empty history has no text vector to search with
-            views[TEXT] = IndexedText(users, self.text, found, np.sort(seen.row.astype(np.int64) * n + seen.col), top)  # type: ignore[arg-type]
+            views[TEXT] = IndexedText(users, self.text, found, own, top)  # type: ignore[arg-type]
         return {s: views[s] for s in self.sources}
 
-    def batches(self, histories: Sequence[np.ndarray], show_progress: bool = False) -> Iterator[tuple[int, dict[str, DenseScores | IndexedText]]]:
+    def batches(self, histories: Sequence[np.ndarray], show_progress: bool = False) -> Iterator[tuple[int, dict[str, View]]]:
         """(offset, each source's view) for consecutive batches of at most ``batch_rows`` histories."""
         step = self.batch_rows
         for start in tqdm(range(0, len(histories), step), desc="retrieve", unit="batch", disable=not show_progress):
@@ -315,12 +327,9 @@ class Retriever:
         n_items = len(self.item_ids)
         for start, views in self.batches(histories, show_progress):
             b = min(self.batch_rows, len(histories) - start)
-            hits = np.zeros((b, n_items), dtype=np.int8)
-            for v in views.values():
-                v.add_hits(hits)
-            rows, cols = np.nonzero(hits)
-            frame = {ROW: (rows + start).astype(np.int32), ITEM_INDEX: cols.astype(np.int32), N_SOURCES: hits[rows, cols]}
-            del hits
+            keys, counts = np.unique(np.concatenate([v.hit_keys() for v in views.values()]), return_counts=True)
+            rows, cols = keys // n_items, keys % n_items
+            frame = {ROW: (rows + start).astype(np.int32), ITEM_INDEX: cols.astype(np.int32), N_SOURCES: counts.astype(np.int8)}
             bounds = np.searchsorted(rows, np.arange(b + 1))
             for s, v in views.items():
                 values = v.values(rows, cols)
