@@ -20,6 +20,8 @@ from recsys.candidates.sampling import SamplingConfig
 from recsys.config import TrainConfig, override
 from recsys.data import Col, Dataset, Split
 from recsys.errors import RecsysError
+from recsys.evaluation.catalogue import _candidate_ranks
+from recsys.evaluation.metrics import held_out_ranks
 from recsys.loaders.amazon import ingest_amazon
 from recsys.splits import resplit_by_time, splits_before
 
@@ -58,6 +60,44 @@ def test_leave_one_out_features_never_see_the_target(shop: Dataset) -> None:
         # Histories end before the target, and the target is never in its own history.
         for row in targets.iter_rows(named=True):
             assert row[ITEM_INDEX] not in req.histories[row[ROW]]
+
+
+def _dense_candidate_ranks(
+    rows: np.ndarray, items: np.ndarray, score: np.ndarray, targets: np.ndarray, n_items: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """The (rows, n_items) formulation: -inf where an item is no candidate, a target that is none (or not finite) last."""
+    dense = np.full((len(targets), n_items), -np.inf)
+    dense[rows, items] = score
+    ranks, ties = held_out_ranks(dense, targets)
+    found = np.isfinite(dense[np.arange(len(targets)), targets])
+    return np.where(found, ranks, n_items), np.where(found, ties, 1)
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_candidate_ranks_match_the_dense_formulation(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    n_rows, n_items = int(rng.integers(1, 40)), int(rng.integers(1, 30))
+    per_row = rng.integers(0, n_items + 1, n_rows)
+    per_row[rng.random(n_rows) < 0.2] = 0  # rows with no candidates
+    rows = np.repeat(np.arange(n_rows), per_row)
+    items = np.concatenate([rng.permutation(n_items)[:k] for k in per_row]).astype(np.int64)
+    # Few distinct scores (ties), and some -inf, +inf and NaN to pin down how they rank.
+    score = rng.integers(-3, 4, len(rows)).astype(np.float64)
+    score[rng.random(len(rows)) < 0.1] = -np.inf
+    score[rng.random(len(rows)) < 0.03] = np.inf
+    score[rng.random(len(rows)) < 0.03] = np.nan
+    # Most targets among their row's candidates, the rest (and those of empty rows) likely missed.
+    starts = np.r_[0, np.cumsum(per_row)[:-1]]
+    pick = starts + (rng.random(n_rows) * np.maximum(per_row, 1)).astype(np.int64)
+    hit = items[np.minimum(pick, len(items) - 1)] if len(items) else np.zeros(n_rows, dtype=np.int64)
+    targets = np.where((per_row > 0) & (rng.random(n_rows) < 0.7), hit, rng.integers(0, n_items, n_rows))
+    order = rng.permutation(len(rows))  # the table's row order does not matter
+    table = pl.DataFrame({ROW: rows[order].astype(np.int32), ITEM_INDEX: items[order].astype(np.int32)})
+    ranks, ties = _candidate_ranks(table, score[order], targets, n_items)
+    want_ranks, want_ties = _dense_candidate_ranks(rows, items, score, targets, n_items)
+    assert ranks.dtype == ties.dtype == np.int64
+    np.testing.assert_array_equal(ranks, want_ranks)
+    np.testing.assert_array_equal(ties, want_ties)
 
 
 def test_train_and_evaluate_beat_popularity(shop: Dataset, tmp_path: Path) -> None:

@@ -167,23 +167,6 @@ def test_held_out_ranks_and_ties() -> None:
         ev.recall_at_k(np.array([0]), 10)
 
 
-def test_beyond_accuracy() -> None:
-    top = np.array([[0, 1, 2], [0, 1, -1], [3, -1, -1]])
-    assert ev.catalogue_coverage(top, 10) == pytest.approx(0.4)
-    vecs = np.array([[1.0, 0.0], [0.0, 2.0], [1.0, 1.0], [5.0, 5.0]])
-    # list 0: pairs (0,1)->1, (0,2)->1-1/sqrt2, (1,2)->1-1/sqrt2 ; list 1: (0,1)->1 ; list 2 skipped
-    d0 = (1 + 2 * (1 - 1 / math.sqrt(2))) / 3
-    assert ev.intra_list_diversity(top, vecs) == pytest.approx((d0 + 1) / 2)
-    pop = np.array([10, 10, 0, 1000])
-    pb = ev.popularity_bias(np.array([[3], [3]]), pop)
-    assert pb["pop_percentile"] == pytest.approx(1.0)
-    assert pb["mean_log_pop"] > pb["catalogue_mean_log_pop"]
-    # Ties in popularity share the average percentile: items 0 and 1 both (1.5 - 1) / 3.
-    assert ev.popularity_bias(np.array([[0]]), pop)["pop_percentile"] == pytest.approx((2.5 - 1) / 3)
-    with pytest.raises(ValueError):
-        ev.catalogue_coverage(np.array([0.5, 1.0]), 3)
-
-
 def test_per_impression_graded_labels_match_single_list() -> None:
     rng = np.random.default_rng(7)
     df = pl.DataFrame({"g": np.repeat([3, 1, 2], 6), "y": rng.integers(0, 3, 18), "s": rng.integers(0, 3, 18).astype(float)})

@@ -32,8 +32,8 @@ from recsys.candidates.retrieved import Requests, retrieved_candidates
 from recsys.candidates.topn import Retrieved
 from recsys.data import Col, Split
 from recsys.errors import RecsysError
-from recsys.evaluation.metrics import (FULL_KS, catalogue_coverage, ci95, held_out_ranks, intra_list_diversity, ndcg_key,
-                                       popularity_bias, rank_metric_rows, rank_metrics, recall_key)
+from recsys.evaluation.beyond import catalogue_coverage, intra_list_diversity, popularity_bias
+from recsys.evaluation.metrics import FULL_KS, ci95, ndcg_key, rank_metric_rows, rank_metrics, recall_key
 from recsys.evaluation.report import GROUP_KEY, HISTORY_BUCKETS, MODEL_KEY, history_buckets
 from recsys.pipeline import FROZEN, Assets
 from recsys.splits import splits_before
@@ -46,21 +46,31 @@ SOURCE_ROWS = {POPULARITY: "popularity", TRANSITIONS: "transitions", COOCCURRENC
 Ranks = tuple[np.ndarray, np.ndarray]  # rank of the target and the size of its tie
 
 
-def _candidate_ranks(table: pl.DataFrame, score: np.ndarray, targets: np.ndarray, n_items: int, batch: int = 2048) -> Ranks:
-    """Rank and tie count of each row's target among its candidates scored by `score`; a target retrieval missed
-    ranks last (every candidate comes first)."""
-    rows, items = table[ROW].to_numpy(), table[ITEM_INDEX].to_numpy()
-    ranks, ties = np.full(len(targets), n_items, dtype=np.int64), np.ones(len(targets), dtype=np.int64)
-    for start in range(0, len(targets), batch):
-        sel = (rows >= start) & (rows < start + batch)
-        dense = np.full((min(batch, len(targets) - start), n_items), -np.inf, dtype=np.float64)
-        dense[rows[sel] - start, items[sel]] = score[sel]
-        t = targets[start : start + batch]
-        r, k = held_out_ranks(dense, t)
-        found = np.isfinite(dense[np.arange(len(t)), t])
-        ranks[start : start + batch] = np.where(found, r, n_items)
-        ties[start : start + batch] = np.where(found, k, 1)
-    return ranks, ties
+def _candidate_ranks(table: pl.DataFrame, score: np.ndarray, targets: np.ndarray, n_items: int) -> Ranks:
+    """Rank and tie count of each row's target among its candidates scored by `score`: 1 + the candidates scored
+    strictly higher, and the candidates scored equal (the target included). A target retrieval missed, or scored
+    -inf or NaN, ranks last (every candidate comes first) with a tie of 1.
+
+    The same as :func:`~recsys.evaluation.metrics.held_out_ranks` over a (rows, n_items) array of `score` with
+    -inf where an item is no candidate, read off the candidate rows alone: O(candidates), no dense array.
+
+    Args:
+        table: Candidates, ``row`` (index into `targets`) and ``item_index``; a (row, item) pair at most once, as
+            retrieval's union gives them.
+        score: (candidates,) score of each row of `table`.
+        targets: (rows,) each row's held-out item index, in [0, n_items).
+        n_items: Catalogue size: the rank of a missed target.
+    """
+    rows, items = table[ROW].to_numpy().astype(np.int64), table[ITEM_INDEX].to_numpy()
+    score = np.asarray(score, dtype=np.float64)
+    own = np.full(len(targets), np.nan)
+    is_target = items == targets[rows]
+    own[rows[is_target]] = score[is_target]
+    found = np.isfinite(own)
+    mine = own[rows]  # the score of each candidate's target; NaN (no comparison holds) where the row has none
+    higher = np.bincount(rows[score > mine], minlength=len(targets))
+    equal = np.bincount(rows[score == mine], minlength=len(targets))
+    return np.where(found, 1 + higher, n_items).astype(np.int64), np.where(found, equal, 1).astype(np.int64)
 
 
 def _beyond(top: np.ndarray, n_items: int, vectors: np.ndarray | None, popularity: np.ndarray) -> dict[str, float]:

@@ -1,4 +1,4 @@
-"""Every offline metric of recsys, in one module.
+"""Every offline accuracy metric of recsys, in one module.
 
 Two protocols:
 
@@ -10,8 +10,8 @@ Two protocols:
   scores every candidate item and we read the 1-based rank of the held-out one
   (:func:`held_out_ranks`), then Recall@k, NDCG@k and MRR (:func:`rank_metrics`).
 
-Plus beyond-accuracy figures of top-k lists: catalogue coverage, intra-list diversity and
-popularity bias.
+Beyond-accuracy figures of top-k lists (coverage, diversity, popularity bias) are in
+:mod:`recsys.evaluation.beyond`.
 
 **Ties.** A model that scores candidates equally must not look good because of the input order.
 Tied candidates therefore get the *expected* value over all orders of the tie: a tied group that
@@ -350,77 +350,3 @@ def ci95(values: np.ndarray) -> float:
     values = np.asarray(values, dtype=np.float64)
     values = values[np.isfinite(values)]
     return float(1.96 * values.std(ddof=1) / np.sqrt(values.size)) if values.size > 1 else float("nan")
-
-
-# --- beyond accuracy -----------------------------------------------------------------------------
-
-
-def _lists(top_k: np.ndarray) -> np.ndarray:
-    """(n_lists, k) int item indices; -1 pads lists shorter than k."""
-    arr = np.asarray(top_k)
-    if arr.ndim != 2 or not np.issubdtype(arr.dtype, np.integer):
-        raise ValueError(f"top-k lists must be a 2-d integer array of item indices (-1 = padding), got {arr.dtype} {arr.shape}")
-    return arr
-
-
-def catalogue_coverage(top_k: np.ndarray, n_items: int) -> float:
-    """Share of the catalogue that appears in at least one top-k list.
-
-    >>> catalogue_coverage(np.array([[0, 1], [1, 2]]), 8)
-    0.375
-    """
-    arr = _lists(top_k)
-    return float(np.unique(arr[arr >= 0]).size / n_items) if n_items else float("nan")
-
-
-def intra_list_diversity(top_k: np.ndarray, vectors: np.ndarray) -> float:
-    """Mean over lists of the mean pairwise cosine distance (1 - cosine) of the items' vectors.
-
-    Lists with fewer than two items are skipped.
-
-    >>> v = np.array([[1.0, 0.0], [0.0, 1.0], [1.0, 0.0]])
-    >>> intra_list_diversity(np.array([[0, 1], [0, 2]]), v)  # (1 + 0) / 2
-    0.5
-    """
-    arr = _lists(top_k)
-    vecs = np.asarray(vectors, dtype=np.float64)
-    unit = vecs / np.maximum(np.linalg.norm(vecs, axis=1, keepdims=True), 1e-12)
-    valid = arr >= 0
-    emb = unit[np.where(valid, arr, 0)] * valid[..., None]  # (n, k, d), padding rows zeroed
-    sims = np.einsum("nkd,njd->nkj", emb, emb)
-    m = valid.sum(axis=1).astype(np.float64)
-    pairs = m * (m - 1)
-    off_diag = sims.sum(axis=(1, 2)) - np.einsum("nkk->n", sims)
-    keep = pairs > 0
-    if not keep.any():
-        return float("nan")
-    return float((1.0 - off_diag[keep] / pairs[keep]).mean())
-
-
-def popularity_bias(top_k: np.ndarray, popularity: np.ndarray) -> dict[str, float]:
-    """How popular the recommended items are, compared with the catalogue.
-
-    Args:
-        top_k: (n_lists, k) item indices, -1 = padding.
-        popularity: (n_items,) interaction counts in training.
-
-    Returns:
-        ``pop_percentile``: mean popularity percentile (0 = least, 1 = most popular; ties averaged)
-        of recommended items; 0.5 means no bias. ``mean_log_pop`` and ``catalogue_mean_log_pop``:
-        mean log(1 + count) of recommended items and of the whole catalogue.
-
-    >>> round(popularity_bias(np.array([[2, 3]]), np.array([0, 1, 2, 3]))["pop_percentile"], 4)  # (2/3 + 1) / 2
-    0.8333
-    """
-    arr = _lists(top_k)
-    pop = np.asarray(popularity, dtype=np.float64)
-    pct = pl.Series(pop).rank("average").to_numpy()
-    pct = (pct - 1) / max(len(pop) - 1, 1)
-    recs = arr[arr >= 0]
-    log_pop = np.log1p(pop)
-    return {
-        "pop_percentile": float(pct[recs].mean()) if recs.size else float("nan"),
-        "mean_log_pop": float(log_pop[recs].mean()) if recs.size else float("nan"),
-        "catalogue_mean_log_pop": float(log_pop.mean()),
-    }
-
