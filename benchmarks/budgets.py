@@ -4,6 +4,11 @@
               of the fine-tuned text score alone and of the full model (synthetic log, ``--size``);
 * ``ranker``  any log: ``ranker_users`` against the model's dev metric (AUC for impression logs, NDCG@10 over
               the catalogue for interaction logs), the text encoder frozen so that only the ranker's data moves.
+* ``ranker-table``  the ranker alone, on a trained model's ``features.parquet``: for each ``ranker_users``, the
+              ranker fitted on that seeded sample of users' groups and scored on one fixed held-out share of the
+              table (the later groups, as training holds them out): nDCG@10 and AUC of the clicked candidates
+              among each group's candidates, with 95% intervals, and the fit time. Minutes, where ``ranker``
+              retrains and re-evaluates the whole model per point.
 
 A budget is where the curve flattens: past it, more data buys less than the metric's own 95% interval.
 Each point trains a fresh model into a temporary directory; the table goes to ``benchmarks/results/``.
@@ -12,6 +17,7 @@ Run::
 
     .venv/bin/python -m benchmarks.budgets text --size small --points 1000 2000 4000 8000
     .venv/bin/python -m benchmarks.budgets ranker --dataset runs/amazon/data --points 1000 2000 4000 0
+    .venv/bin/python -m benchmarks.budgets ranker-table --model runs/amazon/model --points 2500 5000 10000 0
 """
 
 from __future__ import annotations
@@ -70,6 +76,36 @@ def ranker_curve(dataset: str, points: list[int], split: str | None = None) -> I
         yield {"ranker_users": n or "all", **_point(ds, override(base, ranker_users=n or None), split, ("full model", "without text"))}
 
 
+def ranker_table_curve(model_dir: str, points: list[int]) -> Iterator[dict[str, Any]]:
+    """The ranker's held-out metrics for each ``ranker_users`` (0 = every user of the table), on `model_dir`'s
+    training table, with the model's own settings."""
+    import polars as pl
+
+    from features.registry import ranker_features
+    from ranker.lambdarank import fit
+    from recsys.config import load_config
+    from recsys.evaluation.metrics import AUC, impression_ci95, impression_metrics, ndcg_key
+    from recsys.splits import held_out_users, sample_users, split_latest
+
+    cfg = load_config(Path(model_dir) / "config.toml", TrainConfig())
+    table = pl.read_parquet(Path(model_dir) / "features.parquet")
+    if cfg.valid_by == "time":
+        fit_part, held_out = split_latest(table, cfg.valid_fraction)
+    else:
+        fit_part, held_out = held_out_users(table, cfg.valid_fraction, cfg.seed)
+    names = ranker_features(table.columns, cfg.features.families)
+    for n in points:
+        part = sample_users(fit_part, n, cfg.seed)[0] if n else fit_part
+        start = time.perf_counter()
+        ranker = fit(part, held_out, names, cfg.ranker)
+        seconds = time.perf_counter() - start
+        scored = held_out.with_columns(score=pl.Series(ranker.score(held_out)))
+        metrics, ci = impression_metrics(scored, "score"), impression_ci95(scored, "score")
+        yield {"ranker_users": n or "all", "rows": part.height, "fit seconds": round(seconds, 1),
+               "best iteration": ranker.manifest.get("best_iteration"),
+               **{m: f"{metrics[m]:.4f} ± {ci[m]:.4f}" for m in (ndcg_key(10), AUC)}}
+
+
 def _markdown(title: str, rows: list[dict[str, Any]]) -> str:
     cols = list(dict.fromkeys(k for r in rows for k in r))
     lines = [f"# {title}", "", f"{dt.datetime.now():%Y-%m-%d %H:%M}", "", "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
@@ -79,15 +115,18 @@ def _markdown(title: str, rows: list[dict[str, Any]]) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("curve", choices=("text", "ranker"))
+    parser.add_argument("curve", choices=("text", "ranker", "ranker-table"))
     parser.add_argument("--size", default="small", help="text: synthetic log size")
     parser.add_argument("--dataset", help="ranker: dataset directory")
+    parser.add_argument("--model", help="ranker-table: a trained model directory (its features.parquet)")
     parser.add_argument("--points", type=int, nargs="+", required=True)
     args = parser.parse_args(argv)
     if args.curve == "text":
         points, title = text_curve(args.size, args.points), f"Fine-tune budget: synth {args.size}, one epoch"
-    else:
+    elif args.curve == "ranker":
         points, title = ranker_curve(args.dataset, args.points), f"Ranker users: {args.dataset}"
+    else:
+        points, title = ranker_table_curve(args.model, args.points), f"Ranker users, the ranker alone: {args.model}"
     RESULTS.mkdir(exist_ok=True)
     path = RESULTS / f"budgets-{args.curve}-{dt.date.today()}.md"
     rows: list[dict[str, Any]] = []
