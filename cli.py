@@ -275,7 +275,7 @@ def features_cmd(dataset: Path, out: Path, rows: Path | None, text: Path | None,
 @click.option("--epochs", type=int, default=None, help="Encoder fine-tuning epochs.")
 @click.option("--max-train-impressions", "max_train", type=int, default=None, help="Fine-tune on a sample of this many impressions.")
 @click.option("--max-tokens", type=int, default=None, help="Token budget per item text.")
-@click.option("--ranker-users", type=int, default=None, help="The ranker learns from a seeded sample of this many users [default: 20000].")
+@click.option("--ranker-users", type=int, default=None, help="The ranker learns from a seeded sample of this many users [default: 10000].")
 @_resource_options
 def train_cmd(dataset: Path, out: Path, config_file: Path | None, force: bool, fine_tune: bool | None, text_fraction: float | None, encoder: str | None,
               epochs: int | None, max_train: int | None, max_tokens: int | None, ranker_users: int | None, memory_limit: str | None, threads: int | None,

@@ -21,7 +21,9 @@ co-occurrence matrix pruned to each item's top neighbours when its size bound is
 (:mod:`recsys.candidates.itemitem`), and histories scored in batches whose dense (rows x items) arrays fit a
 quarter of the budget. Per batch, each source keeps its top ``per_source`` items and ranks candidates within
 ``rank_depth`` (:mod:`recsys.candidates.topn`: exact on catalogues up to ``rank_depth`` items, ``rank_depth + 1``
-below that depth on larger ones). Nothing grows with the number of histories but the candidate table.
+below that depth on larger ones). Only EASE, ALS and exact text score every item of a row; transitions and
+co-occurrence are held as the non-zeros a history reaches, popularity as one sorted catalogue, so a large
+catalogue costs one dense source, not five. Nothing grows with the number of histories but the candidate table.
 
 Every statistic is fitted on the sequences given to :meth:`Retriever.fit`; callers pass only the data
 allowed at that point (train prefixes to score dev targets, train+dev to score test targets), so a held-out
