@@ -168,9 +168,7 @@ class Retriever:
         self.plan: dict[str, Any] = {"items": n, "memory_budget": cfg.memory_budget}
         self._choose_collaborative(n, budget)
         users = _recency_matrix(sequences, n, None, 1.0)
-        self.popularity = np.zeros(n, dtype=np.float32)
-        for s in sequences:
-            np.add.at(self.popularity, s, 1.0)
+        self.popularity = np.bincount(np.concatenate([np.zeros(0, dtype=np.int64), *sequences]), minlength=n).astype(np.float32)
         self.transitions = transitions(sequences, n)
         self.cooccurrence, facts = cooccurrence(users, budget, cfg.cooccurrence_neighbours)
         self.plan.update(facts)
@@ -240,8 +238,17 @@ class Retriever:
 
     def encode_histories(self, histories: pl.Series | Sequence[Sequence[str]]) -> list[np.ndarray]:
         """Item-id lists to index arrays; ids outside the catalogue are dropped."""
-        idx = self.index
-        return [np.fromiter((idx[i] for i in (h if h is not None else []) if i in idx), dtype=np.int64) for h in histories]
+        lists = histories if isinstance(histories, pl.Series) else pl.Series(list(histories), dtype=pl.List(pl.String))
+        if lists.len() == 0:
+            return []
+        lists = lists.cast(pl.List(pl.String)).fill_null([])
+        catalogue = pl.Series(list(self.index), dtype=pl.String)
+        flat = lists.explode(empty_as_null=False)
+        codes = flat.replace_strict(catalogue, pl.int_range(len(catalogue), dtype=pl.Int64, eager=True), default=None)
+        keep = codes.is_not_null().to_numpy()
+        lengths = np.bincount(np.repeat(np.arange(len(lists)), lists.list.len().to_numpy())[keep],
+                              minlength=len(lists))
+        return np.split(codes.to_numpy()[keep].astype(np.int64), np.cumsum(lengths)[:-1])
 
     # --- scoring -------------------------------------------------------------------------------------
 
