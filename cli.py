@@ -321,7 +321,7 @@ _ALLOW_OTHER = click.option("--allow-other-dataset", is_flag=True, help="Use a l
 @click.option("--protocol", type=click.Choice(["replay", "catalogue"]), default=None, help="[default: replay for logged candidates, else catalogue]")
 @click.option("--report", "report_dir", type=click.Path(file_okay=False, path_type=Path), default=None, help="Report directory (default MODEL_DIR/report-SPLIT).")
 @click.option("--max-users", type=click.IntRange(min=0), default=None,
-              help="Evaluate a seeded sample of this many users when the split has more (0 = every user) [default: 20000]; the report gives 95% intervals.")
+              help="Evaluate a seeded sample of this many users when the split has more (0 = every user) [default: 10000]; the report gives 95% intervals.")
 @_ALLOW_OTHER
 @_CONFIG
 def evaluate_cmd(model_dir: Path, log: Path | None, split: str, protocol: str | None, report_dir: Path | None, max_users: int,
