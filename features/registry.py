@@ -102,7 +102,8 @@ _TEXT = (
 TEXT_FEATURES: tuple[str, ...] = tuple(f.name for f in _TEXT)
 
 # Retrieval sources (recsys/candidates/retrieval.py) and the text encoders of the pair features.
-SOURCES = ("ease", "transitions", "cooccurrence", "text", "popularity", "recent", "als")
+SOURCES = ("ease", "transitions", "cooccurrence", "text", "popularity", "recent", "als", "sequence")
+TEXT_SOURCES = ("text", "sequence")  # sources that read item text (the sequence model's items are text vectors)
 ENCODERS = ("frozen", "ft")  # pretrained, fine-tuned
 
 
@@ -117,11 +118,11 @@ def source_rank(source: str) -> str:
 _RETRIEVAL = (
     Feature("n_sources", RETRIEVAL, pl.Float32(), "how many retrieval sources have the candidate in their top per_source"),
     *(f for s in SOURCES for f in (
-        Feature(source_score(s), RETRIEVAL, pl.Float32(), f"the {s} source's score of the candidate for the user's history", reads_text=s == "text"),
+        Feature(source_score(s), RETRIEVAL, pl.Float32(), f"the {s} source's score of the candidate for the user's history", reads_text=s in TEXT_SOURCES),
         Feature(source_rank(s), RETRIEVAL, pl.Float32(), f"the candidate's rank (1 = best) over the catalogue by the {s} source: "
                 "1 + items scored strictly higher, exact to rank_depth (default 5,000; deeper = rank_depth + 1)"
-                + ("; through the text index, among its per_source retrieved items (below them per_source + 1)" if s == "text" else ""),
-                reads_text=s == "text"),
+                + ("; through the vector index, among its per_source retrieved items (below them per_source + 1)" if s in TEXT_SOURCES else ""),
+                reads_text=s in TEXT_SOURCES),
     )),
 )
 

@@ -5,6 +5,7 @@ open-ended amount:
 
 * ``encode``     every catalogue item once per encoder (no cap: each item needs a vector);
 * ``fine-tune``  ``text.max_train_impressions`` impressions x ``text.epochs`` (or ``text.max_steps``);
+* ``sequence``   the training sequences' next-item targets x epochs (at most ``sequence.epochs``, early stopping ends sooner);
 * ``features``   the ranker's training groups (rows of ``ranker_users`` users) x candidates per group;
 * ``ranker``     those rows x boosting rounds: at most ``ranker.n_estimators``, early stopping ends sooner.
 
@@ -32,6 +33,8 @@ FEATURE_ROWS_PER_S = 150_000.0  # candidate rows with every feature family
 RANKER_ROW_ROUNDS_PER_S = 1_500_000.0  # rows x boosting rounds of lambdarank (about 40 features, 31-63 leaves)
 REFERENCE_TOKENS = 48
 TYPICAL_ROUNDS = 150  # early stopping ended between 20 and 120 best rounds (+ patience) on every log measured
+SEQUENCE_TARGETS_PER_S = 4_000.0  # next-item targets of the sequence model, with each epoch's dev validation (Amazon Scientific)
+TYPICAL_SEQUENCE_EPOCHS = 15  # its best epoch came at 9-12 on Amazon Scientific, plus patience
 
 
 @dataclass(frozen=True)
@@ -64,6 +67,12 @@ def plan(ds: Dataset, c: TrainConfig) -> list[StageBudget]:
             samples = min(samples, text.max_steps * text.batch_size * text.accumulate)
         out.append(StageBudget("fine-tune", f"{impressions:,} of {available:,} impressions x {text.epochs} epoch(s), ~{samples:,.0f} samples",
                                "text.max_train_impressions, text.epochs, text.max_steps", samples * token_scale / FINE_TUNE_SAMPLES_PER_S))
+    if c.uses_sequence:
+        users_train = train[Col.USER].n_unique()
+        targets = train.height * c.text_fraction * _clicks_per_row(train) if logged else train.height - (users_train if c.earlier_targets else 0)
+        epochs = min(c.sequence.epochs, TYPICAL_SEQUENCE_EPOCHS)
+        out.append(StageBudget("sequence", f"~{targets:,.0f} next-item targets x ~{epochs} epochs (early stopping; at most {c.sequence.epochs})",
+                               "sequence.epochs, sequence.patience", targets * epochs / SEQUENCE_TARGETS_PER_S))
     # Logged: the later part of the training impressions. Retrieved: dev targets and each user's last train item.
     users = (train if logged else ds.split(Split.TRAIN, Split.DEV))[Col.USER].n_unique()
     share = 1.0 if c.ranker_users is None else min(1.0, c.ranker_users / max(users, 1))  # the sampled users' share of the rows

@@ -23,11 +23,12 @@ from typing import Any
 from features.build import FeatureConfig
 from features.registry import BEHAVIOUR, PAIRS, RETRIEVAL, TEXT
 from ranker.lambdarank import RankerConfig
-from recsys.candidates.retrieval import RECENT, RetrievalConfig
+from recsys.candidates.retrieval import RECENT, SEQUENCE, RetrievalConfig
 from recsys.candidates.sampling import SamplingConfig
 from recsys.errors import RecsysError
 from recsys.resources import RESOURCE_KEY
 from recsys.text.model import TextConfig
+from recsys.text.sequence import SequenceConfig
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -51,6 +52,7 @@ class TrainConfig:
         features: point-in-time feature settings and the families the ranker reads.
         retrieval: candidate sources (interaction logs: the candidates; every log: retrieval features).
         sampling: sampled negatives for fine-tuning on interaction logs.
+        sequence: the sequence model, trained when ``retrieval.sources`` has ``sequence`` (and ``use_text``).
         ranker: LightGBM lambdarank.
         use_text: encode the catalogue and use text features at all.
         fine_tune: fine-tune the encoder (else the pretrained encoder is used as it is).
@@ -73,6 +75,7 @@ class TrainConfig:
     features: FeatureConfig = dataclasses.field(default_factory=FeatureConfig)
     retrieval: RetrievalConfig = dataclasses.field(default_factory=RetrievalConfig)
     sampling: SamplingConfig = dataclasses.field(default_factory=SamplingConfig)
+    sequence: SequenceConfig = dataclasses.field(default_factory=SequenceConfig)
     ranker: RankerConfig = dataclasses.field(default_factory=RankerConfig)
     use_text: bool = True
     fine_tune: bool = True
@@ -102,6 +105,12 @@ class TrainConfig:
             raise RecsysError("features.families has 'text' but use_text is false; drop 'text' from features.families or turn use_text on")
         if not families - {TEXT}:
             raise RecsysError("features.families needs a family besides 'text' (behaviour, retrieval or pairs): the without-text baseline reads it")
+
+    @property
+    def uses_sequence(self) -> bool:
+        """Whether the sequence model is trained and retrieves: ``sequence`` among the retrieval sources and ``use_text``
+        (its items are text vectors; without text the source is left out, as the text source is)."""
+        return SEQUENCE in self.retrieval.sources and self.use_text
 
     @classmethod
     def default(cls, kind: str) -> TrainConfig:

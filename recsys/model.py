@@ -10,6 +10,7 @@ Layout (both log kinds)::
     text/                    the fine-tuned encoder (safetensors) + its config and training log (when fine-tuned)
     item_vectors.parquet     catalogue vectors of the fine-tuned encoder (when fine-tuned)
     frozen_vectors.parquet   catalogue vectors of the pretrained encoder
+    sequence/                the sequence model (safetensors + config.json + its items), when a retrieval source
     features.parquet         the ranker's training candidates with their features
     ranker/, ranker_no_text/ LightGBM text models + manifests: the model and its "without text" baseline
 
@@ -33,9 +34,9 @@ from recsys.io import read_json, write_json
 MODEL_JSON = "model.json"
 FORMAT_VERSION = 1
 RANKER_DIR, NO_TEXT_DIR = "ranker", "ranker_no_text"
-TEXT_DIR = "text"
+TEXT_DIR, SEQUENCE_DIR = "text", "sequence"
 ITEM_VECTORS, FROZEN_VECTORS = "item_vectors.parquet", "frozen_vectors.parquet"
-_SERVED = (TEXT_DIR, RANKER_DIR, NO_TEXT_DIR, ITEM_VECTORS, FROZEN_VECTORS)
+_SERVED = (TEXT_DIR, SEQUENCE_DIR, RANKER_DIR, NO_TEXT_DIR, ITEM_VECTORS, FROZEN_VECTORS)
 _NOT_ARTIFACTS = {"logs"}  # training curves: read by reports, never by scoring
 _CLOCK_KEYS = {"trained_at", "seconds"}  # top-level JSON fields that say when or how long, not what
 

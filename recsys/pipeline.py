@@ -14,6 +14,7 @@ was killed midway) and every one after it, and ``force=True`` redoes all (see :c
 1. ``encode_frozen``  catalogue vectors of the pretrained encoder          -> frozen_vectors.parquet
 2. ``text_model``     fine-tune the encoder on the earliest training rows   -> text/               (fine_tune)
 3. ``encode``         catalogue vectors of the fine-tuned encoder           -> item_vectors.parquet (fine_tune)
+   ``sequence``       the sequence model over the frozen vectors            -> sequence/  (retrieval source ``sequence``)
 4. ``features``       the ranker's training candidates and their features   -> features.parquet (+ retrieval_plan.json)
 5. ``ranker``         lambdarank, and the same ranker without text features -> ranker/, ranker_no_text/
 
@@ -46,7 +47,7 @@ from recsys.config import IMPRESSIONS, TrainConfig, to_toml
 from recsys.data import Col, Dataset, Split
 from recsys.errors import RecsysError
 from recsys.io import atomic_path, make_dir, read_json, write_json, write_parquet
-from recsys.model import FROZEN_VECTORS, ITEM_VECTORS, MODEL_JSON, NO_TEXT_DIR, RANKER_DIR, TEXT_DIR, fingerprint, write_model_json
+from recsys.model import FROZEN_VECTORS, ITEM_VECTORS, MODEL_JSON, NO_TEXT_DIR, RANKER_DIR, SEQUENCE_DIR, TEXT_DIR, fingerprint, write_model_json
 from recsys.resources import result_settings
 from recsys.splits import held_out_users, last_per_user, sample_users, split_latest, splits_before
 
@@ -145,9 +146,23 @@ class Assets:
                 out[name] = a / np.maximum(np.linalg.norm(a, axis=1, keepdims=True), 1e-12)
         return out
 
+    @cached_property
+    def sequence(self) -> Any:
+        """The sequence model with its item table for this dataset's catalogue (``SequenceScorer``), or None when unused."""
+        from recsys.text.sequence import SequenceScorer, load_sequence_model
+
+        frozen = self.vectors(FROZEN)
+        if not self.config.uses_sequence or frozen is None:
+            return None
+        model, known = load_sequence_model(self.model_dir / SEQUENCE_DIR)
+        item_ids = self.dataset.items[Col.ITEM].to_list()
+        return SequenceScorer(model, known, item_ids, aligned_vectors(frozen, item_ids), self.config.sequence)
+
     def retriever(self, *, splits: list[str] | tuple[str, ...] | None = None, rows: pl.DataFrame | None = None) -> Retriever:
-        """Retrieval statistics fitted on the given splits' (or rows') sequences only, with the main text vectors."""
-        retriever = Retriever.fit(self.dataset, self.main_vectors, self.config.retrieval, splits=Split.ALL if splits is None else splits, rows=rows)
+        """Retrieval statistics fitted on the given splits' (or rows') sequences only, with the main text vectors and
+        the sequence model (trained once, never refitted here)."""
+        retriever = Retriever.fit(self.dataset, self.main_vectors, self.config.retrieval, splits=Split.ALL if splits is None else splits, rows=rows,
+                                  sequence=self.sequence)
         self.retrieval_plans.append(retriever.plan)
         return retriever
 
@@ -230,14 +245,38 @@ def fit_rankers(table: pl.DataFrame, cfg: TrainConfig, out_dir: Path) -> None:
     save_ranker(fit(fit_part, valid_part, ranker_features(table.columns, cfg.features.families, text=False), cfg.ranker), out_dir / NO_TEXT_DIR, **extra)
 
 
-def _text_rows(ds: Dataset, cfg: TrainConfig) -> pl.DataFrame:
-    """What the encoder fine-tunes on: the earliest training impressions, or sampled negatives of the clicks
-    (without each user's last train item when that is a ranker target: the encoder must not have seen it)."""
+def _learner_rows(ds: Dataset, cfg: TrainConfig) -> pl.DataFrame:
+    """The rows the text and sequence models may learn from, none the ranker learns from: the earliest training
+    impressions, or the training rows without each user's last train item when that is a ranker target."""
     train_rows = ds.split(Split.TRAIN)
     if candidate_source(ds.kind) == LOGGED:
         return split_latest(train_rows, 1.0 - cfg.text_fraction)[0]
-    rows = last_per_user(train_rows)[0] if cfg.earlier_targets else train_rows
+    return last_per_user(train_rows)[0] if cfg.earlier_targets else train_rows
+
+
+def _text_rows(ds: Dataset, cfg: TrainConfig) -> pl.DataFrame:
+    """What the encoder fine-tunes on: :func:`_learner_rows`, with sampled negatives of the clicks of an interaction log."""
+    rows = _learner_rows(ds, cfg)
+    if candidate_source(ds.kind) == LOGGED:
+        return rows
     return sample_negatives(rows, ds.items[Col.ITEM].to_list(), cfg.sampling).drop(Col.SAMPLED)
+
+
+def train_sequence(ds: Dataset, cfg: TrainConfig, out_dir: Path, show_progress: bool = False) -> None:
+    """Train the sequence model on the sequences of :func:`_learner_rows` over the frozen catalogue vectors, early-stopped
+    on the dev targets: it never sees a target the ranker learns from (dev, each user's last train item) or is judged
+    on (test) as a target, only as history (dev's NDCG@10 chooses its epoch)."""
+    from recsys.text.encode import ItemVectors
+    from recsys.text.sequence_train import train_sequence_model
+
+    item_ids = ds.items[Col.ITEM].to_list()
+    text = aligned_vectors(ItemVectors.load(out_dir / FROZEN_VECTORS), item_ids)
+    train_sequence_model(_learner_rows(ds, cfg), ds.split(Split.DEV), item_ids, text, cfg.sequence, out_dir / SEQUENCE_DIR, show_progress=show_progress)
+
+
+def _learner_settings(ds: Dataset, cfg: TrainConfig) -> list[Any]:
+    """The settings :func:`_learner_rows` reads."""
+    return [cfg.text_fraction] if candidate_source(ds.kind) == LOGGED else [cfg.earlier_targets]
 
 
 def _source_settings(ds: Dataset, cfg: TrainConfig) -> list[Any]:
@@ -256,10 +295,11 @@ def _encoder_settings(cfg: TrainConfig) -> list[Any]:
 def _drop_unused(out_dir: Path, cfg: TrainConfig, stages: Stages) -> None:
     """Remove text artifacts an earlier run left that this config does not use, so model.json never lists them."""
     unused = ([TEXT_DIR, ITEM_VECTORS] if not cfg.fine_tune else []) + ([FROZEN_VECTORS] if not cfg.use_text else [])
+    unused += [SEQUENCE_DIR] if not cfg.uses_sequence else []
     for name in unused:
         path = out_dir / name
         shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
-    for stage in ("text_model", "encode") if not cfg.fine_tune else ():
+    for stage in (("text_model", "encode") if not cfg.fine_tune else ()) + (("sequence",) if not cfg.uses_sequence else ()):
         stages.done.pop(stage, None)
 
 
@@ -301,6 +341,10 @@ def train(ds: Dataset, out_dir: Path, cfg: TrainConfig | None = None, *, force: 
         upstream.append(stages.run(
             "encode", [text_fp], [out_dir / ITEM_VECTORS],
             lambda: encode_items(load_text_model(out_dir / TEXT_DIR), ds.items, cache_dir=cache, show_progress=show_progress).save(out_dir / ITEM_VECTORS)))
+    if cfg.uses_sequence:
+        upstream.append(stages.run(
+            "sequence", [data_fp, ds.kind, upstream[0], result_settings(cfg.sequence), _learner_settings(ds, cfg)], [out_dir / SEQUENCE_DIR / "config.json"],
+            lambda: train_sequence(ds, cfg, out_dir, show_progress)))
     assets = Assets(out_dir, cfg, ds)
     feature_settings = [result_settings(cfg.features), result_settings(cfg.retrieval), cfg.use_text, cfg.fine_tune,
                         text_cfg if cfg.use_text else None, _source_settings(ds, cfg), cfg.ranker_users, cfg.seed]

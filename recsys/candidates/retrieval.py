@@ -10,6 +10,10 @@ Sources (each scores the whole catalogue for a user history; items already in th
 * ``text``         cosine of each item's text vector to the user's recency-weighted mean text vector: exact
                    batched dot products, or above ``text_ann_items`` items the top items of an IVF index
                    (:mod:`recsys.candidates.ann`, its recall against exact search in :attr:`Retriever.plan`).
+* ``sequence``     cosine of each item's vector to the user vector of the trained sequence model
+                   (:mod:`recsys.text.sequence`: a causal transformer over the history's text-based item vectors),
+                   exact or through the same kind of index as the text source; the model is trained once per
+                   model (a pipeline stage) and handed in, never refitted here.
 * ``popularity``   interactions per item.
 * ``recent``       the fresh catalogue of a news-like log: clicks per item in the last ``recent_hours``
                    of the fitted rows, plus a bonus for items published in that window (in the impression-log
@@ -25,7 +29,8 @@ below that depth on larger ones). Only EASE, ALS and exact text score every item
 co-occurrence are held as the non-zeros a history reaches, popularity as one sorted catalogue, so a large
 catalogue costs one dense source, not five. Nothing grows with the number of histories but the candidate table.
 
-Every statistic is fitted on the sequences given to :meth:`Retriever.fit`; callers pass only the data
+Every statistic is fitted on the sequences given to :meth:`Retriever.fit` (the sequence model excepted: it learned
+from train sequences without any target the ranker learns from or is judged on, see ``recsys.pipeline``); callers pass only the data
 allowed at that point (train prefixes to score dev targets, train+dev to score test targets), so a held-out
 target is never in the statistics that score it. Each source's score and rank (1-based, over the catalogue)
 become ranker features (:meth:`Retriever.score_pairs` gives them to candidates retrieval did not produce);
@@ -38,7 +43,7 @@ import logging
 from datetime import timedelta
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import polars as pl
@@ -48,19 +53,23 @@ from tqdm.auto import tqdm
 from features.registry import SOURCES, source_rank, source_score
 from recsys.candidates.als import ALS as ALSModel
 from recsys.candidates.ann import TextIndex
+from recsys.candidates.inputs import aligned_vectors, user_sequences
 from recsys.candidates.itemitem import cooccurrence, ease_bytes, fit_ease, transitions
 from recsys.candidates.topn import DenseScores, IndexedText, OwnItems, Retrieved, SharedScores, SparseScores, reached
 from recsys.data import Col, Dataset, Split, explode_candidates
 from recsys.errors import RecsysError
 from recsys.resources import parse_bytes, resource
 
+if TYPE_CHECKING:
+    from recsys.text.sequence import SequenceScorer
+
 log = logging.getLogger(__name__)
 
-EASE, TRANSITIONS, COOCCURRENCE, TEXT, POPULARITY, RECENT, ALS = SOURCES  # named in features/registry.py with their features
+EASE, TRANSITIONS, COOCCURRENCE, TEXT, POPULARITY, RECENT, ALS, SEQUENCE = SOURCES  # named in features/registry.py with their features
 DEFAULT_SOURCES = (EASE, TRANSITIONS, COOCCURRENCE, TEXT, POPULARITY)
 ROW, ITEM_INDEX, N_SOURCES = "row", "item_index", "n_sources"
 View = DenseScores | SparseScores | SharedScores | IndexedText
-CALIBRATION_QUERIES = 512  # training histories whose text neighbours calibrate the index against exact search
+CALIBRATION_QUERIES = 512  # training histories whose neighbours calibrate an index against exact search
 
 
 @dataclass(frozen=True)
@@ -81,7 +90,7 @@ class RetrievalConfig:
     als_l2: float = 10.0  # ALS ridge strength and confidence weight: measured on Amazon Scientific dev
     als_alpha: float = 40.0
     cooccurrence_neighbours: int = 200  # kept per item when the full co-occurrence matrix is over the budget
-    text_ann_items: int = 10_000  # above this many items text neighbours come from the index (measured crossover)
+    text_ann_items: int = 10_000  # above this many items text and sequence neighbours come from an index (measured crossover)
     ann_recall: float = 0.95  # the index probes lists until its recall@per_source against exact search reaches this
     rank_depth: int = 5_000  # ranks are exact this deep; deeper items rank rank_depth + 1
     recent: int = 5  # history items that drive transitions, co-occurrence and the text vector
@@ -106,28 +115,6 @@ class RetrievalConfig:
             parse_bytes(self.memory_budget)
         except ValueError as exc:
             raise RecsysError(f"memory_budget: {exc}") from exc
-
-
-def user_sequences(impressions: pl.DataFrame) -> pl.DataFrame:
-    """Each user's item sequence (oldest first) as the given rows know it.
-
-    The sequence is the history of the user's earliest row followed by the clicked candidates of every row in
-    time order. For interaction logs (one row per interaction, history = earlier items) that is the whole
-    sequence up to the latest row; for impression logs it is the pre-log history plus the clicks.
-
-    Returns:
-        Columns ``user_id`` and ``history`` (list of item ids).
-    """
-    if impressions.height == 0:
-        return pl.DataFrame(schema={Col.USER: pl.String(), Col.HISTORY: pl.List(pl.String())})
-    rows = impressions.sort([Col.USER, Col.TIME, Col.IMPRESSION])
-    clicks = rows.select(
-        Col.USER,
-        pl.col(Col.CANDIDATES).list.gather(pl.col(Col.LABELS).list.eval(pl.arg_where(pl.element() == 1))).fill_null([]).alias("clicked"),
-    )
-    first = rows.group_by(Col.USER, maintain_order=True).agg(pl.col(Col.HISTORY).first())
-    later = clicks.group_by(Col.USER, maintain_order=True).agg(pl.col("clicked").explode(keep_nulls=False, empty_as_null=False))
-    return first.join(later, on=Col.USER).select(Col.USER, pl.concat_list(Col.HISTORY, "clicked").alias(Col.HISTORY))
 
 
 def _recency_matrix(histories: Sequence[np.ndarray], n_items: int, recent: int | None, decay: float) -> sp.csr_matrix:
@@ -158,13 +145,15 @@ class Retriever:
     """Fitted item statistics plus the catalogue's text vectors; scores and retrieves candidates."""
 
     def __init__(self, item_ids: list[str], sequences: list[np.ndarray], text_vectors: np.ndarray | None, cfg: RetrievalConfig,
-                 recent_scores: np.ndarray | None = None) -> None:
-        """Fit every configured source on `sequences` (item indices into `item_ids`, oldest first)."""
+                 recent_scores: np.ndarray | None = None, sequence: SequenceScorer | None = None) -> None:
+        """Fit every configured source on `sequences` (item indices into `item_ids`, oldest first); `sequence` is the
+        trained sequence model with its item table in `item_ids` order (None: no sequence source)."""
         self.cfg, self.item_ids = cfg, item_ids
-        self.recent_scores = recent_scores
+        self.recent_scores, self.sequence = recent_scores, sequence
         self.index = {item: i for i, item in enumerate(item_ids)}
         n, budget = len(item_ids), parse_bytes(cfg.memory_budget)
-        self.sources = [s for s in cfg.sources if (s != TEXT or text_vectors is not None) and (s != RECENT or recent_scores is not None)]
+        given = {TEXT: text_vectors, RECENT: recent_scores, SEQUENCE: sequence}
+        self.sources = [s for s in cfg.sources if given.get(s, True) is not None]
         self.plan: dict[str, Any] = {"items": n, "memory_budget": cfg.memory_budget}
         self._choose_collaborative(n, budget)
         users = _recency_matrix(sequences, n, None, 1.0)
@@ -175,12 +164,13 @@ class Retriever:
         self.ease = fit_ease(users, cfg.ease_l2) if EASE in self.sources else None
         self.als = ALSModel.fit(users, cfg.als_factors, cfg.als_iterations, cfg.als_l2, cfg.als_alpha) if ALS in self.sources else None
         self.text: np.ndarray | None = None
-        self.text_index: TextIndex | None = None
+        self.indexes: dict[str, TextIndex] = {}  # the vector sources searched through an index
         if text_vectors is not None:
             v = np.asarray(text_vectors, dtype=np.float32)
             self.text = v / np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-12)
-            if TEXT in self.sources:
-                self._choose_text(sequences)
+        for source, vectors in ((TEXT, self.text), (SEQUENCE, sequence.table if sequence is not None else None)):
+            if source in self.sources and vectors is not None:
+                self._choose_index(source, vectors, sequences)
         # A sparse source's row holds at most `recent` rows of its matrix, so its widest rows bound it.
         sparse = sum(min(n, cfg.recent * int(np.diff(m.indptr).max(initial=0))) for m in self._sparse().values())
         self.batch_rows = batch_rows(n, len(self._dense_sources()), sparse, budget, cfg.batch_size)
@@ -200,23 +190,28 @@ class Retriever:
             self.sources = list(dict.fromkeys(ALS if s == EASE else s for s in self.sources))
             self.plan["collaborative"] = ALS
 
-    def _choose_text(self, sequences: list[np.ndarray]) -> None:
-        """Exact text scores on a small catalogue; above ``text_ann_items`` an index calibrated on training histories."""
+    @property
+    def text_index(self) -> TextIndex | None:
+        return self.indexes.get(TEXT)
+
+    def _choose_index(self, source: str, vectors: np.ndarray, sequences: list[np.ndarray]) -> None:
+        """Exact scores of a vector source (text, sequence) on a small catalogue; above ``text_ann_items`` an index
+        over its unit item vectors, calibrated on training histories."""
         cfg, n = self.cfg, len(self.item_ids)
         if n <= cfg.text_ann_items:
-            self.plan["text"] = "exact"
+            self.plan[source] = "exact"
             return
-        self.text_index = TextIndex(self.text)
+        index = self.indexes[source] = TextIndex(vectors)
         pick = np.random.default_rng(0).permutation(len(sequences))
         sample = [sequences[i] for i in pick if len(sequences[i])][:CALIBRATION_QUERIES]
-        recall = self.text_index.calibrate(self._user_text(_recency_matrix(sample, n, cfg.recent, cfg.decay)), cfg.per_source, cfg.ann_recall) if sample else 1.0
-        self.plan.update(text=f"IVF index, {self.text_index.lists} lists, {self.text_index.nprobe} probed",
-                         **{f"text_recall@{cfg.per_source}": round(recall, 4), "text_index_seconds": round(self.text_index.build_seconds, 1)})
-        log.info("text index over %d items: recall@%d %.3f against exact search on %d training histories", n, cfg.per_source, recall, len(sample))
+        recall = index.calibrate(self._users(source, sample), cfg.per_source, cfg.ann_recall) if sample else 1.0
+        self.plan.update({source: f"IVF index, {index.lists} lists, {index.nprobe} probed",
+                          f"{source}_recall@{cfg.per_source}": round(recall, 4), f"{source}_index_seconds": round(index.build_seconds, 1)})
+        log.info("%s index over %d items: recall@%d %.3f against exact search on %d training histories", source, n, cfg.per_source, recall, len(sample))
 
     @classmethod
     def fit(cls, ds: Dataset, vectors: object, cfg: RetrievalConfig | None = None, splits: Sequence[str] = Split.ALL,
-            rows: pl.DataFrame | None = None) -> Retriever:
+            rows: pl.DataFrame | None = None, sequence: SequenceScorer | None = None) -> Retriever:
         """Fit on the sequences the rows of `splits` (or the given `rows`) reveal (all splits = serving; train = to score dev).
 
         Args:
@@ -226,6 +221,7 @@ class Retriever:
             cfg: the configuration.
             splits: which splits' rows the statistics may use.
             rows: use exactly these impression rows instead of `splits`.
+            sequence: the trained sequence model over ``ds.items`` (:class:`recsys.text.sequence.SequenceScorer`), or None.
         """
         item_ids = ds.items[Col.ITEM].to_list()
         r = cls.__new__(cls)
@@ -234,7 +230,7 @@ class Retriever:
         rows = ds.split(*splits) if rows is None else rows
         seqs = r.encode_histories(user_sequences(rows)[Col.HISTORY])
         recent = _recent_scores(ds.items, rows, cfg.recent_hours) if RECENT in cfg.sources else None
-        return cls(item_ids, seqs, aligned_vectors(vectors, item_ids), cfg, recent)
+        return cls(item_ids, seqs, aligned_vectors(vectors, item_ids), cfg, recent, sequence)
 
     def encode_histories(self, histories: pl.Series | Sequence[Sequence[str]]) -> list[np.ndarray]:
         """Item-id lists to index arrays; ids outside the catalogue are dropped."""
@@ -251,6 +247,12 @@ class Retriever:
         return np.split(codes.to_numpy()[keep].astype(np.int64), np.cumsum(lengths)[:-1])
 
     # --- scoring -------------------------------------------------------------------------------------
+
+    def _users(self, source: str, histories: Sequence[np.ndarray], recent: sp.csr_matrix | None = None) -> np.ndarray:
+        """Unit user vectors of a vector source (text: the recency-weighted mean text vector; sequence: the model's)."""
+        if source == SEQUENCE:
+            return self.sequence.users(histories)  # type: ignore[union-attr]
+        return self._user_text(_recency_matrix(histories, len(self.item_ids), self.cfg.recent, self.cfg.decay) if recent is None else recent)
 
     def _user_text(self, recent: sp.csr_matrix) -> np.ndarray:
         """Normalised recency-weighted mean text vectors of the rows of `recent`."""
@@ -276,6 +278,8 @@ class Retriever:
                 s = (recent @ self.cooccurrence).toarray()
             elif source == TEXT:
                 s = self._user_text(recent) @ self.text.T  # type: ignore[union-attr]
+            elif source == SEQUENCE:
+                s = self.sequence.scores(histories)  # type: ignore[union-attr]
             elif source == RECENT:
                 s = np.broadcast_to(self.recent_scores, (len(histories), n)).copy()
             else:
@@ -288,7 +292,7 @@ class Retriever:
 
     def _dense_sources(self) -> list[str]:
         """The sources that score every item per row (the others are held sparse or shared)."""
-        return [s for s in self.sources if s in (EASE, ALS) or (s == TEXT and self.text_index is None)]
+        return [s for s in self.sources if s in (EASE, ALS) or (s in (TEXT, SEQUENCE) and s not in self.indexes)]
 
     def _sparse(self) -> dict[str, sp.csr_matrix]:
         """The item-item matrices of the sparse sources in use."""
@@ -304,12 +308,12 @@ class Retriever:
         views.update({s: reached((recent @ m).tocsr(), own, top, depth) for s, m in self._sparse().items()})
         shared = {POPULARITY: self.popularity, RECENT: self.recent_scores}
         views.update({s: SharedScores(v, own, top, depth) for s, v in shared.items() if s in self.sources})
-        if self.text_index is not None:
-            users = self._user_text(recent)
-            spare = min(max((len(h) for h in histories), default=0), top)  # own items the index may return first
-            found = self.text_index.search(users, top + spare)
-            found[~informed] = -1  # an empty history has no text vector to search with
-            views[TEXT] = IndexedText(users, self.text, found, own, top)  # type: ignore[arg-type]
+        spare = min(max((len(h) for h in histories), default=0), top)  # own items an index may return first
+        for source, index in self.indexes.items():
+            users = self._users(source, histories, recent)
+            found = index.search(users, top + spare)
+            found[~informed] = -1  # an empty history has no user vector to search with
+            views[source] = IndexedText(users, index.vectors, found, own, top)
         return {s: views[s] for s in self.sources}
 
     def batches(self, histories: Sequence[np.ndarray], show_progress: bool = False) -> Iterator[tuple[int, dict[str, View]]]:
@@ -388,21 +392,3 @@ def _recent_scores(items: pl.DataFrame, rows: pl.DataFrame, hours: float) -> np.
         pl.col("clicks").fill_null(0) + 0.5 * (pl.col(Col.PUBLISHED) >= cutoff).fill_null(False).cast(pl.Float32())
     )
     return scored.to_series().to_numpy().astype(np.float32)
-
-
-def aligned_vectors(vectors: object, item_ids: list[str]) -> np.ndarray | None:
-    """Text vectors as an (n_items, d) array in `item_ids` order; zero rows for items without a vector."""
-    if vectors is None:
-        return None
-    if isinstance(vectors, np.ndarray):
-        if len(vectors) != len(item_ids):
-            raise ValueError(f"{len(vectors)} vectors for {len(item_ids)} items")
-        return vectors
-    ids, matrix = list(vectors.ids), np.asarray(vectors.vectors, dtype=np.float32)  # type: ignore[attr-defined]
-    pos = {item: i for i, item in enumerate(ids)}
-    out = np.zeros((len(item_ids), matrix.shape[1]), dtype=np.float32)
-    have = [(j, pos[item]) for j, item in enumerate(item_ids) if item in pos]
-    if have:
-        dst, src = map(np.asarray, zip(*have))
-        out[dst] = matrix[src]
-    return out

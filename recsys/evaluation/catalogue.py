@@ -8,7 +8,8 @@ Rows of the table (names shared with the replay protocol where the ranking is th
 * ``full model`` / ``without text``: the lambdarank model, and the same ranker without text features;
 * ``text only`` / ``frozen text``: cosine of the items to the user's recent items' mean text vector, from the
   fine-tuned (when fine-tuned) / pretrained encoder;
-* ``popularity``, ``transitions``, ``cooccurrence``, ``ease``: one retrieval source alone, over the catalogue;
+* ``popularity``, ``transitions``, ``cooccurrence``, ``ease``, ``als``, ``sequence``: one retrieval source alone, over the
+  catalogue (``sequence``: the text-aware sequence model of :mod:`recsys.text.sequence`);
 * ``random``: a seeded random order of the catalogue.
 
 A target that retrieval missed ranks last for the ranker rows: the union's recall bounds what the ranker can do.
@@ -27,7 +28,7 @@ from tqdm.auto import tqdm
 from features.collect import collect_features
 from ranker.topk import top_k_matrix
 from features.registry import source_score
-from recsys.candidates.retrieval import ALS, COOCCURRENCE, EASE, ITEM_INDEX, POPULARITY, ROW, TEXT, TRANSITIONS, Retriever
+from recsys.candidates.retrieval import ALS, COOCCURRENCE, EASE, ITEM_INDEX, POPULARITY, ROW, SEQUENCE, TEXT, TRANSITIONS, Retriever
 from recsys.candidates.retrieved import Requests, retrieved_candidates
 from recsys.candidates.topn import Retrieved
 from recsys.data import Col, Split
@@ -42,7 +43,7 @@ log = logging.getLogger(__name__)
 
 TOP = 10  # beyond-accuracy metrics look at the top 10
 CHUNK_ROWS = 5_000  # rows ranked at once: ~2M candidate rows with their features at ~400 candidates a row
-SOURCE_ROWS = {POPULARITY: "popularity", TRANSITIONS: "transitions", COOCCURRENCE: "cooccurrence", EASE: "ease", ALS: "als"}
+SOURCE_ROWS = {POPULARITY: "popularity", TRANSITIONS: "transitions", COOCCURRENCE: "cooccurrence", EASE: "ease", ALS: "als", SEQUENCE: "sequence"}
 Ranks = tuple[np.ndarray, np.ndarray]  # rank of the target and the size of its tie
 
 
