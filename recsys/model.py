@@ -106,6 +106,12 @@ def write_model_json(model_dir: Path, *, kind: str, candidates: str, config: dic
     return meta
 
 
+# Result settings added after models were trained, of a feature that is off unless a model asks for it (the
+# ``sequence`` model runs only when ``retrieval.sources`` names it): a model trained before one existed loads
+# with its defaults, exactly as trained. Any other missing result setting means a retrain.
+OFF_UNTIL_ASKED = ("sequence",)
+
+
 def read_model_json(model_dir: Path, *, verify: bool = True) -> dict[str, Any]:
     """``model.json`` of a trained model, every artifact's hash and the config checked.
 
@@ -133,10 +139,14 @@ def read_model_json(model_dir: Path, *, verify: bool = True) -> dict[str, Any]:
             cfg = TrainConfig.from_dict(meta["config"], source=f"{path} config")
         except RecsysError as exc:
             raise ModelMismatchError(f"{exc} (a model of another recsys version: retrain it)") from None
-        newer = _missing_keys(result_settings(cfg), meta["config"])  # a missing resource setting just takes its default
+        settings = result_settings(cfg)
+        newer = _missing_keys(settings, meta["config"])  # a missing resource setting just takes its default
+        for key in set(OFF_UNTIL_ASKED) & set(newer):  # the model predates a feature it does not use: as trained
+            newer.remove(key)
+            settings.pop(key)
         if newer:
             raise ModelMismatchError(f"{path}: trained by an older recsys whose config has no {', '.join(newer[:3])}; retrain the model")
-        if fingerprint(result_settings(cfg)) != meta["config_fingerprint"]:
+        if fingerprint(settings) != meta["config_fingerprint"]:
             raise ModelMismatchError(f"{path}: its config was edited after training (the model was trained with another); retrain")
     return meta
 

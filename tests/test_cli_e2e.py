@@ -17,6 +17,8 @@ from conftest_shop import sequences, write_unisrec
 from conftest_text import make_tiny_encoder, small_toml
 from recsys.config import TrainConfig, load_config
 from recsys.data import Col, Dataset
+from recsys.model import fingerprint, read_model_json
+from recsys.resources import result_settings
 
 KINDS = ("impressions", "interactions")
 
@@ -141,6 +143,20 @@ def test_requests_without_candidates(world: dict[str, Path], tmp_path: Path) -> 
     else:
         invoke(*args)
         assert pl.read_parquet(tmp_path / "recs.parquet").height == 30
+
+
+def test_a_model_from_before_a_feature_it_does_not_use_still_loads(world: dict[str, Path], tmp_path: Path) -> None:
+    """A model trained before the sequence settings existed loads as trained (the feature is off unless asked for)."""
+    shutil.copytree(world["model"], tmp_path / "model")
+    meta = json.loads((tmp_path / "model" / "model.json").read_text())
+    del meta["config"]["sequence"]  # as a recsys before the sequence model wrote it, with its fingerprint
+    settings = result_settings(TrainConfig.from_dict(meta["config"]))
+    settings.pop("sequence")
+    meta["config_fingerprint"] = fingerprint(settings)
+    (tmp_path / "model" / "model.json").write_text(json.dumps(meta))
+    assert read_model_json(tmp_path / "model")["config_fingerprint"] == meta["config_fingerprint"]
+    invoke("evaluate", str(tmp_path / "model"), "--report", str(tmp_path / "report"))
+    assert (tmp_path / "report" / "metrics.json").exists()
 
 
 def test_refusals_are_one_line(world: dict[str, Path], tmp_path: Path) -> None:
