@@ -65,8 +65,13 @@ def plan(ds: Dataset, c: TrainConfig) -> list[StageBudget]:
         samples = impressions * _clicks_per_row(train) * text.epochs
         if text.max_steps:
             samples = min(samples, text.max_steps * text.batch_size * text.accumulate)
-        out.append(StageBudget("fine-tune", f"{impressions:,} of {available:,} impressions x {text.epochs} epoch(s), ~{samples:,.0f} samples",
-                               "text.max_train_impressions, text.epochs, text.max_steps", samples * token_scale / FINE_TUNE_SAMPLES_PER_S))
+        # The history cache is re-encoded every `cache_refresh_steps` steps (else once an epoch): at most the catalogue each time.
+        steps = samples / (text.batch_size * text.accumulate)
+        refreshes = math.ceil(steps / text.cache_refresh_steps) if text.cache_refresh_steps else text.epochs
+        refresh_s = refreshes * n_items * token_scale / ENCODE_ITEMS_PER_S
+        out.append(StageBudget("fine-tune", f"{impressions:,} of {available:,} impressions x {text.epochs} epoch(s), ~{samples:,.0f} samples"
+                               f" + {refreshes} history-cache refreshes", "text.max_train_impressions, text.epochs, text.max_steps, text.cache_refresh_steps",
+                               samples * token_scale / FINE_TUNE_SAMPLES_PER_S + refresh_s))
     if c.uses_sequence:
         users_train = train[Col.USER].n_unique()
         targets = train.height * c.text_fraction * _clicks_per_row(train) if logged else train.height - (users_train if c.earlier_targets else 0)
