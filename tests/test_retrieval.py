@@ -237,14 +237,14 @@ def test_batches_are_bounded_whatever_the_number_of_histories(shop: tuple[Datase
     assert r.batch_rows == batch_rows(N_ITEMS, 2, sum(min(N_ITEMS, 5 * int(np.diff(m.indptr).max())) for m in (r.transitions, r.cooccurrence)),
                                       4 * 3 * per_row, 1024)
     largest: list[int] = []
-    score = Retriever.score
+    dense = Retriever._dense
 
-    def spy(self: Retriever, histories: list[np.ndarray], sources: list[str] | None = None) -> dict[str, np.ndarray]:
-        out = score(self, histories, sources)
+    def spy(self: Retriever, histories: list[np.ndarray], *matrices_and_sources: object) -> dict[str, np.ndarray]:
+        out = dense(self, histories, *matrices_and_sources)  # type: ignore[arg-type]
         largest.append(max(v.size for v in out.values()))
         return out
 
-    monkeypatch.setattr(Retriever, "score", spy)
+    monkeypatch.setattr(Retriever, "_dense", spy)
     histories = r.encode_histories(ds.split(Split.TEST)[Col.HISTORY])
     for n in (5, 20, 4 * len(histories)):
         largest.clear()

@@ -264,10 +264,14 @@ class Retriever:
         """Dense (len(histories), n_items) float32 scores of `sources` (default: all, text exact even where retrieval
         uses the index); the user's own items are -inf. Callers bound len(histories) (see ``batch_rows``)."""
         n, cfg = len(self.item_ids), self.cfg
-        recent = _recency_matrix(histories, n, cfg.recent, cfg.decay)
-        binary = _recency_matrix(histories, n, None, 1.0)
+        return self._dense(histories, _recency_matrix(histories, n, cfg.recent, cfg.decay), _recency_matrix(histories, n, None, 1.0),
+                           self.sources if sources is None else sources)
+
+    def _dense(self, histories: Sequence[np.ndarray], recent: sp.csr_matrix, binary: sp.csr_matrix, sources: Sequence[str]) -> dict[str, np.ndarray]:
+        """:meth:`score` given the batch's recency-weighted and binary history matrices."""
+        n = len(self.item_ids)
         out: dict[str, np.ndarray] = {}
-        for source in self.sources if sources is None else sources:
+        for source in sources:
             if source == EASE:
                 s = binary @ self.ease
             elif source == ALS:
@@ -302,9 +306,11 @@ class Retriever:
         """Each source's view of one batch, in the form its scores take (see :mod:`recsys.candidates.topn`)."""
         top, depth, n = self.cfg.per_source, self.cfg.rank_depth, len(self.item_ids)
         recent = _recency_matrix(histories, n, self.cfg.recent, self.cfg.decay)
-        own = OwnItems.of(_recency_matrix(histories, n, None, 1.0))
+        binary = _recency_matrix(histories, n, None, 1.0)
+        own = OwnItems.of(binary)
         informed = np.array([len(h) > 0 for h in histories], dtype=bool)
-        views: dict[str, View] = {s: DenseScores(v, top, depth, informed) for s, v in self.score(histories, self._dense_sources()).items()}
+        dense = self._dense(histories, recent, binary, self._dense_sources())
+        views: dict[str, View] = {s: DenseScores(v, top, depth, informed) for s, v in dense.items()}
         views.update({s: reached((recent @ m).tocsr(), own, top, depth) for s, m in self._sparse().items()})
         shared = {POPULARITY: self.popularity, RECENT: self.recent_scores}
         views.update({s: SharedScores(v, own, top, depth) for s, v in shared.items() if s in self.sources})

@@ -178,7 +178,39 @@ class DenseScores:
         return np.stack([ranks, ties, self.retrievable(self.scores[np.arange(len(targets)), targets])], axis=1)
 
 
-class SparseScores:
+class CountedScores:
+    """Ranks from counts: a view that can say, for any (row, score), how many of the row's items score strictly
+    higher and how many equal (:meth:`_above_and_equal`), and which scores it may retrieve (:meth:`retrievable`)."""
+
+    depth: int
+    threshold: np.ndarray  # each row's top-th best retrievable score (ties all count)
+
+    def values(self, rows: np.ndarray, items: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    def retrievable(self, values: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    def _above_and_equal(self, rows: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        raise NotImplementedError
+
+    def hits(self, rows: np.ndarray, items: np.ndarray, values: np.ndarray) -> np.ndarray:
+        """Whether each (row, item) pair with these scores is in this source's top."""
+        return (values >= self.threshold[rows]) & self.retrievable(values)
+
+    def ranks(self, values: np.ndarray, bounds: np.ndarray) -> np.ndarray:
+        above, _ = self._above_and_equal(group_rows(bounds), values)
+        return np.minimum(1 + above, self.depth + 1).astype(np.int32)
+
+    def target_ranks(self, targets: np.ndarray) -> np.ndarray:
+        """(rows, 3): each target's exact rank, its tie size, and whether the source may retrieve it."""
+        rows = np.arange(len(targets))
+        values = self.values(rows, targets)
+        above, equal = self._above_and_equal(rows, values)
+        return np.stack([1 + above, equal, self.retrievable(values)], axis=1).astype(np.int64)
+
+
+class SparseScores(CountedScores):
     """A source whose non-negative scores are 0 for every item a history does not reach (transitions,
     co-occurrence): the rows' positive scores, sorted per row. Only positive scores are retrieved.
 
@@ -216,9 +248,6 @@ class SparseScores:
         out[self.own.mask(rows, items)] = -np.inf
         return out.astype(np.float32)
 
-    def hits(self, rows: np.ndarray, items: np.ndarray, values: np.ndarray) -> np.ndarray:
-        return values >= self.threshold[rows]
-
     def _above_and_equal(self, rows: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Items of each value's row scored strictly higher, and scored equal (the item itself included)."""
         keys = row_keys(rows, np.where(np.isfinite(values), values, 0))
@@ -229,15 +258,8 @@ class SparseScores:
         equal = np.where(values > 0, equal, finite - self.positive[rows])  # a zero ties with every unreached item
         return np.where(np.isfinite(values), above, finite), np.where(np.isfinite(values), equal, self.own.counts[rows])
 
-    def ranks(self, values: np.ndarray, bounds: np.ndarray) -> np.ndarray:
-        above, _ = self._above_and_equal(group_rows(bounds), values)
-        return np.minimum(1 + above, self.depth + 1).astype(np.int32)
-
-    def target_ranks(self, targets: np.ndarray) -> np.ndarray:
-        rows = np.arange(len(targets))
-        values = self.values(rows, targets)
-        above, equal = self._above_and_equal(rows, values)
-        return np.stack([1 + above, equal, values > 0], axis=1).astype(np.int64)
+    def retrievable(self, values: np.ndarray) -> np.ndarray:
+        return values > 0
 
 
 def reached(scores: sp.csr_matrix, own: OwnItems, top: int, depth: int) -> SparseScores | DenseScores:
@@ -250,7 +272,7 @@ def reached(scores: sp.csr_matrix, own: OwnItems, top: int, depth: int) -> Spars
     return DenseScores(dense, top, depth, positive_only=True)
 
 
-class SharedScores:
+class SharedScores(CountedScores):
     """A source that scores every row alike (popularity, recent clicks), own items -inf: the catalogue sorted
     once, and per row only its own items taken out.
 
@@ -293,9 +315,6 @@ class SharedScores:
     def values(self, rows: np.ndarray, items: np.ndarray) -> np.ndarray:
         return np.where(self.own.mask(rows, items), -np.inf, self.scores[items]).astype(np.float32)
 
-    def hits(self, rows: np.ndarray, items: np.ndarray, values: np.ndarray) -> np.ndarray:
-        return (values >= self.threshold[rows]) & np.isfinite(values)
-
     def _above_and_equal(self, rows: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         finite = np.isfinite(values)
         v = np.where(finite, values, 0).astype(np.float32)
@@ -308,15 +327,8 @@ class SharedScores:
         not_own = len(self.scores) - self.own.counts[rows]
         return np.where(finite, above, not_own), np.where(finite, equal, self.own.counts[rows])
 
-    def ranks(self, values: np.ndarray, bounds: np.ndarray) -> np.ndarray:
-        above, _ = self._above_and_equal(group_rows(bounds), values)
-        return np.minimum(1 + above, self.depth + 1).astype(np.int32)
-
-    def target_ranks(self, targets: np.ndarray) -> np.ndarray:
-        rows = np.arange(len(targets))
-        values = self.values(rows, targets)
-        above, equal = self._above_and_equal(rows, values)
-        return np.stack([1 + above, equal, np.isfinite(values)], axis=1).astype(np.int64)
+    def retrievable(self, values: np.ndarray) -> np.ndarray:
+        return np.isfinite(values)
 
 
 class IndexedText:
