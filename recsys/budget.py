@@ -25,6 +25,7 @@ import polars as pl
 from recsys.config import TrainConfig
 from recsys.data import Col, Dataset, Split
 from recsys.pipeline import LOGGED, candidate_source
+from recsys.text.train import refresh_interval
 
 # Reference rates on the 2-core CPU (bf16), from benchmarks/results/baseline.md.
 ENCODE_ITEMS_PER_S = 690.0  # encode_items at 48 tokens; time grows about linearly with tokens
@@ -65,10 +66,14 @@ def plan(ds: Dataset, c: TrainConfig) -> list[StageBudget]:
         samples = impressions * _clicks_per_row(train) * text.epochs
         if text.max_steps:
             samples = min(samples, text.max_steps * text.batch_size * text.accumulate)
-        # The history cache is re-encoded every `cache_refresh_steps` steps (else once an epoch): at most the catalogue each time.
+        # The history cache holds the items the sampled histories read (at most the catalogue), re-encoded
+        # every refresh_interval steps; each validation (one per epoch, one before) adds those of its impressions.
         steps = samples / (text.batch_size * text.accumulate)
-        refreshes = math.ceil(steps / text.cache_refresh_steps) if text.cache_refresh_steps else text.epochs
-        refresh_s = refreshes * n_items * token_scale / ENCODE_ITEMS_PER_S
+        cached = min(n_items, impressions * text.history_len)
+        every = refresh_interval(text, cached)
+        refreshes = math.ceil(steps / every) if every else text.epochs
+        validated = min(n_items, cached + (text.max_val_impressions or n_items) * (text.history_len + float(train[Col.CANDIDATES].list.len().mean() or 0)))
+        refresh_s = (refreshes * cached + (text.epochs + 1) * validated) * token_scale / ENCODE_ITEMS_PER_S
         out.append(StageBudget("fine-tune", f"{impressions:,} of {available:,} impressions x {text.epochs} epoch(s), ~{samples:,.0f} samples"
                                f" + {refreshes} history-cache refreshes", "text.max_train_impressions, text.epochs, text.max_steps, text.cache_refresh_steps",
                                samples * token_scale / FINE_TUNE_SAMPLES_PER_S + refresh_s))

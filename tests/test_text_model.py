@@ -19,7 +19,8 @@ from recsys.errors import RecsysError
 from recsys.evaluation.metrics import AUC, impression_metrics
 from recsys.text.features import TEXT_FEATURES, text_features, user_vectors
 from recsys.text.model import TextConfig, build_text_model
-from recsys.text.train import load_text_model, train_text_model
+from recsys.text.data import ItemTokens
+from recsys.text.train import MIN_REFRESH_STEPS, TextModule, _prepare, load_text_model, refresh_interval, train_text_model
 
 
 @pytest.fixture(scope="module")
@@ -126,6 +127,26 @@ def test_cache_is_reused_and_invalidated_by_encoder_change(world: dict, tmp_path
     assert calls == [1] and changed.fingerprint != first.fingerprint
     assert not np.allclose(changed.vectors, first.vectors)
     assert len(list(tmp_path.glob("item_vectors-*.parquet"))) == 2
+
+
+def test_history_cache_covers_training_histories_and_refreshes_as_its_cost_allows(world: dict) -> None:
+    cfg = TextConfig.from_dict({**world["cfg"].to_dict(), "max_val_impressions": 4})
+    per_step = cfg.batch_size * cfg.accumulate * (cfg.negatives + 1)
+    assert refresh_interval(cfg, cached=per_step) == MIN_REFRESH_STEPS  # a small cache: as often as before
+    assert refresh_interval(cfg, cached=40 * per_step + 1) == 41  # a large one: about its own cost in steps
+    assert refresh_interval(TextConfig.from_dict({**cfg.to_dict(), "cache_refresh_steps": 3}), cached=40 * per_step) == 3
+    model = load_text_model(world["out"])
+    tokens = ItemTokens.from_items(pl.concat([world["items"], world["held"]]), model.tokenizer, cfg.fields, cfg.max_tokens)
+    samples, val_rows, train_rows, val_used = _prepare(world["test"].with_columns(pl.col(Col.HISTORY).list.head(1)), cfg, tokens)
+    assert len(val_rows) == 4  # the seeded validation sample, not every held-out impression
+    assert set(train_rows) == {int(h[0]) for h in samples.histories if len(h)}  # only what training histories read
+    module = TextModule(model, tokens, train_rows, val_used)
+    module._refresh_cache()
+    filled = set(np.flatnonzero(module._cache.abs().sum(1).numpy()))
+    assert filled == set(train_rows.tolist())  # validation's candidates are not encoded at every training refresh
+    module._refresh_cache(validation=True)
+    filled = set(np.flatnonzero(module._cache.abs().sum(1).numpy()))
+    assert filled == set(train_rows.tolist()) | set(val_used.tolist()) and set(val_used) - set(train_rows)
 
 
 def test_features_handle_empty_histories_and_unknown_items(world: dict) -> None:

@@ -74,8 +74,12 @@ class TextConfig:
         patience: Early stopping: validations (each epoch, or every ``val_check_steps``) without a better AUC.
         val_fraction: The latest fraction of impressions (by time) held out for validation.
         max_train_impressions: Train on a seeded sample of this many impressions (None = all).
+        max_val_impressions: Validate on a seeded sample of this many of the held-out impressions
+            (None = all). Early stopping needs the AUC to a few thousandths, not the whole tail of a
+            large log: every validation re-encodes each item its impressions touch.
         encode_batch_size: Items per batch when encoding the history cache and the catalogue.
-        cache_refresh_steps: Re-encode the history cache every N optimiser steps (0 = once per epoch).
+        cache_refresh_steps: Re-encode the history cache every N optimiser steps (0 = once per epoch;
+            None = as often as its cost allows, see :func:`recsys.text.train.refresh_interval`).
             Histories are read from the cache while candidates come from the live encoder; a stale cache
             lets the two drift apart within an epoch, so short runs refresh it often.
         val_check_steps: Validate every N optimiser steps (N x ``accumulate`` batches) instead of once
@@ -106,8 +110,9 @@ class TextConfig:
     patience: int = 2
     val_fraction: float = 0.1
     max_train_impressions: int | None = None
+    max_val_impressions: int | None = 2_000
     encode_batch_size: int = resource(256)
-    cache_refresh_steps: int = 10
+    cache_refresh_steps: int | None = None
     val_check_steps: int | None = None
 
     def __post_init__(self) -> None:
@@ -123,13 +128,13 @@ class TextConfig:
         for name in positive:
             if getattr(self, name) < 1:
                 raise RecsysError(f"TextConfig.{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("max_steps", "projection_dim", "max_train_impressions", "val_check_steps"):
+        for name in ("max_steps", "projection_dim", "max_train_impressions", "max_val_impressions", "val_check_steps"):
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise RecsysError(f"TextConfig.{name} must be >= 1 or None, got {value}")
         if self.max_tokens < 4:
             raise RecsysError(f"TextConfig.max_tokens={self.max_tokens} leaves no room for text after [CLS]/[SEP]; use >= 4")
-        if self.cache_refresh_steps < 0:
+        if self.cache_refresh_steps is not None and self.cache_refresh_steps < 0:
             raise RecsysError(f"TextConfig.cache_refresh_steps must be >= 0, got {self.cache_refresh_steps}")
         if self.freeze_layers < 0 or self.lora_rank < 0:
             raise RecsysError("TextConfig.freeze_layers and lora_rank must be >= 0")
