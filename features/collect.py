@@ -24,7 +24,7 @@ import numpy as np
 import polars as pl
 
 from features.build import FeatureConfig, build_features
-from features.pairs import item_codes, pair_features
+from features.pairs import item_codes, pair_features, value_codes
 from features.registry import BEHAVIOUR, PAIRS, RETRIEVAL, TEXT, TEXT_FEATURES, registry
 from recsys.candidates.logged import as_impressions
 from recsys.candidates.retrieval import ITEM_INDEX, N_SOURCES, ROW, Retriever
@@ -75,7 +75,8 @@ def collect_features(inputs: FeatureInputs, rows: pl.DataFrame, candidates: pl.D
     if inputs.needs(TEXT):
         if inputs.text_model is None or inputs.vectors is None:
             raise RecsysError("the text feature family needs a text model and its item vectors")
-        table = table.join(text_scores(inputs.text_model, inputs.vectors, rows, table), on=_JOIN, how="left", maintain_order="left")
+        scores = text_scores(inputs.text_model, inputs.vectors, rows, table, inputs.dataset.items)
+        table = table.join(scores, on=_JOIN, how="left", maintain_order="left")
     if inputs.needs(BEHAVIOUR):
         table = table.join(_behaviour(inputs, rows, table, show_progress), on=_JOIN, how="left", maintain_order="left")
     return table
@@ -103,12 +104,13 @@ def _retrieval_and_pairs(inputs: FeatureInputs, rows: pl.DataFrame, table: pl.Da
     return table.sort("_i").drop("_i")
 
 
-def text_scores(model: TextModel, vectors: ItemVectors, rows: pl.DataFrame, table: pl.DataFrame) -> pl.DataFrame:
+def text_scores(model: TextModel, vectors: ItemVectors, rows: pl.DataFrame, table: pl.DataFrame, items: pl.DataFrame) -> pl.DataFrame:
     """The text family of every candidate of `table`, keyed by (impression, position): the model's interest
-    score and the history similarities (:func:`recsys.text.features.text_features`)."""
+    score and the history similarities (:func:`recsys.text.features.text_features`); `items` gives the categories."""
     from recsys.text.features import text_features
 
-    scored = text_features(model, vectors, as_impressions(table, rows))
+    by_vector = pl.DataFrame({Col.ITEM: vectors.ids}).join(items.select(Col.ITEM, Col.CATEGORY), on=Col.ITEM, how="left", maintain_order="left")
+    scored = text_features(model, vectors, as_impressions(table, rows), value_codes(by_vector[Col.CATEGORY]))
     return scored.with_columns(pl.int_range(pl.len()).over(Col.IMPRESSION).cast(pl.Int32()).alias(Col.POSITION)).select(*_JOIN, *TEXT_FEATURES)
 
 

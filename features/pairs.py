@@ -28,13 +28,14 @@ import scipy.sparse as sp
 from recsys.data import Col
 from recsys.candidates.retrieval import ITEM_INDEX, ROW, Retriever
 
+def value_codes(values: pl.Series) -> np.ndarray:
+    """Integer codes of a string column (equal strings, equal codes), -1 where missing."""
+    return values.cast(pl.Categorical()).to_physical().cast(pl.Int64()).fill_null(-1).to_numpy().copy()
+
+
 def item_codes(items: pl.DataFrame) -> tuple[np.ndarray, np.ndarray]:
     """Integer codes of each item's category and brand (first tag), -1 where missing, in ``items`` order."""
-    codes = items.select(
-        pl.col(Col.CATEGORY).cast(pl.Categorical()).to_physical().cast(pl.Int64()).fill_null(-1).alias("c"),
-        pl.col(Col.TAGS).list.first().cast(pl.Categorical()).to_physical().cast(pl.Int64()).fill_null(-1).alias("b"),
-    )
-    return codes["c"].to_numpy().copy(), codes["b"].to_numpy().copy()
+    return value_codes(items[Col.CATEGORY]), value_codes(items[Col.TAGS].list.first())
 
 
 def _sorted_keys(matrix: sp.spmatrix) -> tuple[np.ndarray, np.ndarray]:

@@ -98,6 +98,7 @@ _TEXT = (
     Feature("text_max_sim", TEXT, pl.Float32(), "max cosine similarity of the candidate to the user's history items", reads_text=True),
     Feature("text_mean_sim", TEXT, pl.Float32(), "mean cosine similarity of the candidate to the user's history items", reads_text=True),
     Feature("text_recent_sim", TEXT, pl.Float32(), "similarity of the candidate to the user's most recent history items", reads_text=True),
+    Feature("text_category_sim", TEXT, pl.Float32(), "mean cosine similarity of the candidate to the user's history items of its category", reads_text=True),
 )
 TEXT_FEATURES: tuple[str, ...] = tuple(f.name for f in _TEXT)
 

@@ -46,7 +46,7 @@ def score_replay(assets: Assets, rows: pl.DataFrame, seed: int = 0, *, show_prog
     table = collect_features(assets.inputs(retriever), rows, logged_candidates(rows), show_progress=show_progress)
     if assets.config.fine_tune and assets.vectors(FROZEN) is not None:
         # The same interest score from the pretrained encoder, not fine-tuned (the "frozen text" baseline).
-        frozen = text_scores(pretrained_text_model(assets.config.text), assets.vectors(FROZEN), rows, table)
+        frozen = text_scores(pretrained_text_model(assets.config.text), assets.vectors(FROZEN), rows, table, assets.dataset.items)
         table = table.join(frozen.select(Col.IMPRESSION, Col.POSITION, pl.col(TEXT_FEATURES[0]).alias("frozen text")),
                            on=[Col.IMPRESSION, Col.POSITION], how="left", maintain_order="left")
     scores: dict[str, np.ndarray] = {name: ranker.score(table) for name, ranker in assets.rankers.items()}

@@ -2,7 +2,11 @@
 
 * ``text_score``: user vector . candidate vector (the model's interest score);
 * ``text_max_sim`` / ``text_mean_sim``: max / mean cosine between the candidate and the history items;
-* ``text_recent_sim``: mean cosine to the user's last :data:`RECENT` clicks.
+* ``text_recent_sim``: mean cosine to the user's last :data:`RECENT` clicks;
+* ``text_category_sim``: mean cosine to the history items of the candidate's own category. Within one
+  category the other similarities are dominated by what the category's items share; this one compares the
+  candidate with the user's earlier picks *of its kind*, the finer taste (a sub-topic, a style) that the
+  category affinity of the behaviour features cannot see.
 
 Vectors come from text alone, so items no log has seen (cold start) score like any other. Candidate
 ids missing from the item vectors get null features; unknown history ids are skipped; a user with
@@ -26,7 +30,7 @@ from recsys.text.model import TextModel
 
 log = logging.getLogger(__name__)
 
-TEXT_FEATURES = ("text_score", "text_max_sim", "text_mean_sim", "text_recent_sim")
+TEXT_FEATURES = ("text_score", "text_max_sim", "text_mean_sim", "text_recent_sim", "text_category_sim")
 RECENT = 3
 _CHUNK = 256  # impressions per batched matmul: (chunk, candidates, history) floats stay small
 
@@ -75,13 +79,15 @@ def user_vectors(model: TextModel, vectors: ItemVectors, histories: Sequence[Seq
     return out
 
 
-def text_features(model: TextModel, vectors: ItemVectors, impressions: pl.DataFrame) -> pl.DataFrame:
+def text_features(model: TextModel, vectors: ItemVectors, impressions: pl.DataFrame, categories: np.ndarray | None = None) -> pl.DataFrame:
     """One row per (impression, candidate): impression id, item id and :data:`TEXT_FEATURES` (Float32, null when unknown).
 
     Args:
         model: The text model.
         vectors: Item vectors of the model's encoder (the whole catalogue).
         impressions: Impressions (contract schema; labels are not read).
+        categories: Integer category code of each vector row (``vectors.ids`` order, -1 = none); without
+            it ``text_category_sim`` is null.
 
     Returns:
         Rows in the order of the impressions and their candidates.
@@ -91,6 +97,9 @@ def text_features(model: TextModel, vectors: ItemVectors, impressions: pl.DataFr
     """
     table = _vector_table(model, vectors)
     pad_row = len(table) - 1
+    codes = torch.full((len(table),), -1, dtype=torch.long)
+    if categories is not None:
+        codes[:pad_row] = torch.from_numpy(np.asarray(categories, dtype=np.int64))
     hist_rows = _histories(model, vectors, impressions[Col.HISTORY])
     cand_rows = candidate_indices(impressions[Col.CANDIDATES], vectors.index())
     counts = np.asarray([len(c) for c in cand_rows], dtype=np.int64)
@@ -111,11 +120,15 @@ def text_features(model: TextModel, vectors: ItemVectors, impressions: pl.DataFr
             n_hist = hmask.sum(1).view(-1, 1, 1)
             pos = torch.arange(hist.shape[1]).view(1, 1, -1)
             recent = hm & (pos >= n_hist - RECENT)  # histories are oldest first, right-padded
+            cand_codes = codes[cand].unsqueeze(2)
+            kin = hm & (cand_codes == codes[hist].unsqueeze(1)) & (cand_codes >= 0)  # history items of the candidate's category
+            n_kin = kin.sum(-1)
             block = torch.stack([
                 torch.einsum("bcd,bd->bc", cvec, users),
                 sims.masked_fill(~hm, float("-inf")).amax(-1),
                 (sims * hm).sum(-1) / n_hist.squeeze(-1).clamp(min=1),
                 (sims * recent).sum(-1) / recent.sum(-1).clamp(min=1),
+                ((sims * kin).sum(-1) / n_kin.clamp(min=1)).masked_fill(n_kin == 0, float("nan")),
             ], dim=-1).numpy()
             no_hist = (n_hist.view(-1) == 0).numpy()
             block[no_hist, :, 1:] = np.nan
