@@ -358,12 +358,19 @@ def recommend_cmd(model_dir: Path, requests: Path, top_k: int, out: Path, chunk_
 
 @main.command("export")
 @click.argument("recs", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.option("--to", "target", required=True, help="out.parquet | out.jsonl | out.csv | duckdb:///path.db?table=recs | postgresql://...?table=recs")
-def export_cmd(recs: Path, target: str) -> None:
+@click.option("--to", "target", required=True,
+              help="out.parquet | out.jsonl | out.csv | duckdb:///path.db?table=recs | postgresql://...?table=recs[&sslmode=verify-full&sslrootcert=CA.crt]")
+@click.option("--pseudonymise-users", is_flag=True, help="Write hex(HMAC-SHA256(key, user_id)) instead of each user id (key from --key-env).")
+@click.option("--key-env", default=None, help="With --pseudonymise-users: the environment variable holding the key [default: RECSYS_PSEUDONYM_KEY].")
+def export_cmd(recs: Path, target: str, pseudonymise_users: bool, key_env: str | None) -> None:
     """Export ranked lists to a file or database table, atomically (re-runs replace)."""
     from recsys.export import write
+    from recsys.pseudonym import DEFAULT_KEY_ENV, PseudonymKey
 
-    summary = write(recs, target)
+    if key_env is not None and not pseudonymise_users:
+        raise click.UsageError("--key-env: only with --pseudonymise-users")
+    pseudonym = PseudonymKey.from_env(key_env or DEFAULT_KEY_ENV) if pseudonymise_users else None  # before anything is written
+    summary = write(recs, target, pseudonym=pseudonym)
     click.echo(f"exported {summary}")
 
 

@@ -97,6 +97,19 @@ OPTIONAL_IMPRESSION_COLUMNS: dict[str, pl.DataType] = {Col.CLICK_PROBS: pl.List(
 # Columns that may hold nulls (everything else must be filled).
 NULLABLE = {Col.ABSTRACT, Col.CATEGORY, Col.SUBCATEGORY, Col.TAGS, Col.PUBLISHED, Col.LABELS}
 
+USER_ID_SHOWN_AS = "a user id (not shown)"
+
+
+def shown(field: str | None, value: object, limit: int = 200) -> str:
+    """`value` of `field` quoted for a message, cut to `limit` characters; a user id is never shown.
+
+    Errors, logs and reports name the file, row and field of a bad user id, never its value.
+
+    >>> shown(Col.ITEM, "N12"), shown(Col.USER, "U7")
+    ("'N12'", 'a user id (not shown)')
+    """
+    return USER_ID_SHOWN_AS if field == Col.USER else repr(str(value)[:limit])
+
 
 def empty_items() -> pl.DataFrame:
     return pl.DataFrame(schema=ITEMS_SCHEMA)

@@ -18,6 +18,20 @@ as DuckDB storage whatever its suffix: an existing file that is not a DuckDB dat
 left as it is. Table names are letters, digits and _ (``schema.table`` allowed), always quoted;
 ``table=`` may be given once. See :mod:`recsys.export_target` for how URLs are read.
 
+PostgreSQL connections are libpq's, so TLS is set in the URL as libpq reads it: ``sslmode=require``
+(encrypt, do not verify the server), ``verify-ca`` (encrypt, and the server's certificate must chain to
+``sslrootcert=CA.crt``), ``verify-full`` (as verify-ca, and the certificate must name the host), or
+``disable``/``allow``/``prefer``; ``sslcert``, ``sslkey`` and ``sslpassword`` give a client certificate.
+A server that cannot do what ``sslmode`` asks is refused with a one-line error. Without ``sslmode`` (and
+without ``PGSSLMODE`` in the environment) libpq's default ``prefer`` applies: TLS when the server offers
+it, otherwise plain text, and the server is never verified; an export to a host other than a unix socket
+or loopback address then logs a one-line warning (:func:`recsys.export_target.tls_warning`). libpq
+ignores ``sslmode`` on unix-socket connections, which never leave the machine.
+
+``pseudonym=`` (``recsys export --pseudonymise-users``) replaces every ``user_id`` by its keyed hash on
+the way out, for every target: ``hex(HMAC-SHA256(key, utf8(user_id)))`` with the key from an environment
+variable (:mod:`recsys.pseudonym` says how downstream systems reproduce it). The key itself goes nowhere.
+
 Passwords never leave this module: summaries, logs and errors show ``***`` for the password in every
 form (``user:pw@``, ``?password=``, as written or percent-decoded), even inside driver messages. Driver
 and file-system failures become one-line :class:`RecsysError` messages naming the target.
@@ -49,8 +63,9 @@ import pyarrow.parquet as pq
 
 from recsys.data import Col, Split
 from recsys.errors import DataError, RecsysError
-from recsys.export_target import DEFAULT_TABLE, DbTarget, parse, redact, scheme_of, staging_name
+from recsys.export_target import DEFAULT_TABLE, DbTarget, parse, redact, scheme_of, staging_name, tls_warning
 from recsys.io import STALE_TEMP_SECONDS, atomic_path
+from recsys.pseudonym import PseudonymKey
 
 logger = logging.getLogger(__name__)
 
@@ -69,7 +84,8 @@ _PG_TYPES: dict[type[pl.DataType], str] = {
 
 @dataclass(frozen=True)
 class ExportSummary:
-    """What was written: the target (password hidden), its kind, table, rows and seconds taken."""
+    """What was written: the target (password hidden), its kind, table, rows and seconds taken, and the
+    environment variable whose key pseudonymised the user ids (None: ids as they were)."""
 
     target: str
     kind: str
@@ -77,10 +93,12 @@ class ExportSummary:
     columns: list[str]
     table: str | None = None
     seconds: float = 0.0
+    pseudonym_key_env: str | None = None
 
     def __str__(self) -> str:
         where = f"{self.target} (table {self.table})" if self.table else self.target
-        return f"{self.rows:,} rows to {where} as {self.kind} in {self.seconds:.2f} s"
+        users = f"; user ids pseudonymised with the key in {self.pseudonym_key_env}" if self.pseudonym_key_env else ""
+        return f"{self.rows:,} rows to {where} as {self.kind} in {self.seconds:.2f} s{users}"
 
 
 def _source(recs: pl.DataFrame | str | Path) -> tuple[pl.Schema, int, Iterator[pl.DataFrame]]:
@@ -99,20 +117,38 @@ def _source(recs: pl.DataFrame | str | Path) -> tuple[pl.Schema, int, Iterator[p
     return schema, pf.metadata.num_rows, batches
 
 
-def write(recs: pl.DataFrame | str | Path, target: str | Path) -> ExportSummary:
+def _pseudonymised(schema: pl.Schema, pseudonym: PseudonymKey, source: object) -> tuple[pl.Schema, pl.Expr]:
+    """The output schema and the expression that replaces user ids by their pseudonyms.
+
+    Raises:
+        DataError: No user id column, or one whose values are not text or integers.
+    """
+    dtype = schema.get(Col.USER)
+    if dtype is None:
+        raise DataError(source, None, Col.USER, "column is missing; there are no user ids to pseudonymise")
+    if not (dtype in (pl.String(), pl.Categorical(), pl.Null()) or dtype.is_integer()):
+        raise DataError(source, None, Col.USER, f"has type {dtype}; only text or integer ids can be pseudonymised")
+    return pl.Schema({**schema, Col.USER: pl.String()}), pseudonym.expr(Col.USER)
+
+
+def write(recs: pl.DataFrame | str | Path, target: str | Path, *, pseudonym: PseudonymKey | None = None) -> ExportSummary:
     """Write `recs` to `target`, replacing what a previous run wrote there.
 
     Args:
         recs: The table, or the path of a Parquet file (streamed in batches to databases).
-        target: A file path (.parquet, .jsonl/.ndjson, .csv) or a ``duckdb://`` / ``postgresql://`` URL.
+        target: A file path (.parquet, .jsonl/.ndjson, .csv) or a ``duckdb://`` / ``postgresql://`` URL
+            (PostgreSQL: libpq options such as ``sslmode=verify-full&sslrootcert=CA.crt`` pass through).
+        pseudonym: Replace ``user_id`` by ``hex(HMAC-SHA256(key, utf8(user_id)))`` with this key
+            (:meth:`PseudonymKey.from_env`); None writes the ids as they are.
 
     Returns:
-        An :class:`ExportSummary` (password hidden).
+        An :class:`ExportSummary` (password hidden; it names the key's variable, never the key).
 
     Raises:
-        RecsysError: Unknown or malformed target, or a database or file-system failure (one line,
-            target named, password hidden).
-        DataError: Input file missing or unreadable, or a column the target cannot hold.
+        RecsysError: Unknown or malformed target, or a database or file-system failure, including a
+            server that refuses the TLS that ``sslmode`` asks for (one line, target named, password hidden).
+        DataError: Input file missing or unreadable, a column the target cannot hold, or (with
+            `pseudonym`) no user id column.
     """
     start = time.perf_counter()
     target = str(target)
@@ -121,14 +157,23 @@ def write(recs: pl.DataFrame | str | Path, target: str | Path) -> ExportSummary:
         raise RecsysError(f"unknown export target {redact(target)!r}; use a .parquet/.jsonl/.csv path, duckdb:///path.db?table=NAME or postgresql://...")
     db = parse(target) if scheme else None  # a bad URL fails before any reading or connecting
     schema, rows, batches = _source(recs)
+    replace: list[pl.Expr] = []
+    if pseudonym is not None:
+        schema, hashed = _pseudonymised(schema, pseudonym, recs if isinstance(recs, (str, Path)) else "export input")
+        replace.append(hashed)
+        batches = (b.with_columns(hashed) for b in batches)
     if db is None:
-        kind, table, shown = _write_file(recs, schema, Path(target)), None, target
+        kind, table, shown = _write_file(recs, schema, Path(target), replace), None, target
     else:
+        warning = tls_warning(db)
+        if warning:
+            logger.warning(warning)
         writer = _write_duckdb if db.kind == "duckdb" else _write_postgres
         writer(schema, batches, db)
         kind, table, shown = db.kind, db.table, db.shown
-    summary = ExportSummary(shown, kind, rows, list(schema.names()), table, round(time.perf_counter() - start, 3))
-    logger.info("exported %d rows to %s", rows, summary.target)
+    env = pseudonym.env if pseudonym else None
+    summary = ExportSummary(shown, kind, rows, list(schema.names()), table, round(time.perf_counter() - start, 3), env)
+    logger.info("exported %d rows to %s%s", rows, summary.target, f" (user ids pseudonymised, key from {env})" if env else "")
     return summary
 
 
@@ -155,14 +200,14 @@ def _csv_lists(lf: pl.LazyFrame, schema: pl.Schema, path: Path) -> pl.LazyFrame:
     return lf.with_columns(t.list.join(" ").alias(c) for t, c in zip(text, lists))
 
 
-def _write_file(recs: pl.DataFrame | str | Path, schema: pl.Schema, path: Path) -> str:
+def _write_file(recs: pl.DataFrame | str | Path, schema: pl.Schema, path: Path, replace: list[pl.Expr]) -> str:
     kind = FILE_FORMATS.get(path.suffix.lower())
     if kind is None:
         raise RecsysError(f"{path}: unknown export format {path.suffix!r}; use one of {sorted(FILE_FORMATS)}")
     if path.is_dir():
         raise RecsysError(f"cannot export to {path}: it is a directory; give a file path")
     # A lazy frame streams a Parquet input to the output without loading it whole.
-    lf = recs.lazy() if isinstance(recs, pl.DataFrame) else pl.scan_parquet(recs)
+    lf = (recs.lazy() if isinstance(recs, pl.DataFrame) else pl.scan_parquet(recs)).with_columns(replace)
     if kind == "csv":
         lf = _csv_lists(lf, schema, path)
     try:

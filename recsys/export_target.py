@@ -7,17 +7,25 @@ rest of the URL into a "fragment", and libpq reads URLs its own way. The rules f
   or ``?`` makes the URL ambiguous and is refused (percent-encode it: ``%40``, ``%2F``, ``%3F``);
 * the query starts at the first ``?`` after the user info; options are ``&``-separated ``key=value``;
 * ``table=`` is ours (given at most once) and is removed before the URL reaches libpq; every other
-  option goes through as written.
+  option goes through as written, so libpq's TLS options (``sslmode``, ``sslrootcert``, ``sslcert``,
+  ``sslkey``, ...) work as libpq documents them.
 
-Every form of the password (user-info or ``?password=``, as written and percent-decoded) is collected
+:func:`tls_warning` says when a PostgreSQL export would travel unverified to another machine: a host that
+is not a unix socket or loopback address, with an effective ``sslmode`` (the URL's, else ``PGSSLMODE``,
+else libpq's default ``prefer``) weaker than ``require``.
+
+Every form of the password (user-info, ``?password=`` or ``?sslpassword=``, as written and percent-decoded) is collected
 in :attr:`DbTarget.secrets`, and :meth:`DbTarget.hide` replaces each one wherever it appears in a
 message, so even a driver error that echoes the URL or a fragment of it says ``***``.
 """
 
 from __future__ import annotations
 
+import ipaddress
+import os
 import re
 import secrets as _random
+from collections.abc import Mapping
 from dataclasses import dataclass
 from urllib.parse import unquote, unquote_plus
 
@@ -28,6 +36,8 @@ PG_MAX_IDENTIFIER_BYTES = 63  # NAMEDATALEN - 1; PostgreSQL truncates longer nam
 _SCHEME = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*)://")
 _IDENTIFIER = re.compile(r"\w+")  # letters (any script), digits, _; always quoted when used
 _MASK = "***"
+_SECRET_OPTIONS = ("password", "sslpassword")
+ENCRYPTED_SSLMODES = ("require", "verify-ca", "verify-full")
 
 
 @dataclass(frozen=True)
@@ -41,6 +51,9 @@ class DbTarget:
         schema: The schema part of ``schema.table``, or None.
         name: The table name.
         secrets: Every form of the password, longest first.
+        hosts: PostgreSQL: the hosts libpq connects to (``hostaddr=`` over ``host=`` over the URL's;
+            empty = the default unix socket).
+        sslmode: PostgreSQL: the URL's ``sslmode``, or None.
     """
 
     kind: str
@@ -49,6 +62,8 @@ class DbTarget:
     schema: str | None
     name: str
     secrets: tuple[str, ...] = ()
+    hosts: tuple[str, ...] = ()
+    sslmode: str | None = None
 
     @property
     def table(self) -> str:
@@ -94,7 +109,7 @@ def _split(target: str) -> tuple[int, int | None, int, list[tuple[int, int]], li
         pos = start + q + 1
         for piece in target[pos:].split("&"):
             key, eq, value = piece.partition("=")
-            if eq and unquote(key).strip().lower() == "password":
+            if eq and unquote(key).strip().lower() in _SECRET_OPTIONS:
                 spans.append((pos + len(key) + 1, pos + len(piece)))
                 forms.append(value)
             pos += len(piece) + 1
@@ -192,6 +207,47 @@ def parse(target: str) -> DbTarget:
         location = base[start:]
         if not location:
             raise RecsysError(f"no database file in {shown!r}; use duckdb:///abs/path.db or duckdb://rel/path.db")
-    else:
-        location = base + ("?" + "&".join(kept) if kept else "")
-    return DbTarget(kind, shown, location, schema, name, tuple(forms))
+        return DbTarget(kind, shown, location, schema, name, tuple(forms))
+    options = {unquote(k).strip().lower(): unquote(v) for k, _, v in (p.partition("=") for p in kept)}
+    netloc = base[(info_end + 1 if info_end >= 0 else start) :].split("/", 1)[0]
+    given = options.get("hostaddr") or options.get("host") or netloc
+    hosts = tuple(_host_name(unquote(h)) for h in given.split(",") if h)
+    location = base + ("?" + "&".join(kept) if kept else "")
+    return DbTarget(kind, shown, location, schema, name, tuple(forms), hosts, options.get("sslmode"))
+
+
+def _host_name(entry: str) -> str:
+    """The host of a URL host entry: ``[::1]:5432`` -> ``::1``, ``db:5432`` -> ``db``; a socket path as it is."""
+    if entry.startswith("["):
+        return entry[1 : entry.find("]")]
+    return entry if entry.startswith("/") or entry.count(":") != 1 else entry.split(":")[0]
+
+
+def _is_local(host: str) -> bool:
+    if not host or host.startswith(("/", "@")) or host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def tls_warning(db: DbTarget, env: Mapping[str, str] = os.environ) -> str | None:
+    """A one-line warning when `db` is a PostgreSQL host on another machine reached without enforced TLS.
+
+    Args:
+        db: A parsed target.
+        env: Where libpq's ``PGSSLMODE``, ``PGHOSTADDR`` and ``PGHOST`` are read (default: the environment).
+
+    Returns:
+        The warning, or None (DuckDB, a local host, or sslmode require/verify-ca/verify-full).
+    """
+    if db.kind != "postgresql":
+        return None
+    mode = db.sslmode or env.get("PGSSLMODE") or "prefer"
+    hosts = db.hosts or tuple(_host_name(h) for h in (env.get("PGHOSTADDR") or env.get("PGHOST") or "").split(",") if h)
+    remote = [h for h in hosts if not _is_local(h)]
+    if not remote or mode in ENCRYPTED_SSLMODES:
+        return None
+    return (f"exporting to {remote[0]} with sslmode={mode}: the connection may be unencrypted and the server is not verified; "
+            "add ?sslmode=verify-full&sslrootcert=CA.crt (or at least sslmode=require) to the URL")

@@ -37,3 +37,6 @@ def amazon_dir() -> Path:
     if not path.exists():
         pytest.skip(f"real shop data not found at {path}")
     return path
+
+
+from conftest_pg import pg_server, pg_tls_server, pg_url  # noqa: E402,F401  (the PostgreSQL fixtures, once per session)

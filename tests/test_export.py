@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import datetime as dt
 import os
-import shutil
-import subprocess
 import tempfile
 import time
 import traceback
@@ -125,46 +123,7 @@ def test_duckdb_round_trip_replace_and_atomicity(tmp_path: Path, monkeypatch: py
     assert _duck_rows(db).equals(df)
 
 
-# --- PostgreSQL: a throwaway server in a temp dir, reached over a unix socket --------------------
-
-
-def _pg_start() -> tuple[str | None, str, Path | None]:
-    """Start a server; return (url, reason if none, data dir)."""
-    initdb, pg_ctl = shutil.which("initdb") or "/usr/local/bin/initdb", shutil.which("pg_ctl") or "/usr/local/bin/pg_ctl"
-    if not (os.access(initdb, os.X_OK) and os.access(pg_ctl, os.X_OK)):
-        return None, "initdb/pg_ctl not found", None
-    base = Path(tempfile.mkdtemp(prefix="recsys-pg-"))
-    prefix: list[str] = []
-    if os.geteuid() == 0:  # PostgreSQL refuses to run as root: run it as the postgres user
-        if not shutil.which("runuser"):
-            return None, "running as root and runuser is unavailable", base
-        prefix = ["runuser", "-u", "postgres", "--"]
-        base.chmod(0o755)
-        shutil.chown(base, "postgres")
-    data, sock = base / "data", base
-    try:
-        subprocess.run([*prefix, initdb, "-D", str(data), "-U", "postgres", "--auth=trust", "-E", "UTF8", "--no-sync"], check=True, capture_output=True, timeout=60)
-        opts = f"-k {sock} -c listen_addresses='' -p 5433 -c fsync=off"
-        subprocess.run([*prefix, pg_ctl, "-D", str(data), "-o", opts, "-l", str(base / "log"), "-w", "-t", "30", "start"], check=True, capture_output=True, timeout=60)
-    except (subprocess.SubprocessError, OSError, KeyError, LookupError) as exc:
-        detail = getattr(exc, "stderr", b"") or b""
-        return None, f"could not start PostgreSQL: {exc} {detail.decode(errors='replace')[-300:]}", base
-    return f"postgresql:///postgres?host={sock}&port=5433&user=postgres", "", base
-
-
-@pytest.fixture(scope="session")
-def pg_url() -> Iterator[str]:
-    url, reason, base = _pg_start()
-    try:
-        if url is None:
-            pytest.skip(f"PostgreSQL tests skipped: {reason}")
-        yield url
-    finally:
-        if base is not None:
-            if url is not None:
-                prefix = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
-                subprocess.run([*prefix, shutil.which("pg_ctl") or "/usr/local/bin/pg_ctl", "-D", str(base / "data"), "-m", "immediate", "stop"], capture_output=True, timeout=60)
-            shutil.rmtree(base, ignore_errors=True)
+# --- PostgreSQL: a throwaway server (tests/conftest_pg.py), reached over a unix socket ------------
 
 
 def _pg_rows(url: str, table: str) -> pl.DataFrame:

@@ -114,7 +114,7 @@ def sample_negatives(rows: pl.DataFrame, item_ids: list[str], cfg: SamplingConfi
         exclude = seen_by_user.get(user, set())
         picked = list(dict.fromkeys(int(j) for j in pool[r] if j not in exclude))[:k]
         if len(picked) < k:
-            picked = _draw(rng, prob, exclude, picked, k, user)
+            picked = _draw(rng, prob, exclude, picked, k)
         negatives.append([item_ids[j] for j in picked])
     out = positives.with_columns(
         pl.when(pl.col("_n") > 1).then(pl.format("{}-{}", pl.col(Col.IMPRESSION), pl.col("_k"))).otherwise(pl.col(Col.IMPRESSION)).alias(Col.IMPRESSION),
@@ -126,10 +126,11 @@ def sample_negatives(rows: pl.DataFrame, item_ids: list[str], cfg: SamplingConfi
     return out
 
 
-def _draw(rng: np.random.Generator, prob: np.ndarray, exclude: set[int], picked: list[int], k: int, user: str) -> list[int]:
+def _draw(rng: np.random.Generator, prob: np.ndarray, exclude: set[int], picked: list[int], k: int) -> list[int]:
     """Complete `picked` to K distinct item indices drawn by `prob`, none in `exclude`, from the allowed items only."""
     allowed = np.setdiff1d(np.arange(len(prob)), np.fromiter(exclude | set(picked), dtype=np.int64))
     if len(allowed) < k - len(picked):
-        raise RecsysError(f"user {user!r} has interacted with all but {len(allowed)} of {len(prob)} items; cannot sample {k} negatives")
+        raise RecsysError(f"a user has interacted with all but {len(allowed)} of {len(prob)} items; cannot sample {k} negatives "
+                          "(lower sampling.negatives, or drop such users)")
     p = prob[allowed] / prob[allowed].sum()
     return picked + [int(j) for j in rng.choice(allowed, size=k - len(picked), replace=False, p=p)]

@@ -34,7 +34,7 @@ from pathlib import Path
 
 import polars as pl
 
-from recsys.data import Col, Dataset, Split, build_manifest, save_dataset, validate_impressions, validate_items
+from recsys.data import Col, Dataset, Split, build_manifest, save_dataset, shown, validate_impressions, validate_items
 from recsys.errors import DataError
 from recsys.loaders.tsv import bad_utf8_field
 from recsys.loaders.writer import HistoryOverlap
@@ -91,12 +91,12 @@ def _read_index(path: Path, what: str) -> dict[str, str]:
             continue
         parts = line.split("\t")
         if len(parts) != 2 or not parts[1].strip().isdigit():
-            raise DataError(path, lineno, None, f"expected 'raw id<TAB>integer index', got {line[:80]!r}")
+            raise DataError(path, lineno, None, "expected 'raw id<TAB>integer index'" + ("" if what == Col.USER else f", got {line[:80]!r}"))
         raw_id, index = parts[0].strip(), str(int(parts[1]))
         if index in mapping:
-            raise DataError(path, lineno, "index", f"index {index} is given twice (line {first_line[index]}: {mapping[index]!r}, here: {raw_id!r})")
+            raise DataError(path, lineno, "index", f"index {index} is given twice (line {first_line[index]}: {shown(what, mapping[index])}, here: {shown(what, raw_id)})")
         if raw_id in seen_raw:
-            raise DataError(path, lineno, what, f"{raw_id!r} is given twice (line {seen_raw[raw_id]} and here)")
+            raise DataError(path, lineno, what, f"{shown(what, raw_id)} is given twice (line {seen_raw[raw_id]} and here)")
         mapping[index], first_line[index], seen_raw[raw_id] = raw_id, lineno, lineno
     return mapping
 
@@ -161,7 +161,7 @@ def _read_inter(path: Path, items: dict[str, str], users: dict[str, str] | None,
             raise DataError(path, lineno, None, f"expected 3 tab-separated fields, got {len(parts)}")
         user, hist, target = (p.strip() for p in parts)
         if users is not None and user not in users:
-            raise DataError(path, lineno, "user_id", f"user index {user} is not in user2index")
+            raise DataError(path, lineno, Col.USER, "the user index is not in user2index")
         try:
             history = [items[i] for i in hist.split()]
             candidate = items[target]

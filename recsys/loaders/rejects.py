@@ -11,6 +11,7 @@ from pathlib import Path
 
 import polars as pl
 
+from recsys.data import shown
 from recsys.errors import DataError, RecsysError
 from recsys.io import write_parquet
 
@@ -49,10 +50,14 @@ class BadRows:
         self._frames: list[pl.DataFrame] = []
         self.counts: Counter[str] = Counter()
 
-    def report(self, path: Path | str, line: int, field: str | None, reason: str, value: object = None) -> None:
-        """One bad record found outside a batch (e.g. undecodable bytes)."""
+    def report(self, path: Path | str, line: int, field: str | None, reason: str, value: object = None, *, whole_line: bool = False) -> None:
+        """One bad record found outside a batch (e.g. undecodable bytes).
+
+        The value goes to the rejects and, quoted, into the message; a user id's value, or a `whole_line`
+        (which holds the user id among its fields), goes to the rejects only.
+        """
         if self.mode == RAISE:
-            raise DataError(path, line, field, reason if value is None else f"{reason}: {str(value)[:200]!r}")
+            raise DataError(path, line, field, reason if value is None or whole_line else f"{reason}: {shown(field, value)}")
         self.counts[reason] += 1
         self._frames.append(pl.DataFrame([{"file": str(path), "line": line, "field": field, "reason": reason, "value": None if value is None else str(value)[:500]}], schema=REJECTS_SCHEMA))
 

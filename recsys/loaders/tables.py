@@ -86,11 +86,11 @@ def _read_csv_by_line(path: Path, sep: str, bad: BadRows) -> pl.DataFrame:
         try:
             text = raw.decode("utf-8")
         except UnicodeDecodeError:
-            bad.report(path, line, bad_utf8_field(raw, header, sep.encode()), BAD_UTF8, raw.decode("utf-8", errors="replace"))
+            bad.report(path, line, bad_utf8_field(raw, header, sep.encode()), BAD_UTF8, raw.decode("utf-8", errors="replace"), whole_line=True)
             continue
         quote_field = _bad_quotes(text, sep)
         if quote_field is not None:
-            bad.report(path, line, _field_name(header, quote_field), BAD_QUOTES, text)
+            bad.report(path, line, _field_name(header, quote_field), BAD_QUOTES, text, whole_line=True)
             continue
         fields: list[str | None] = list(next(csv.reader([text], delimiter=sep), []))
         if not fields:  # an empty line: a row of nulls, as Polars reads it
