@@ -62,7 +62,7 @@ def ingest_mind(train: Path | None, dev: Path | None, test: Path | None, out: Pa
 @click.option("--session-gap", default=30.0, show_default=True, help="Minutes of silence that end an impression (no request_id).")
 @click.option("--dev-fraction", default=0.1, show_default=True, help="Latest share of impressions for dev (no split column).")
 @click.option("--test-fraction", default=0.0, show_default=True, help="Latest share for test, after dev (no split column).")
-@click.option("--max-history", default=50, show_default=True, help="Most recent clicks kept as history.")
+@click.option("--max-history", default=50, show_default=True, help="Most recent clicks kept as history: what a model reads (masking and history lengths use the whole log).")
 @click.option("--skip-bad-rows", is_flag=True, help="Skip and count bad rows (rejects.parquet) instead of stopping.")
 def ingest_events(items: Path, events: Path, out: Path, session_gap: float, dev_fraction: float, test_fraction: float, max_history: int, skip_bad_rows: bool) -> None:
     """Ingest an items table and an events log (impression/click/purchase events)."""
