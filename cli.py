@@ -62,7 +62,7 @@ def ingest_mind(train: Path | None, dev: Path | None, test: Path | None, out: Pa
 @click.option("--session-gap", default=30.0, show_default=True, help="Minutes of silence that end an impression (no request_id).")
 @click.option("--dev-fraction", default=0.1, show_default=True, help="Latest share of impressions for dev (no split column).")
 @click.option("--test-fraction", default=0.0, show_default=True, help="Latest share for test, after dev (no split column).")
-@click.option("--max-history", default=50, show_default=True, help="Most recent clicks kept as history.")
+@click.option("--max-history", default=50, show_default=True, help="Most recent clicks kept as history: what a model reads (masking and history lengths use the whole log).")
 @click.option("--skip-bad-rows", is_flag=True, help="Skip and count bad rows (rejects.parquet) instead of stopping.")
 def ingest_events(items: Path, events: Path, out: Path, session_gap: float, dev_fraction: float, test_fraction: float, max_history: int, skip_bad_rows: bool) -> None:
     """Ingest an items table and an events log (impression/click/purchase events)."""
@@ -318,19 +318,22 @@ _ALLOW_OTHER = click.option("--allow-other-dataset", is_flag=True, help="Use a l
 @click.argument("model_dir", type=_MODEL)
 @click.argument("log", type=_DATASET, required=False)
 @click.option("--split", default="dev", show_default=True, help="Which split to evaluate (interaction logs: usually test).")
-@click.option("--protocol", type=click.Choice(["replay", "catalogue"]), default=None, help="[default: replay for logged candidates, else catalogue]")
-@click.option("--report", "report_dir", type=click.Path(file_okay=False, path_type=Path), default=None, help="Report directory (default MODEL_DIR/report-SPLIT).")
+@click.option("--protocol", type=click.Choice(["replay", "masked", "recbole", "catalogue"]), default=None,
+              help="replay (logged candidates) or, over the catalogue, masked (the user's earlier items excluded; = catalogue) or recbole "
+                   "(nothing excluded, as RecBole's full sort and the published UniSRec/MISSRec rows) [default: replay for logged candidates, else masked]")
+@click.option("--report", "report_dir", type=click.Path(file_okay=False, path_type=Path), default=None, help="Report directory (default MODEL_DIR/report-SPLIT[-recbole]).")
 @click.option("--max-users", type=click.IntRange(min=0), default=None,
               help="Evaluate a seeded sample of this many users when the split has more (0 = every user) [default: 10000]; the report gives 95% intervals.")
 @_ALLOW_OTHER
 @_CONFIG
 def evaluate_cmd(model_dir: Path, log: Path | None, split: str, protocol: str | None, report_dir: Path | None, max_users: int,
                  allow_other_dataset: bool, config_file: Path | None) -> None:
-    """Evaluate the model and its baselines on LOG (default: its training dataset); write a report."""
+    """Evaluate the model and its baselines on LOG (default: its training dataset); write a report (default MODEL_DIR/report-SPLIT,
+    report-SPLIT-recbole under --protocol recbole)."""
     from recsys.evaluation.report import metric_table_text
 
     rec = _load_model(model_dir, log, allow_other_dataset, config_file)
-    report_dir = report_dir or model_dir / f"report-{split}"
+    report_dir = report_dir or model_dir / (f"report-{split}" + (f"-{protocol}" if protocol == "recbole" else ""))
     sample = {} if max_users is None else {"max_users": max_users or None}
     table = rec.evaluate(split=split, protocol=protocol, report_dir=report_dir, allow_other_dataset=allow_other_dataset, **sample)  # type: ignore[attr-defined]
     click.echo(metric_table_text(table) if table else f"unlabelled split: predictions written to {report_dir / 'prediction.txt'}")

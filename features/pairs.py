@@ -2,7 +2,7 @@
 
 On top of every retrieval source's score and rank (:mod:`recsys.candidates.retrieval`), each pair gets:
 
-* ``hist_len``, ``log_pop``                       the user's history length, the item's log(1 + interactions)
+* ``hist_len``, ``log_pop``                       the user's uncapped history length, the item's log(1 + interactions)
 * ``trans_last``, ``trans_rev``, ``cooc_last``,   item-item signals of the user's *last* item alone
   ``ease_last``                                   (P(cand | last), P(last | cand), cosine, EASE weight)
 * ``text_last_<enc>``, ``text_max_<enc>``,        per text encoder (``ft`` fine-tuned, ``frozen`` pretrained):
@@ -116,6 +116,7 @@ def pair_features(
     vectors: Mapping[str, np.ndarray],
     codes: tuple[np.ndarray, np.ndarray],
     batch_size: int = 256,
+    lengths: np.ndarray | None = None,
 ) -> pl.DataFrame:
     """`candidates` (from :meth:`Retriever.retrieve`, sorted by row) with every feature column added.
 
@@ -126,6 +127,8 @@ def pair_features(
         vectors: encoder name -> (n_items, d) L2-normalised text vectors in catalogue order.
         codes: (category, brand) integer codes from :func:`item_codes`.
         batch_size: requests per batch (bounds the padded text matrices).
+        lengths: each request's history length, not capped by the ingest (:mod:`recsys.candidates.earlier`);
+            default the length of `histories`.
     """
     category, brand = codes
     transitions_t = retriever.transitions.T.tocsr()
@@ -133,6 +136,7 @@ def pair_features(
     rows_all = candidates[ROW].to_numpy()
     items_all = candidates[ITEM_INDEX].to_numpy()
     bounds = np.searchsorted(rows_all, np.arange(0, len(histories) + batch_size, batch_size).clip(max=len(histories)))
+    lengths = np.array([len(h) for h in histories]) if lengths is None else np.asarray(lengths)
     n_recent = retriever.cfg.recent  # the history items the retrieval sources read, most recent first
     weights = retriever.cfg.decay ** np.arange(n_recent, dtype=np.float32)
     parts: list[dict[str, np.ndarray]] = []
@@ -147,7 +151,7 @@ def pair_features(
             recent[r, : len(tail)] = tail
         last = recent[:, 0][local]
         f: dict[str, np.ndarray] = {
-            "hist_len": np.array([len(h) for h in hist], dtype=np.float32)[local],
+            "hist_len": lengths[start : start + batch_size].astype(np.float32)[local],
             "log_pop": np.log1p(retriever.popularity[items]),
             "trans_last": pair_lookup(retriever.transitions, last, items, sparse["trans"]),
             "trans_rev": pair_lookup(transitions_t, last, items, sparse["rev"]),

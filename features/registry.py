@@ -128,7 +128,7 @@ _RETRIEVAL = (
 )
 
 _PAIRS = (
-    Feature("hist_len", PAIRS, pl.Float32(), "length of the user's history"),
+    Feature("hist_len", PAIRS, pl.Float32(), "length of the user's whole history before t (every item the log knows, not capped by --max-history)"),
     Feature("log_pop", PAIRS, pl.Float32(), "log(1 + interactions) of the candidate in the fitted rows"),
     Feature("trans_last", PAIRS, pl.Float32(), "P(candidate follows the user's last item) in other users' sequences"),
     Feature("trans_rev", PAIRS, pl.Float32(), "P(the user's last item follows the candidate)"),

@@ -96,6 +96,7 @@ class Recommender:
     def evaluate(self, dataset: Dataset | None = None, split: str = "dev", *, protocol: str | None = None,
                  report_dir: str | Path | None = None, allow_other_dataset: bool = False,
                  max_users: int | None = DEFAULT_MAX_USERS) -> dict[str, dict[str, float]]:
-        """Metrics of the model and its baselines on `split`, on a sample of `max_users` users (see :func:`recsys.evaluate.evaluate`)."""
+        """Metrics of the model and its baselines on `split`, on a sample of `max_users` users; `protocol` ``"masked"`` (default over the
+        catalogue) or ``"recbole"`` (nothing excluded from the ranking), ``"replay"`` for logged candidates (see :func:`recsys.evaluate.evaluate`)."""
         return evaluate(self.model_dir, dataset or self.dataset, split, protocol, report_dir, allow_other_dataset=allow_other_dataset,
                         config=self.config, max_users=max_users)

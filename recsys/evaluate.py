@@ -1,7 +1,10 @@
 """`recsys evaluate`: one entry point for both protocols, with the report people read.
 
 * ``replay``     rank each logged impression's shown candidates (impression logs; MIND's metrics);
-* ``catalogue``  rank each held-out item among the whole catalogue (interaction logs; Recall/NDCG@k).
+* ``catalogue``  rank each held-out item among the whole catalogue (interaction logs; Recall/NDCG@k), in one of
+  two protocols: ``masked`` (the default; ``catalogue`` names it too) excludes every item the user had before the
+  target, ``recbole`` excludes nothing, as the published UniSRec / VQ-Rec / MISSRec figures were measured
+  (:mod:`recsys.evaluation.catalogue`).
 
 The default protocol follows the model's candidate source. The report (Markdown, JSON, plots) holds the
 metric table against the baselines, feature importance, metrics by history length and the encoder's
@@ -18,7 +21,7 @@ from recsys.config import TrainConfig
 from recsys.data import Col, Dataset, Split
 from recsys.io import make_dir
 from recsys.errors import RecsysError
-from recsys.evaluation.catalogue import catalogue
+from recsys.evaluation.catalogue import MASKED, MASKINGS, RECBOLE, catalogue
 from recsys.evaluation.replay import replay
 from recsys.evaluation.report import write_report
 from recsys.model import RANKER_DIR, TEXT_DIR, check_dataset, read_model_json
@@ -27,7 +30,8 @@ from recsys.splits import sample_users
 
 REPLAY, CATALOGUE = "replay", "catalogue"
 DEFAULT_MAX_USERS = 10_000  # on the 1M-event shop log ~40k test rows: 95% half-width of Recall@10 ~0.005 at 0.4; more users buy time only
-PROTOCOLS = (REPLAY, CATALOGUE)
+PROTOCOLS = (REPLAY, CATALOGUE, MASKED, RECBOLE)  # catalogue = masked
+REPLAY_NOTE = "replay: each impression's logged candidates ranked"
 
 
 def evaluate(model_dir: str | Path, dataset: Dataset, split: str = Split.DEV, protocol: str | None = None, report_dir: str | Path | None = None,
@@ -39,7 +43,8 @@ def evaluate(model_dir: str | Path, dataset: Dataset, split: str = Split.DEV, pr
         model_dir: a model directory written by :func:`recsys.pipeline.train`.
         dataset: the dataset the model was trained on (another one only with `allow_other_dataset`).
         split: the split to evaluate.
-        protocol: ``"replay"`` or ``"catalogue"``; None = the model's own (replay for logged candidates).
+        protocol: ``"replay"``, or for retrieved candidates ``"masked"`` (= ``"catalogue"``) or ``"recbole"``; None = the
+            model's own (replay for logged candidates, else masked).
         report_dir: where ``report.md``, ``metrics.json`` and the plots go (None = no report).
         allow_other_dataset: evaluate on a log other than the training one (a newer log of the same site).
         seed: seed of the random baseline.
@@ -58,11 +63,11 @@ def evaluate(model_dir: str | Path, dataset: Dataset, split: str = Split.DEV, pr
     model_dir = Path(model_dir)
     meta = read_model_json(model_dir)
     check_dataset(meta, dataset, allow_other=allow_other_dataset)
-    own = REPLAY if meta["candidates"] == LOGGED else CATALOGUE
-    protocol = protocol or own
+    own = REPLAY if meta["candidates"] == LOGGED else MASKED
+    protocol = MASKED if protocol == CATALOGUE else protocol or own
     if protocol not in PROTOCOLS:
         raise RecsysError(f"unknown protocol {protocol!r}; use one of {PROTOCOLS}")
-    if protocol != own:
+    if (protocol == REPLAY) != (own == REPLAY):
         raise RecsysError(f"this model's ranker learned on {meta['candidates']} candidates: evaluate it with the {own} protocol, "
                           f"which ranks the same kind of candidates")
     rows = dataset.split(split)
@@ -79,7 +84,7 @@ def evaluate(model_dir: str | Path, dataset: Dataset, split: str = Split.DEV, pr
     if protocol == REPLAY:
         table, extra = replay(assets, rows, Path(report_dir) if report_dir else None, seed)
     else:
-        table, extra = catalogue(assets, rows, split, seed)
+        table, extra = catalogue(assets, rows, split, seed, protocol=protocol)
     if table and report_dir is not None:
         extra["notes"] = {**sample, **extra.get("notes", {})}
         _report(Path(report_dir), meta, model_dir, dataset, split, protocol, table, extra, time.perf_counter() - start)
@@ -91,8 +96,9 @@ def _report(report_dir: Path, meta: dict[str, Any], model_dir: Path, ds: Dataset
     from ranker.lambdarank import load_ranker
     from recsys.evaluation.curves import CURVES_PNG, plot_curves, read_curves
 
+    described = REPLAY_NOTE if protocol == REPLAY else MASKINGS[protocol]
     notes = {"model": f"{model_dir} (model_id {meta['model_id']}, {meta['kind']} log, {meta['candidates']} candidates)",
-             "dataset": str(ds.path), "split": split, "protocol": protocol, **extra.get("notes", {}),
+             "dataset": str(ds.path), "split": split, "protocol": described, **extra.get("notes", {}),
              "train stage seconds": meta["summary"].get("stage_seconds"), "evaluate seconds": round(seconds, 1)}
     make_dir(report_dir)
     figures = []
@@ -100,6 +106,7 @@ def _report(report_dir: Path, meta: dict[str, Any], model_dir: Path, ds: Dataset
     if curves is not None and curves.height:
         figures.append(("Text encoder training curve", plot_curves(curves, report_dir / CURVES_PNG).name))
     metric_rows = {k: v for k, v in table.items() if not k.startswith("retrieval: ")}
-    write_report(report_dir, title=f"{protocol.capitalize()} evaluation of {ds.path.name if ds.path else 'dataset'} ({split})", table=metric_rows,
+    kind = "Replay" if protocol == REPLAY else f"Catalogue ({protocol})"
+    write_report(report_dir, title=f"{kind} evaluation of {ds.path.name if ds.path else 'dataset'} ({split})", table=metric_rows,
                  importance=load_ranker(model_dir / RANKER_DIR).importance(), by_group=extra.get("by_group"), notes=notes, figures=figures,
-                 ci95=extra.get("ci95"))
+                 ci95=extra.get("ci95"), protocol=described)

@@ -208,7 +208,7 @@ def training_candidates(assets: Assets, show_progress: bool = False) -> pl.DataF
         parts.append((assets.retriever(rows=earlier), last.filter(pl.col(Col.USER).is_in(users))))
     tables = []
     for retriever, rows in parts:
-        req = Requests.from_rows(retriever, rows).with_targets()
+        req = Requests.from_rows(retriever, rows, ds.impressions).with_targets()
         cands, _ = retrieved_candidates(retriever, req, show_progress)
         cands = subsample_negatives(cands, cfg.train_negatives, cfg.seed)
         tables.append(collect_features(assets.inputs(retriever), req.rows, cands, show_progress=show_progress))

@@ -172,7 +172,7 @@ def rank_requests(assets: Assets, rows: pl.DataFrame, k: int, retriever: Retriev
     if missing.height:
         if retriever is None or not can_retrieve:
             raise RecsysError("requests without candidates need a model whose ranker learned on retrieved candidates")
-        parts.append(retrieved_candidates(retriever, Requests.from_rows(retriever, missing))[0])
+        parts.append(retrieved_candidates(retriever, Requests.from_rows(retriever, missing, assets.dataset.impressions))[0])
     candidates = pl.concat(parts, how="diagonal_relaxed") if parts else pl.DataFrame()
     if candidates.is_empty():  # no request brought a candidate in the catalogue: short (empty) lists, not an error
         return pl.DataFrame(schema={Col.IMPRESSION: pl.String(), Col.USER: pl.String(), RANK: pl.Int32(), Col.ITEM: pl.String(), "score": pl.Float64()})

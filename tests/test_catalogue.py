@@ -48,7 +48,7 @@ def test_leave_one_out_features_never_see_the_target(shop: Dataset) -> None:
     assert splits_before(Split.DEV) == [Split.TRAIN] and splits_before(Split.TEST) == [Split.TRAIN, Split.DEV]
     for split in (Split.DEV, Split.TEST):
         r = Retriever.fit(shop, None, RetrievalConfig(per_source=8, ease_l2=10.0), splits=splits_before(split))
-        req = Requests.from_rows(r, shop.split(split))
+        req = Requests.from_rows(r, shop.split(split), shop.impressions)
         cands, _ = retrieved_candidates(r, req)
         table = collect_features(FeatureInputs(shop, small_cfg(shop).features, retriever=r), req.rows, cands)
         # Popularity as a feature equals the count in the allowed rows' sequences: the held-out target is not in it.

@@ -1,6 +1,6 @@
 """Retrieval: item-to-item, text and popularity sources over the whole catalogue (candidates and features).
 
-Sources (each scores the whole catalogue for a user history; items already in the history are excluded):
+Sources (each scores the whole catalogue for a user history; the items a caller says the user had are excluded):
 
 * ``ease``         EASE (Steck 2019): a closed-form item-item linear model over the user x item matrix.
 * ``als``          implicit ALS (:mod:`recsys.candidates.als`): user factors folded in per history . item factors.
@@ -264,11 +264,12 @@ class Retriever:
         """Dense (len(histories), n_items) float32 scores of `sources` (default: all, text exact even where retrieval
         uses the index); the user's own items are -inf. Callers bound len(histories) (see ``batch_rows``)."""
         n, cfg = len(self.item_ids), self.cfg
-        return self._dense(histories, _recency_matrix(histories, n, cfg.recent, cfg.decay), _recency_matrix(histories, n, None, 1.0),
-                           self.sources if sources is None else sources)
+        recent, binary = _recency_matrix(histories, n, cfg.recent, cfg.decay), _recency_matrix(histories, n, None, 1.0)
+        return self._dense(histories, recent, binary, self.sources if sources is None else sources, OwnItems.of(binary))
 
-    def _dense(self, histories: Sequence[np.ndarray], recent: sp.csr_matrix, binary: sp.csr_matrix, sources: Sequence[str]) -> dict[str, np.ndarray]:
-        """:meth:`score` given the batch's recency-weighted and binary history matrices."""
+    def _dense(self, histories: Sequence[np.ndarray], recent: sp.csr_matrix, binary: sp.csr_matrix, sources: Sequence[str],
+               own: OwnItems) -> dict[str, np.ndarray]:
+        """:meth:`score` given the batch's recency-weighted and binary history matrices; `own` items score -inf."""
         n = len(self.item_ids)
         out: dict[str, np.ndarray] = {}
         for source in sources:
@@ -289,9 +290,8 @@ class Retriever:
             else:
                 s = np.broadcast_to(self.popularity, (len(histories), n)).copy()
             out[source] = np.asarray(s, dtype=np.float32)
-        seen = binary.tocoo()
         for s in out.values():
-            s[seen.row, seen.col] = -np.inf
+            s[own.rows, own.items] = -np.inf
         return out
 
     def _dense_sources(self) -> list[str]:
@@ -302,19 +302,20 @@ class Retriever:
         """The item-item matrices of the sparse sources in use."""
         return {s: m for s, m in ((TRANSITIONS, self.transitions), (COOCCURRENCE, self.cooccurrence)) if s in self.sources}
 
-    def _views(self, histories: Sequence[np.ndarray]) -> dict[str, View]:
-        """Each source's view of one batch, in the form its scores take (see :mod:`recsys.candidates.topn`)."""
+    def _views(self, histories: Sequence[np.ndarray], seen: Sequence[np.ndarray] | None = None) -> dict[str, View]:
+        """Each source's view of one batch, in the form its scores take (see :mod:`recsys.candidates.topn`): the
+        sources read `histories`, and the items of `seen` (default: the histories) are excluded from the ranking."""
         top, depth, n = self.cfg.per_source, self.cfg.rank_depth, len(self.item_ids)
         recent = _recency_matrix(histories, n, self.cfg.recent, self.cfg.decay)
         binary = _recency_matrix(histories, n, None, 1.0)
-        own = OwnItems.of(binary)
+        own = OwnItems.of(binary if seen is None else _recency_matrix(seen, n, None, 1.0))
         informed = np.array([len(h) > 0 for h in histories], dtype=bool)
-        dense = self._dense(histories, recent, binary, self._dense_sources())
+        dense = self._dense(histories, recent, binary, self._dense_sources(), own)
         views: dict[str, View] = {s: DenseScores(v, top, depth, informed) for s, v in dense.items()}
         views.update({s: reached((recent @ m).tocsr(), own, top, depth) for s, m in self._sparse().items()})
         shared = {POPULARITY: self.popularity, RECENT: self.recent_scores}
         views.update({s: SharedScores(v, own, top, depth) for s, v in shared.items() if s in self.sources})
-        spare = min(max((len(h) for h in histories), default=0), top)  # own items an index may return first
+        spare = min(int(own.counts.max(initial=0)), top)  # own items an index may return first
         for source, index in self.indexes.items():
             users = self._users(source, histories, recent)
             found = index.search(users, top + spare)
@@ -322,19 +323,22 @@ class Retriever:
             views[source] = IndexedText(users, index.vectors, found, own, top)
         return {s: views[s] for s in self.sources}
 
-    def batches(self, histories: Sequence[np.ndarray], show_progress: bool = False) -> Iterator[tuple[int, dict[str, View]]]:
-        """(offset, each source's view) for consecutive batches of at most ``batch_rows`` histories."""
+    def batches(self, histories: Sequence[np.ndarray], show_progress: bool = False, seen: Sequence[np.ndarray] | None = None) -> Iterator[tuple[int, dict[str, View]]]:
+        """(offset, each source's view) for consecutive batches of at most ``batch_rows`` histories (`seen`: see :meth:`retrieve`)."""
         step = self.batch_rows
         for start in tqdm(range(0, len(histories), step), desc="retrieve", unit="batch", disable=not show_progress):
-            yield start, self._views(histories[start : start + step])
+            yield start, self._views(histories[start : start + step], None if seen is None else seen[start : start + step])
 
-    def retrieve(self, histories: Sequence[np.ndarray], targets: np.ndarray | None = None, show_progress: bool = False) -> Retrieved:
+    def retrieve(self, histories: Sequence[np.ndarray], targets: np.ndarray | None = None, show_progress: bool = False,
+                 seen: Sequence[np.ndarray] | None = None) -> Retrieved:
         """The union of every source's top ``per_source`` items for each history, with all sources' scores and ranks.
 
         Args:
-            histories: item-index histories (oldest first).
+            histories: item-index histories (oldest first): what the sources read.
             targets: optional (len(histories),) item index of each held-out item, to measure recall.
             show_progress: show a progress bar.
+            seen: per history, the items excluded from its ranking (never retrieved, ranked last): default the history;
+                the whole one when it is capped (:func:`recsys.candidates.earlier.whole_histories`); empty: none.
 
         Returns:
             :class:`Retrieved`: ``candidates`` in long format (``row`` = index into `histories`, ``item_index``,
@@ -344,7 +348,7 @@ class Retriever:
         """
         parts, target_ranks = [], {s: [] for s in self.sources}
         n_items = len(self.item_ids)
-        for start, views in self.batches(histories, show_progress):
+        for start, views in self.batches(histories, show_progress, seen):
             b = min(self.batch_rows, len(histories) - start)
             keys, counts = np.unique(np.concatenate([v.hit_keys() for v in views.values()]), return_counts=True)
             rows, cols = keys // n_items, keys % n_items

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 import polars as pl
 
+from recsys.candidates.earlier import whole_histories
 from recsys.candidates.logged import KEYS
 from recsys.candidates.retrieval import ITEM_INDEX, ROW, Retrieved, Retriever
 from recsys.data import Col
@@ -19,25 +20,43 @@ from recsys.data import Col
 
 @dataclass
 class Requests:
-    """Rows to rank over the catalogue: item-index histories and (for labelled rows) the held-out target."""
+    """Rows to rank over the catalogue: item-index histories (what models read), the items excluded from each row's
+    ranking, each row's uncapped history length and (for labelled rows) the held-out target."""
 
     rows: pl.DataFrame
     histories: list[np.ndarray]
     targets: np.ndarray  # -1 where unknown
+    seen: list[np.ndarray]  # excluded from the row's ranking: everything its user had before it, or nothing (RecBole's protocol)
+    lengths: np.ndarray  # the user's history length before the row, not capped by the ingest (recsys.candidates.earlier)
 
     @classmethod
-    def from_rows(cls, retriever: Retriever, rows: pl.DataFrame) -> Requests:
-        """`rows` sorted by (user, time, id); the target is the first clicked candidate (none for requests)."""
+    def from_rows(cls, retriever: Retriever, rows: pl.DataFrame, log: pl.DataFrame | None, *, masked: bool = True) -> Requests:
+        """`rows` sorted by (user, time, id); the target is the first clicked candidate (none for requests).
+
+        Args:
+            retriever: encodes item ids into its catalogue.
+            rows: the rows to rank.
+            log: the dataset's impressions (every split): what each row's user had before it, point in time
+                (None: only the row's own history is known).
+            masked: exclude what the user had from the ranking (False: exclude nothing, so a repeat target can
+                be a hit, as RecBole's full-sort evaluation does).
+        """
         rows = rows.sort([Col.USER, Col.TIME, Col.IMPRESSION])
         first = rows.select(pl.col(Col.CANDIDATES).list.get(pl.col(Col.LABELS).list.arg_max().fill_null(0), null_on_oob=True).alias("t"))
         known = rows[Col.LABELS].is_not_null().to_numpy()
         targets = np.array([retriever.index.get(t, -1) if t is not None and k else -1 for t, k in zip(first["t"], known)], dtype=np.int64)
-        return cls(rows, retriever.encode_histories(rows[Col.HISTORY]), targets)
+        histories = retriever.encode_histories(rows[Col.HISTORY])
+        seen, lengths = whole_histories(log, rows, histories, retriever.encode_histories)
+        return cls(rows, histories, targets, seen if masked else [np.zeros(0, dtype=np.int64)] * len(seen), lengths)
+
+    def take(self, keep: np.ndarray) -> Requests:
+        """The rows at positions `keep` (a boolean mask or ascending indices)."""
+        at = np.flatnonzero(keep) if keep.dtype == bool else keep
+        return Requests(self.rows[at], [self.histories[i] for i in at], self.targets[at], [self.seen[i] for i in at], self.lengths[at])
 
     def with_targets(self) -> Requests:
         """Only the rows whose target is in the catalogue."""
-        keep = self.targets >= 0
-        return Requests(self.rows.filter(pl.Series(keep)), [h for h, k in zip(self.histories, keep) if k], self.targets[keep])
+        return self.take(self.targets >= 0)
 
 
 def retrieved_candidates(retriever: Retriever, req: Requests, show_progress: bool = False) -> tuple[pl.DataFrame, Retrieved]:
@@ -45,7 +64,7 @@ def retrieved_candidates(retriever: Retriever, req: Requests, show_progress: boo
     ``req.rows``), ``item_index``, every source's score and rank and ``n_sources``; and the retrieval itself
     (each source's rank of the target when every row has one, for recall)."""
     known = req.targets >= 0
-    got = retriever.retrieve(req.histories, req.targets if len(known) and known.all() else None, show_progress)
+    got = retriever.retrieve(req.histories, req.targets if len(known) and known.all() else None, show_progress, seen=req.seen)
     table = got.candidates
     if table.is_empty():
         return pl.DataFrame(schema={**dict.fromkeys(KEYS, pl.String()), ROW: pl.Int32(), ITEM_INDEX: pl.Int32()}), got

@@ -1,8 +1,17 @@
 """The catalogue protocol: rank each held-out item among **all** items; Recall@k, NDCG@k, MRR, coverage, diversity.
 
 Every row of the evaluated split holds out one item (its clicked candidate). Candidates come from retrieval
-with statistics refitted on the splits before the evaluated one (so no target is in what scores it), features
-from the same collector as training and serving, and the user's earlier items are excluded from the ranking.
+with statistics refitted on the splits before the evaluated one (so no target is in what scores it), and features
+from the same collector as training and serving. Two protocols differ only in what is left out of the ranking, for
+the model and every baseline alike (one switch, the same code):
+
+* ``masked`` (default; RecTools and production practice): every item the user had before the row, the whole
+  history rather than the ingest's capped one (:mod:`recsys.candidates.earlier`), is excluded; a repeat target
+  is a miss;
+* ``recbole`` (RecBole's full-sort evaluation of sequential models, under which UniSRec, VQ-Rec and MISSRec
+  published their figures): nothing is excluded (RecBole masks only its padding item), so history items are
+  candidates and a repeat target can be a hit.
+
 Rows of the table (names shared with the replay protocol where the ranking is the same idea):
 
 * ``full model`` / ``without text``: the lambdarank model, and the same ranker without text features;
@@ -10,7 +19,7 @@ Rows of the table (names shared with the replay protocol where the ranking is th
   fine-tuned (when fine-tuned) / pretrained encoder;
 * ``popularity``, ``transitions``, ``cooccurrence``, ``ease``, ``als``, ``sequence``: one retrieval source alone, over the
   catalogue (``sequence``: the text-aware sequence model of :mod:`recsys.text.sequence`);
-* ``random``: a seeded random order of the catalogue.
+* ``random``: a seeded random order of the items not excluded.
 
 A target that retrieval missed ranks last for the ranker rows: the union's recall bounds what the ranker can do.
 """
@@ -45,6 +54,9 @@ TOP = 10  # beyond-accuracy metrics look at the top 10
 CHUNK_ROWS = 5_000  # rows ranked at once: ~2M candidate rows with their features at ~400 candidates a row
 SOURCE_ROWS = {POPULARITY: "popularity", TRANSITIONS: "transitions", COOCCURRENCE: "cooccurrence", EASE: "ease", ALS: "als", SEQUENCE: "sequence"}
 Ranks = tuple[np.ndarray, np.ndarray]  # rank of the target and the size of its tie
+MASKED, RECBOLE = "masked", "recbole"
+MASKINGS = {MASKED: "masked: every item the user had before the target (whole history) excluded from the ranking",
+            RECBOLE: "recbole: nothing excluded from the ranking (RecBole's full sort; a repeat target can be a hit)"}
 
 
 def _candidate_ranks(table: pl.DataFrame, score: np.ndarray, targets: np.ndarray, n_items: int) -> Ranks:
@@ -72,6 +84,14 @@ def _candidate_ranks(table: pl.DataFrame, score: np.ndarray, targets: np.ndarray
     higher = np.bincount(rows[score > mine], minlength=len(targets))
     equal = np.bincount(rows[score == mine], minlength=len(targets))
     return np.where(found, 1 + higher, n_items).astype(np.int64), np.where(found, equal, 1).astype(np.int64)
+
+
+def _random_ranks(rng: np.random.Generator, req: Requests, n_items: int) -> Ranks:
+    """The target's rank in a seeded random order of the items not excluded from its row: uniform over them; an
+    excluded target is a miss (last), as it is for every other model."""
+    n_seen = np.array([len(np.unique(s)) for s in req.seen], dtype=np.int64)
+    excluded = np.array([bool(np.isin(t, s)) for t, s in zip(req.targets, req.seen)], dtype=bool)
+    return np.where(excluded, n_items, rng.integers(1, n_items - n_seen + 1)), np.ones(len(n_seen), dtype=np.int64)
 
 
 def _beyond(top: np.ndarray, n_items: int, vectors: np.ndarray | None, popularity: np.ndarray) -> dict[str, float]:
@@ -117,29 +137,33 @@ def _rank_chunk(assets: Assets, retriever: Retriever, frozen_only: Retriever | N
             r = got.target_ranks[source]
             found[name] = ((r[:, 0], r[:, 1]), top_k_matrix(table, table[source_score(source)].to_numpy(), n_rows, TOP, ROW, ITEM_INDEX))
     if frozen_only is not None:
-        fgot = frozen_only.retrieve(req.histories, req.targets)
+        fgot = frozen_only.retrieve(req.histories, req.targets, seen=req.seen)
         r, c = fgot.target_ranks[TEXT], fgot.candidates
         found["frozen text"] = ((r[:, 0], r[:, 1]), top_k_matrix(c, c[source_score(TEXT)].to_numpy(), n_rows, TOP, ROW, ITEM_INDEX))
     return found, got, table.height
 
 
-def catalogue(assets: Assets, rows: pl.DataFrame, split: str, seed: int = 0, chunk_rows: int = CHUNK_ROWS) -> tuple[dict[str, dict[str, float]], dict[str, Any]]:
+def catalogue(assets: Assets, rows: pl.DataFrame, split: str, seed: int = 0, chunk_rows: int = CHUNK_ROWS,
+              protocol: str = MASKED) -> tuple[dict[str, dict[str, float]], dict[str, Any]]:
     """Metrics of the model and every baseline over the whole catalogue for the held-out items of `rows` (of `split`).
 
     Rows are ranked `chunk_rows` at a time (retrieval, features, rankers), keeping only each row's target ranks
-    and top-k lists, so memory is bounded by the chunk, not by the number of rows evaluated.
+    and top-k lists, so memory is bounded by the chunk, not by the number of rows evaluated. `protocol` is
+    ``masked`` or ``recbole`` (see the module's docstring).
 
     Returns:
         Model name -> metric -> value (plus ``retrieval: <source>`` rows with each source's and the union's
         recall), and what the report shows beside them (by history length, 95% intervals, notes).
 
     Raises:
-        RecsysError: `split` is train or has no rows with a known target.
+        RecsysError: `split` is train or has no rows with a known target, or an unknown `protocol`.
     """
     if split not in (Split.DEV, Split.TEST):
         raise RecsysError(f"split {split!r} (--split): the catalogue protocol evaluates a held-out split, dev or test")
+    if protocol not in MASKINGS:
+        raise RecsysError(f"unknown catalogue protocol {protocol!r} (--protocol); use one of {tuple(MASKINGS)}")
     retriever = assets.retriever(splits=splits_before(split))
-    req = Requests.from_rows(retriever, rows)
+    req = Requests.from_rows(retriever, rows, assets.dataset.impressions, masked=protocol == MASKED)
     if not (req.targets >= 0).any():
         raise RecsysError(f"the dataset has no {split} rows with a clicked item in the catalogue")
     if not (req.targets >= 0).all():
@@ -149,7 +173,7 @@ def catalogue(assets: Assets, rows: pl.DataFrame, split: str, seed: int = 0, chu
     n_items, n_rows = len(retriever.item_ids), len(req.targets)
     chunks, retrieved, n_candidates = [], [], 0
     for start in tqdm(range(0, n_rows, chunk_rows), desc="evaluate", unit="chunk"):
-        part = Requests(req.rows.slice(start, chunk_rows), req.histories[start : start + chunk_rows], req.targets[start : start + chunk_rows])
+        part = req.take(np.arange(start, min(start + chunk_rows, n_rows)))
         found_part, got, n = _rank_chunk(assets, retriever, frozen_only, part)
         chunks.append(found_part)
         retrieved.append(got.target_ranks)
@@ -158,7 +182,7 @@ def catalogue(assets: Assets, rows: pl.DataFrame, split: str, seed: int = 0, chu
                     np.concatenate([c[name][1] for c in chunks])) for name in chunks[0]}
     got = Retrieved(pl.DataFrame(), {s: np.concatenate([t[s] for t in retrieved]) for s in retrieved[0]}, retriever.cfg.per_source)
     rng = np.random.default_rng(seed)
-    found["random"] = ((rng.integers(1, n_items + 1, n_rows), np.ones(n_rows, dtype=np.int64)), rng.integers(0, n_items, (n_rows, TOP)))
+    found["random"] = (_random_ranks(rng, req, n_items), rng.integers(0, n_items, (n_rows, TOP)))
     frozen = assets.pair_vectors.get(FROZEN)
     metrics = {name: {**rank_metrics(r, FULL_KS, t), **_beyond(top, n_items, frozen, retriever.popularity)} for name, ((r, t), top) in found.items()}
     intervals = {name: {m: ci95(v) for m, v in rank_metric_rows(r, FULL_KS, t).items()} for name, ((r, t), _) in found.items()}
@@ -172,5 +196,5 @@ def catalogue(assets: Assets, rows: pl.DataFrame, split: str, seed: int = 0, chu
                  for name, row in recall.items())}
     if split == Split.DEV:
         notes["split"] = "dev (the ranker was trained on these targets: in-sample for the ranker rows)"
-    by_group = _by_history({n: ranks[n] for n in ("full model", "without text", best)}, np.array([len(h) for h in req.histories]))
+    by_group = _by_history({n: ranks[n] for n in ("full model", "without text", best)}, req.lengths)
     return {**metrics, **recall}, {"by_group": by_group, "notes": notes, "ci95": intervals}

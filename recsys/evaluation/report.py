@@ -224,6 +224,7 @@ def write_report(
     group_title: str = "user history length",
     figures: Sequence[tuple[str, str]] = (),
     ci95: dict[str, dict[str, float]] | None = None,
+    protocol: str | None = None,
 ) -> Path:
     """Write ``report.md``, ``metrics.json`` and the PNG plots into `out_dir`.
 
@@ -240,6 +241,7 @@ def write_report(
         figures: More plots already written into `out_dir`: (heading, file name) pairs.
         ci95: Model -> metric -> half-width of its 95% confidence interval (the rows are a sample of what
             the model will see: the interval says how far the mean could move on another sample).
+        protocol: How the rows were ranked (what was excluded); stated under every metric table and in the JSON.
 
     Returns:
         The path of ``report.md``.
@@ -254,14 +256,15 @@ def write_report(
     out_dir = Path(out_dir)
     make_dir(out_dir)
     md = [f"# {title}", ""]
+    under = [f"Protocol: {protocol}.", ""] if protocol else []  # under every table of metrics: figures compare only within one
     if notes:
         md += [f"- **{k}**: {v}" for k, v in notes.items()] + [""]
-    md += ["## Metrics", "", metric_table_md(table, reference_rows), "",
+    md += ["## Metrics", "", *under, metric_table_md(table, reference_rows), "",
            "Best value per metric in bold" + (f"; {', '.join(reference_rows)} rows are ceilings, not ranked." if any(r in table for r in reference_rows) else "."),
            "", f"![metric comparison]({METRICS_PNG})", ""]  # fmt: skip
     plot_metrics(table, out_dir / METRICS_PNG)
     if ci95:
-        md += ["## 95% confidence intervals", "", ci_table_md(table, ci95), "",
+        md += ["## 95% confidence intervals", "", *under, ci_table_md(table, ci95), "",
                "Mean ± 1.96 standard errors over the evaluated rows: differences inside the intervals may be noise.", ""]
     if importance:
         ranked = sorted(importance.items(), key=lambda kv: -kv[1])
@@ -271,11 +274,11 @@ def write_report(
         md += [f"## Feature importance (top {imp.height} by gain)", "", _frame_md(imp), "", f"![feature importance]({IMPORTANCE_PNG})", ""]
         plot_importance(importance, out_dir / IMPORTANCE_PNG)
     if by_group is not None and by_group.height:
-        md += [f"## By {group_title}", "", _frame_md(by_group), "", f"![by group]({BY_GROUP_PNG})", ""]
+        md += [f"## By {group_title}", "", *under, _frame_md(by_group), "", f"![by group]({BY_GROUP_PNG})", ""]
         plot_by_group(by_group, out_dir / BY_GROUP_PNG, group_title)
     for heading, name in figures:
         md += [f"## {heading}", "", f"![{heading}]({name})", ""]
-    payload = {"title": title, "metrics": table, "importance": importance, "notes": notes,
+    payload = {"title": title, "protocol": protocol, "metrics": table, "importance": importance, "notes": notes,
                "by_group": by_group.to_dicts() if by_group is not None else None, "figures": dict(figures), "ci95": ci95}  # fmt: skip
     write_json(_clean(payload), out_dir / METRICS_JSON)
     with atomic_path(out_dir / REPORT) as tmp:

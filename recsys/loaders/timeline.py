@@ -1,7 +1,7 @@
 """Histories in time order, shared by the events loader and the synthetic generator.
 
 :func:`histories_before`: each impression's history = the user's clicks strictly before it, vectorised
-(sort + searchsorted), so it runs on millions of rows without Python loops. Splits by time live in
+(sort + searchsorted, :func:`click_spans`), so it runs on millions of rows without Python loops. Splits by time live in
 :mod:`recsys.splits`.
 """
 
@@ -18,16 +18,13 @@ def _dense_codes(values: pl.Series) -> np.ndarray:
     return values.rank("dense").cast(pl.Int64()).to_numpy()
 
 
-def histories_before(impressions: pl.DataFrame, clicks: pl.DataFrame, max_len: int | None = None) -> pl.Series:
-    """The items each impression's user clicked strictly before the impression, oldest first.
+def click_spans(impressions: pl.DataFrame, clicks: pl.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Where each impression's user's clicks strictly before it lie: ``(order, lo, hi)``, the clicks
+    ``order[lo[i]:hi[i]]`` for impression i, oldest first (ties in time keep input order).
 
     Args:
         impressions: columns ``Col.USER`` and ``Col.TIME``.
-        clicks: columns ``Col.USER``, ``Col.TIME`` and ``Col.ITEM``; ties in time keep input order.
-        max_len: keep only the most recent ``max_len`` clicks (None: all).
-
-    Returns:
-        A ``List(String)`` Series named ``Col.HISTORY``, aligned with ``impressions``.
+        clicks: columns ``Col.USER`` and ``Col.TIME``.
     """
     n_imp = impressions.height
     users = _dense_codes(pl.concat([impressions[Col.USER], clicks[Col.USER]]))
@@ -40,6 +37,22 @@ def histories_before(impressions: pl.DataFrame, clicks: pl.DataFrame, max_len: i
     click_keys = click_keys[order]
     hi = np.searchsorted(click_keys, imp_keys, side="left")
     lo = np.searchsorted(click_keys, users[:n_imp] * stride, side="left")
+    return order, lo, hi
+
+
+def histories_before(impressions: pl.DataFrame, clicks: pl.DataFrame, max_len: int | None = None) -> pl.Series:
+    """The items each impression's user clicked strictly before the impression, oldest first.
+
+    Args:
+        impressions: columns ``Col.USER`` and ``Col.TIME``.
+        clicks: columns ``Col.USER``, ``Col.TIME`` and ``Col.ITEM``; ties in time keep input order.
+        max_len: keep only the most recent ``max_len`` clicks (None: all).
+
+    Returns:
+        A ``List(String)`` Series named ``Col.HISTORY``, aligned with ``impressions``.
+    """
+    n_imp = impressions.height
+    order, lo, hi = click_spans(impressions, clicks)
     if max_len is not None:
         lo = np.maximum(lo, hi - max_len)
     lengths = hi - lo
