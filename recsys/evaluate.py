@@ -95,11 +95,15 @@ def _report(report_dir: Path, meta: dict[str, Any], model_dir: Path, ds: Dataset
             table: dict[str, dict[str, float]], extra: dict[str, Any], seconds: float) -> None:
     from ranker.lambdarank import load_ranker
     from recsys.evaluation.curves import CURVES_PNG, plot_curves, read_curves
+    from recsys.text.train import kept_weights
 
     described = REPLAY_NOTE if protocol == REPLAY else MASKINGS[protocol]
     notes = {"model": f"{model_dir} (model_id {meta['model_id']}, {meta['kind']} log, {meta['candidates']} candidates)",
              "dataset": str(ds.path), "split": split, "protocol": described, **extra.get("notes", {}),
              "train stage seconds": meta["summary"].get("stage_seconds"), "evaluate seconds": round(seconds, 1)}
+    kept = kept_weights(model_dir / TEXT_DIR)
+    if kept:
+        notes["text encoder kept"] = kept
     make_dir(report_dir)
     figures = []
     curves = read_curves(model_dir / TEXT_DIR) if (model_dir / TEXT_DIR).is_dir() else None

@@ -20,7 +20,7 @@ from recsys.evaluation.metrics import AUC, impression_metrics
 from recsys.text.features import TEXT_FEATURES, text_features, user_vectors
 from recsys.text.model import TextConfig, build_text_model
 from recsys.text.data import ItemTokens
-from recsys.text.train import MIN_REFRESH_STEPS, TextModule, _prepare, load_text_model, refresh_interval, train_text_model
+from recsys.text.train import FINE_TUNED, MIN_REFRESH_STEPS, PRETRAINED, kept_weights, TextModule, _prepare, load_text_model, refresh_interval, train_text_model
 
 
 @pytest.fixture(scope="module")
@@ -61,6 +61,19 @@ def test_training_loss_falls_and_best_is_saved(world: dict) -> None:
     aucs = [h["val_auc"] for h in metrics["history"]]
     assert metrics["best_val_auc"] == max(aucs) and metrics["best_val_auc"] > aucs[0]  # epoch -1 = untrained
     assert (world["out"] / "encoder" / "model.safetensors").exists() and (world["out"] / "user_encoder.safetensors").exists()
+
+
+def test_a_fine_tune_that_does_not_help_keeps_the_pretrained_weights(world: dict, tmp_path: Path) -> None:
+    assert kept_weights(world["out"]).startswith(FINE_TUNED)  # the topic log: the fine-tune helps and is kept
+    imps = topic_impressions(world["items"]).sort(Col.TIME)
+    early = pl.int_range(pl.len()) < int(0.75 * imps.height)  # the fine-tune's training part (validation = the latest 20%)
+    # Early users click against their topic, later ones with it: what the fine-tune learns fails on validation.
+    flipped = imps.with_columns(pl.when(early).then(pl.col(Col.LABELS).list.eval(1 - pl.element())).otherwise(pl.col(Col.LABELS)).alias(Col.LABELS))
+    out = train_text_model(flipped, world["items"], TextConfig.from_dict({**world["cfg"].to_dict(), "epochs": 2}), tmp_path / "m", show_progress=False)
+    metrics = json.loads((out / "train_metrics.json").read_text())
+    assert metrics["kept"] == PRETRAINED and metrics["best_step"] == 0
+    assert all(h["val_auc"] < metrics["history"][0]["val_auc"] for h in metrics["history"][1:])
+    assert kept_weights(out).startswith(PRETRAINED)
 
 
 def test_softmax_temperature_is_calibrated_and_learned(world: dict, tmp_path: Path) -> None:

@@ -11,6 +11,7 @@ reads and plots them.
 from __future__ import annotations
 
 import importlib.util
+import json
 import itertools
 import logging
 import math
@@ -47,6 +48,8 @@ SCALE_LR = 0.05
 # A cap on the learned temperature, as CLIP has: beyond it one pair's score decides the whole softmax.
 MAX_SCALE = 100.0
 METRICS_FILE = "train_metrics.json"
+# Which weights a fine-tune saves: its best validation point, which is the pretrained one if no step beat it.
+FINE_TUNED, PRETRAINED = "fine-tuned", "pretrained"
 # Log the training loss every N optimiser steps at most (fewer for a short run, so it still has ~20 points).
 LOG_EVERY_STEPS = 10
 # Refresh the history cache at least this often when its cost allows: a short run drifts fast.
@@ -387,17 +390,34 @@ def train_text_model(impressions: pl.DataFrame, items: pl.DataFrame, cfg: TextCo
         elapsed = time.perf_counter() - start
     if best.state is not None:
         module.load_state_dict(best.state)
+    kept = PRETRAINED if best.state is not None and best.best_step == 0 else FINE_TUNED
+    if kept == PRETRAINED:
+        log.warning("text model: no fine-tuning step beat the pretrained weights on validation (AUC %.4f): keeping them", best.best_auc)
     if trainer.is_global_zero:
         module.cpu()
         save_text_model(model, Path(out_dir))
         write_json({
             "best_epoch": best.best_epoch, "best_step": best.best_step, "best_val_auc": best.best_auc if best.state is not None else None,
-            "history": best.history, "train_samples": len(samples), "val_impressions": len(val_rows),
+            "history": best.history, "kept": kept, "train_samples": len(samples), "val_impressions": len(val_rows),
             "time_range": [str(impressions[Col.TIME].min()), str(impressions[Col.TIME].max())],
             "steps": trainer.global_step, "calibrated_scale": round(calibrated_scale, 3),
             "score_scale": round(float(module.score_scale.detach()), 3), "seconds": round(elapsed, 2), "precision": trainer.precision, "device": str(device),
         }, Path(out_dir) / METRICS_FILE)
     return Path(out_dir)
+
+
+def kept_weights(out_dir: Path) -> str | None:
+    """In words, for a report: which weights the fine-tune in ``out_dir`` kept and the validation AUCs that chose them."""
+    path = Path(out_dir) / METRICS_FILE
+    if not path.is_file():
+        return None
+    m = json.loads(path.read_text())
+    start = next((h["val_auc"] for h in m.get("history", []) if h["step"] == 0 and h["val_auc"] is not None), None)
+    if m.get("best_val_auc") is None or start is None:
+        return f"{m.get('kept', FINE_TUNED)} (no validation)"
+    if m.get("kept") == PRETRAINED:
+        return f"{PRETRAINED}: no fine-tuning step beat validation AUC {start:.4f} of the pretrained weights"
+    return f"{FINE_TUNED}: validation AUC {m['best_val_auc']:.4f} at step {m['best_step']} against {start:.4f} pretrained"
 
 
 def pretrained_text_model(cfg: TextConfig | None = None) -> TextModel:
