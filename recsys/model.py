@@ -110,6 +110,8 @@ def write_model_json(model_dir: Path, *, kind: str, candidates: str, config: dic
 # ``sequence`` model runs only when ``retrieval.sources`` names it): a model trained before one existed loads
 # with its defaults, exactly as trained. Any other missing result setting means a retrain.
 OFF_UNTIL_ASKED = ("sequence",)
+# Result settings added since, with the value every model trained before them used: such a model loads as trained.
+EARLIER_VALUES: dict[str, Any] = {"text.max_val_impressions": None}  # validation read every held-out impression
 
 
 def read_model_json(model_dir: Path, *, verify: bool = True) -> dict[str, Any]:
@@ -135,11 +137,15 @@ def read_model_json(model_dir: Path, *, verify: bool = True) -> dict[str, Any]:
                 raise ModelMismatchError(f"{file}: artifact listed in {MODEL_JSON} is missing; restore it or retrain")
             if sha256(file) != digest:
                 raise ModelMismatchError(f"{file}: sha256 differs from {MODEL_JSON} (changed after training); restore it or retrain")
+        earlier = _fill_earlier_values(meta["config"])
         try:
             cfg = TrainConfig.from_dict(meta["config"], source=f"{path} config")
         except RecsysError as exc:
             raise ModelMismatchError(f"{exc} (a model of another recsys version: retrain it)") from None
         settings = result_settings(cfg)
+        for dotted in earlier:  # hashed as trained: without the settings that did not exist yet
+            *parents, name = dotted.split(".")
+            _section(settings, parents).pop(name)
         newer = _missing_keys(settings, meta["config"])  # a missing resource setting just takes its default
         for key in set(OFF_UNTIL_ASKED) & set(newer):  # the model predates a feature it does not use: as trained
             newer.remove(key)
@@ -149,6 +155,27 @@ def read_model_json(model_dir: Path, *, verify: bool = True) -> dict[str, Any]:
         if fingerprint(settings) != meta["config_fingerprint"]:
             raise ModelMismatchError(f"{path}: its config was edited after training (the model was trained with another); retrain")
     return meta
+
+
+def _section(config: dict[str, Any], parents: list[str]) -> dict[str, Any]:
+    for part in parents:
+        config = config[part]
+    return config
+
+
+def _fill_earlier_values(config: dict[str, Any]) -> list[str]:
+    """Set each :data:`EARLIER_VALUES` setting that `config` lacks (in place); the dotted names it set."""
+    filled = []
+    for dotted, value in EARLIER_VALUES.items():
+        *parents, name = dotted.split(".")
+        try:
+            section = _section(config, parents)
+        except KeyError:
+            continue
+        if name not in section:
+            section[name] = value
+            filled.append(dotted)
+    return filled
 
 
 def _missing_keys(full: dict[str, Any], stored: dict[str, Any], prefix: str = "") -> list[str]:

@@ -149,12 +149,15 @@ def test_a_model_from_before_a_feature_it_does_not_use_still_loads(world: dict[s
     """A model trained before the sequence settings existed loads as trained (the feature is off unless asked for)."""
     shutil.copytree(world["model"], tmp_path / "model")
     meta = json.loads((tmp_path / "model" / "model.json").read_text())
-    del meta["config"]["sequence"]  # as a recsys before the sequence model wrote it, with its fingerprint
+    # As a recsys before the sequence model and the validation cap wrote it, with its fingerprint.
+    del meta["config"]["sequence"], meta["config"]["text"]["max_val_impressions"]
     settings = result_settings(TrainConfig.from_dict(meta["config"]))
-    settings.pop("sequence")
+    settings.pop("sequence"), settings["text"].pop("max_val_impressions")
     meta["config_fingerprint"] = fingerprint(settings)
     (tmp_path / "model" / "model.json").write_text(json.dumps(meta))
-    assert read_model_json(tmp_path / "model")["config_fingerprint"] == meta["config_fingerprint"]
+    loaded = read_model_json(tmp_path / "model")
+    assert loaded["config_fingerprint"] == meta["config_fingerprint"]
+    assert loaded["config"]["text"]["max_val_impressions"] is None  # the value such a model was trained with
     invoke("evaluate", str(tmp_path / "model"), "--report", str(tmp_path / "report"))
     assert (tmp_path / "report" / "metrics.json").exists()
 
