@@ -119,15 +119,16 @@ class RetrievalConfig:
 
 def _recency_matrix(histories: Sequence[np.ndarray], n_items: int, recent: int | None, decay: float) -> sp.csr_matrix:
     """Sparse (len(histories), n_items) weights: decay**k on the k-th most recent item (all items if recent is None)."""
-    rows, cols, vals = [], [], []
-    for r, h in enumerate(histories):
-        tail = h[::-1] if recent is None else h[::-1][:recent]
-        rows.append(np.full(len(tail), r))
-        cols.append(tail)
-        vals.append(decay ** np.arange(len(tail)) if recent is not None else np.ones(len(tail)))
-    if not rows:
-        return sp.csr_matrix((0, n_items), dtype=np.float32)
-    m = sp.csr_matrix((np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))), shape=(len(histories), n_items), dtype=np.float32)
+    lengths = np.fromiter((len(h) for h in histories), dtype=np.int64, count=len(histories))
+    if not lengths.sum():
+        return sp.csr_matrix((len(histories), n_items), dtype=np.float32)
+    ends = np.repeat(np.cumsum(lengths), lengths)
+    k = np.arange(len(ends)) - (ends - np.repeat(lengths, lengths))  # 0 = the row's most recent item
+    items = np.concatenate(histories).astype(np.int64, copy=False)[ends - 1 - k]  # newest first, as duplicates are summed
+    rows = np.repeat(np.arange(len(histories)), lengths)
+    keep = k < recent if recent is not None else slice(None)
+    vals = decay ** k[keep] if recent is not None else np.ones(len(items))
+    m = sp.csr_matrix((vals, (rows[keep], items[keep])), shape=(len(histories), n_items), dtype=np.float32)
     if recent is None:
         m.data[:] = 1.0  # repeated items count once in the binary user vector
     return m
