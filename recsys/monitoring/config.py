@@ -21,7 +21,7 @@ class MonitorConfig:
 
     Attributes:
         feature_psi: a feature drifted when its PSI over the reference's ventile bins (nulls a bin) is at least this
-            (0.1-0.25 is the usual "moderate", above 0.25 "major" shift) ...
+            (the usual reading: below 0.1 stable, 0.1-0.25 a moderate shift, above 0.25 a major one) ...
         feature_wasserstein: ... and its values moved at least this many reference standard deviations
             (Wasserstein-1 of the quantile functions over the reference std). Both must pass: PSI alone flags
             harmless moves across a bin edge of a discrete feature, Wasserstein alone a change of shape in the tails.
@@ -40,10 +40,10 @@ class MonitorConfig:
             and the check is skipped, not judged: a few rows say nothing about a distribution.
     """
 
-    feature_psi: float = 0.25
-    feature_wasserstein: float = 0.25
-    score_psi: float = 0.25
-    score_wasserstein: float = 0.25
+    feature_psi: float = 0.2
+    feature_wasserstein: float = 0.2
+    score_psi: float = 0.2
+    score_wasserstein: float = 0.2
     source_starved: float = 0.5
     source_zero_rise: float = 0.25
     coverage_drop: float = 0.3
