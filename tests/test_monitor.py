@@ -129,6 +129,8 @@ def test_the_same_log_raises_nothing(world: dict[str, Any], tmp_path: Path) -> N
     assert code == 0 and "no alert" in out, out
     report = json.loads((tmp_path / "same" / "monitor.json").read_text())
     assert report["ok"] and report["alerts"] == []
+    page = read_page(tmp_path / "same", report)
+    assert page.tables["alerts"] == ["check", "subject", "statistic", "value", "threshold", "message"]  # the table is there, empty
     assert max(r["psi"] for r in report["checks"][FEATURE_DRIFT]) < 1e-6  # the same rows: the reference exactly
     # Another sample of the same users' distribution stays under every threshold too ...
     other = monitor(world["model"], world["ds"], split="dev", max_users=200, seed=1)
@@ -224,6 +226,21 @@ def test_impression_logs_monitor_their_logged_candidates(tmp_path: Path) -> None
     assert "ctx_n_candidates" in ref["features"]
     result = monitor(tmp_path / "model", ds, split="dev", out_dir=tmp_path / "r")
     assert result.ok and (tmp_path / "r" / "report.html").exists()
+    (tmp_path / "requests.csv").write_text("user_id\n" + "\n".join(ds.split("dev")[Col.USER].head(3)) + "\n")
+    with pytest.raises(RecsysError, match=r"requests.csv, row 1, field 'candidates'"):  # this model ranks the candidates a request brings
+        monitor(tmp_path / "model", ds, requests=tmp_path / "requests.csv")
+
+
+def test_a_requests_file_is_a_run_too(world: dict[str, Any], tmp_path: Path) -> None:
+    """The nightly job's own requests (users only: retrieval gives the candidates, the log the histories), unlabelled."""
+    users = world["ds"].split("test")[Col.USER].unique().sort()
+    pl.DataFrame({Col.USER: users}).write_parquet(tmp_path / "requests.parquet")
+    result = monitor(world["model"], world["ds"], requests=tmp_path / "requests.parquet", out_dir=tmp_path / "r")
+    report = json.loads((tmp_path / "r" / "monitor.json").read_text())
+    assert report["checks"][METRICS] == [] and report["lists"]["lists"] == users.len()
+    assert {r["source"] for r in report["checks"][RETRIEVAL]} == {"ease", "transitions", "cooccurrence", "text", "popularity"}
+    assert all(r["mean (new)"] > 0 for r in report["checks"][RETRIEVAL])
+    assert "No labelled request" in (tmp_path / "r" / "report.md").read_text() and result.checks.rows[FEATURE_DRIFT]
 
 
 def test_the_evaluate_report_page_holds_its_tables_and_plots(tmp_path: Path) -> None:
@@ -258,10 +275,19 @@ def test_bad_inputs_are_one_line(world: dict[str, Any], tmp_path: Path) -> None:
 
 
 def test_the_page_loads_in_a_headless_browser(world: dict[str, Any], tmp_path: Path) -> None:
-    browser = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+    """Rendered by Chromium (Debian: apt-get install chromium-headless-shell), offline: every table and plot, no console error."""
+    from matplotlib.image import imread
+
+    browser = next((b for b in ("chromium-headless-shell", "chromium", "chromium-browser") if shutil.which(b)), None)
     if browser is None:
-        pytest.skip("no headless browser (apt-get install chromium) on this machine")
-    monitor(world["model"], world["ds"], split="dev", out_dir=tmp_path)
-    dom = subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", "--dump-dom", (tmp_path / "report.html").as_uri()],
-                         capture_output=True, text=True, timeout=120, check=True).stdout
-    assert 'id="feature-drift"' in dom and 'data-file="drift.png"' in dom
+        pytest.skip("no headless browser (apt-get install chromium-headless-shell) on this machine")
+    result = monitor(world["model"], world["ds"], split="dev", out_dir=tmp_path)
+    listing = json.loads((tmp_path / "monitor.json").read_text())
+    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--enable-logging=stderr", "--v=0"]
+    run = subprocess.run([shutil.which(browser) or browser, *flags, "--dump-dom", (tmp_path / "report.html").as_uri()],
+                         capture_output=True, text=True, timeout=120, check=True)
+    assert all(f'id="{t}"' in run.stdout for t in listing["tables"]) and all(f'data-file="{p}"' in run.stdout for p in listing["plots"])
+    assert "CONSOLE" not in run.stderr, run.stderr[-2000:]
+    subprocess.run([shutil.which(browser) or browser, *flags, "--window-size=1000,2000", f"--screenshot={tmp_path / 'shot.png'}",
+                    (tmp_path / "report.html").as_uri()], capture_output=True, timeout=120, check=True)
+    assert imread(tmp_path / "shot.png").std() > 0.05 and result.ok  # something was drawn

@@ -132,6 +132,9 @@ def _lists(ref: dict[str, Any], new: dict[str, Any], cfg: MonitorConfig, alerts:
 
 
 def _metrics(ref: dict[str, dict[str, float]], new: dict[str, dict[str, float]], cfg: MonitorConfig, alerts: list[Alert]) -> list[dict[str, Any]]:
+    """Each reference metric against the run's; no rows when no request of the run is labelled."""
+    if not new:
+        return []
     rows = []
     for metric, r in ref.items():
         n = new.get(metric)

@@ -84,8 +84,14 @@ def plot_sources(rows: list[dict[str, Any]], path: Path) -> None:
     save_figure(fig, path)
 
 
-def _table(rows: list[dict[str, Any]]) -> str:
-    return frame_md(pl.DataFrame(rows, infer_schema_length=None)) if rows else "(none)"
+ALERT_COLUMNS = ("check", "subject", "statistic", "value", "threshold", "message")
+
+
+def _table(rows: list[dict[str, Any]], columns: tuple[str, ...] = ()) -> str:
+    """A Markdown table of `rows`; with none, the header of `columns` alone (the table is still there to find)."""
+    if rows:
+        return frame_md(pl.DataFrame(rows, infer_schema_length=None))
+    return "| " + " | ".join(columns) + " |\n|" + "---|" * len(columns)
 
 
 def write_monitor_report(out_dir: Path, *, title: str, notes: dict[str, Any], checks: Checks, reference: dict[str, Any], scores: np.ndarray,
@@ -98,16 +104,15 @@ def write_monitor_report(out_dir: Path, *, title: str, notes: dict[str, Any], ch
     md = [f"# {title}", ""] + [f"- **{k}**: {v}" for k, v in notes.items()] + [""]
     tables, plots = [], []
 
-    def section(heading: str, rows: list[dict[str, Any]], plot: str | None = None, note: str = "") -> None:
-        md.extend([f"## {heading}", "", *( [note, ""] if note else []), _table(rows), ""])
+    def section(heading: str, rows: list[dict[str, Any]], plot: str | None = None, note: str = "", columns: tuple[str, ...] = ()) -> None:
+        md.extend([f"## {heading}", "", *([note, ""] if note else []), _table(rows, columns), ""])
         tables.append(slug(heading))
         if plot:
             md.extend([f"![{heading}]({plot})", ""])
             plots.append(plot)
 
-    alerts = [{"check": a.check, "subject": a.subject, "statistic": a.statistic, "value": a.value, "threshold": a.threshold, "message": a.message}
-              for a in checks.alerts]
-    section("Alerts", alerts, note=f"{len(alerts)} alert(s): the run should not be exported." if alerts else "No alert.")
+    alerts = [{c: getattr(a, c) for c in ALERT_COLUMNS} for a in checks.alerts]
+    section("Alerts", alerts, note=f"{len(alerts)} alert(s): the run should not be exported." if alerts else "No alert.", columns=ALERT_COLUMNS)
     rows = checks.rows
     if rows[FEATURE_DRIFT]:
         plot_drift(rows[FEATURE_DRIFT], thresholds["feature_psi"], out_dir / DRIFT_PNG)
@@ -117,7 +122,8 @@ def write_monitor_report(out_dir: Path, *, title: str, notes: dict[str, Any], ch
     section(SECTIONS[SCORE_SHIFT], rows[SCORE_SHIFT], SCORES_PNG)
     if rows[RETRIEVAL]:
         plot_sources(rows[RETRIEVAL], out_dir / SOURCES_PNG)
-    section(SECTIONS[RETRIEVAL], rows[RETRIEVAL], SOURCES_PNG if rows[RETRIEVAL] else None, "Candidates each source gave a request.")
+    section(SECTIONS[RETRIEVAL], rows[RETRIEVAL], SOURCES_PNG if rows[RETRIEVAL] else None, "Candidates each source gave a request.",
+            columns=("source", "status"))
     section(SECTIONS[LISTS], rows[LISTS], note="Coverage is compared at the same number of lists (it grows with the number of lists).")
     if rows[METRICS]:
         section(SECTIONS[METRICS], rows[METRICS], note="Bootstrap 95% intervals over the labelled requests.")
