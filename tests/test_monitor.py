@@ -140,6 +140,8 @@ def test_the_same_log_raises_nothing(world: dict[str, Any], tmp_path: Path) -> N
     (tmp_path / "tight.toml").write_text("[monitor]\nfeature_psi = 0.001\nfeature_wasserstein = 0.001\n")
     tight = monitor(world["model"], world["ds"], split="dev", max_users=200, seed=1, cfg=load_monitor_config(tmp_path / "tight.toml"))
     assert {a.check for a in tight.alerts} == {FEATURE_DRIFT}
+    base = TrainConfig.for_dataset(world["ds"].manifest)
+    assert load_config(tmp_path / "tight.toml", base) == base  # one config file serves train too: [monitor] is the monitor's
 
 
 def test_a_shifted_feature_raises_its_drift_alone(world: dict[str, Any], tmp_path: Path) -> None:
