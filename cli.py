@@ -340,6 +340,39 @@ def evaluate_cmd(model_dir: Path, log: Path | None, split: str, protocol: str | 
     click.echo(f"report: {report_dir / 'report.md'}")
 
 
+@main.command("monitor")
+@click.argument("model_dir", type=_MODEL)
+@click.argument("log", type=_DATASET, required=False)
+@click.option("--split", default=None, help="The split whose rows are the run's requests [default: test if LOG has test rows, else dev].")
+@click.option("--requests", "requests_file", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              help="The run's requests (as recsys recommend reads them) instead of a split.")
+@click.option("--recs", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              help="The ranked lists the run produced (recsys recommend's Parquet) [default: the model's own top-k of the requests].")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=None, help="Report directory [default: MODEL_DIR/monitor-SPLIT].")
+@click.option("--max-users", type=click.IntRange(min=1), default=None, help="Score a seeded sample of this many users [default: as many as the reference].")
+@click.option("--seed", default=0, show_default=True, help="Seed of the user sample and the bootstrap.")
+@_CONFIG
+def monitor_cmd(model_dir: Path, log: Path | None, split: str | None, requests_file: Path | None, recs: Path | None, out_dir: Path | None,
+                max_users: int | None, seed: int, config_file: Path | None) -> None:
+    """Compare a run on LOG (default: the training dataset) with the model's reference.json: feature drift, scores,
+    retrieval sources, list coverage/diversity/novelty/popularity, replayed metrics. Writes monitor.json, report.md and
+    report.html; exits 3 when an alert fires (thresholds: the [monitor] table of --config)."""
+    from recsys.monitoring.config import load_monitor_config
+    from recsys.monitoring.monitor import ALERT_EXIT, newest_split
+
+    rec = _load_model(model_dir, log, True, config_file)
+    cfg = load_monitor_config(config_file)
+    if out_dir is None:
+        out_dir = model_dir / ("monitor-requests" if requests_file else f"monitor-{split or newest_split(rec.dataset)}")  # type: ignore[attr-defined]
+    result = rec.monitor(split=split, requests=requests_file, recs=recs, out_dir=out_dir, cfg=cfg, max_users=max_users, seed=seed)  # type: ignore[attr-defined]
+    for alert in result.alerts:
+        click.echo(f"alert {alert.check}: {alert.message}")
+    click.echo(f"{len(result.alerts)} alert(s)" if result.alerts else "no alert")
+    click.echo(f"report: {out_dir / 'report.html'}")
+    if result.alerts:
+        raise SystemExit(ALERT_EXIT)
+
+
 @main.command("recommend")
 @click.argument("model_dir", type=_MODEL)
 @click.argument("requests", type=click.Path(exists=True, dir_okay=False, path_type=Path))

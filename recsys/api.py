@@ -6,6 +6,7 @@
     rec = Recommender.fit(ds, TrainConfig.for_dataset(ds.manifest), out="runs/model")
     lists = rec.recommend(requests, k=10)           # a Polars frame: request_id, user_id, rank, item_id, score, ...
     metrics = rec.evaluate(split="dev")             # model and baselines -> metric -> value
+    result = rec.monitor(Dataset.load("newer/log"))  # tonight's run against the training reference: result.alerts
     rec.save("models/today"); Recommender.load("models/today")
 """
 
@@ -23,6 +24,8 @@ from recsys.data import Dataset
 from recsys.errors import RecsysError
 from recsys.evaluate import DEFAULT_MAX_USERS, evaluate
 from recsys.model import check_dataset, read_model_json
+from recsys.monitoring.config import MonitorConfig
+from recsys.monitoring.monitor import MonitorResult, monitor
 from recsys.pipeline import Assets, train
 from recsys.recommend import RECS_SCHEMA, RecommendConfig, check_requests, read_requests, recommend_chunks, write_recommendations
 
@@ -100,3 +103,10 @@ class Recommender:
         catalogue) or ``"recbole"`` (nothing excluded from the ranking), ``"replay"`` for logged candidates (see :func:`recsys.evaluate.evaluate`)."""
         return evaluate(self.model_dir, dataset or self.dataset, split, protocol, report_dir, allow_other_dataset=allow_other_dataset,
                         config=self.config, max_users=max_users)
+
+    def monitor(self, dataset: Dataset | None = None, *, split: str | None = None, requests: str | Path | None = None, recs: str | Path | None = None,
+                out_dir: str | Path | None = None, cfg: MonitorConfig | None = None, max_users: int | None = None, seed: int = 0) -> MonitorResult:
+        """Compare a run on `dataset` (default: the one loaded with the model) with the model's reference
+        (see :func:`recsys.monitoring.monitor.monitor`); ``result.alerts`` is empty when nothing moved."""
+        return monitor(self.model_dir, dataset or self.dataset, split=split, requests=requests, recs=recs, out_dir=out_dir, cfg=cfg,
+                       config=self.config, max_users=max_users, seed=seed)

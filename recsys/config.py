@@ -40,6 +40,7 @@ else:  # pragma: no cover
 IMPRESSIONS, INTERACTIONS = "impressions", "interactions"
 KINDS = (IMPRESSIONS, INTERACTIONS)
 NONE = "none"
+MONITOR_TABLE = "monitor"  # thresholds of `recsys monitor` (recsys/monitoring/config.py): one config file serves every job
 # Settings are 32-bit where libraries read them (LightGBM, DuckDB); larger whole numbers are mistakes.
 _MAX_INT = 2**31 - 1
 
@@ -214,6 +215,11 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
     raise RecsysError(f"{where} must be {' or '.join(getattr(t, '__name__', str(t)) for t in options)}, got {value!r}")
 
 
+def apply_settings(base: Any, data: dict[str, Any], where: str) -> Any:
+    """`base` (any config dataclass) with the values of `data` replaced and checked; errors name `where` and the setting."""
+    return _merge(base, data, where)
+
+
 def override(cfg: TrainConfig, source: str = "option", **dotted: Any) -> TrainConfig:
     """`cfg` with the given settings replaced (``override(cfg, **{"text.epochs": 1})``); None values are skipped.
 
@@ -253,8 +259,12 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
 
 
 def load_config(path: str | Path, base: TrainConfig) -> TrainConfig:
-    """`base` (the log kind's defaults) with every setting of the file at `path` replaced."""
-    return TrainConfig.from_dict(read_config_file(path), base, source=str(path))
+    """`base` (the log kind's defaults) with every setting of the file at `path` replaced (its ``[monitor]`` table is the monitor's)."""
+    return TrainConfig.from_dict(_without_monitor(read_config_file(path)), base, source=str(path))
+
+
+def _without_monitor(data: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in data.items() if k != MONITOR_TABLE}
 
 
 def with_resources(cfg: TrainConfig, path: str | Path) -> TrainConfig:
@@ -263,7 +273,7 @@ def with_resources(cfg: TrainConfig, path: str | Path) -> TrainConfig:
     Raises:
         RecsysError: the file sets anything else: a model's results follow the config it was trained with.
     """
-    data = read_config_file(path)
+    data = _without_monitor(read_config_file(path))
     others = [key for key in _dotted(data) if not is_resource(cfg, key)]
     if others:
         raise RecsysError(f"{path}: {others} are not resource settings; a trained model keeps the config it was trained with "

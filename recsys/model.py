@@ -13,6 +13,7 @@ Layout (both log kinds)::
     sequence/                the sequence model (safetensors + config.json + its items), when a retrieval source
     features.parquet         the ranker's training candidates with their features
     ranker/, ranker_no_text/ LightGBM text models + manifests: the model and its "without text" baseline
+    reference.json           the distributions `recsys monitor` compares a later run with (recsys/monitoring/)
 
 Loading verifies every artifact's hash, so a file changed after training is refused, and checks that the
 dataset it is asked to serve from is the one it was trained on (unless the caller allows a newer log).
@@ -36,7 +37,8 @@ FORMAT_VERSION = 1
 RANKER_DIR, NO_TEXT_DIR = "ranker", "ranker_no_text"
 TEXT_DIR, SEQUENCE_DIR = "text", "sequence"
 ITEM_VECTORS, FROZEN_VECTORS = "item_vectors.parquet", "frozen_vectors.parquet"
-_SERVED = (TEXT_DIR, SEQUENCE_DIR, RANKER_DIR, NO_TEXT_DIR, ITEM_VECTORS, FROZEN_VECTORS)
+REFERENCE = "reference.json"  # what `recsys monitor` compares a run with (recsys.monitoring.reference)
+_SERVED = (TEXT_DIR, SEQUENCE_DIR, RANKER_DIR, NO_TEXT_DIR, ITEM_VECTORS, FROZEN_VECTORS, REFERENCE)
 _NOT_ARTIFACTS = {"logs"}  # training curves: read by reports, never by scoring
 _CLOCK_KEYS = {"trained_at", "seconds"}  # top-level JSON fields that say when or how long, not what
 

@@ -17,6 +17,7 @@ was killed midway) and every one after it, and ``force=True`` redoes all (see :c
    ``sequence``       the sequence model over the frozen vectors            -> sequence/  (retrieval source ``sequence``)
 4. ``features``       the ranker's training candidates and their features   -> features.parquet (+ retrieval_plan.json)
 5. ``ranker``         lambdarank, and the same ranker without text features -> ranker/, ranker_no_text/
+6. ``reference``      the dev split scored as `recsys monitor` scores a run  -> reference.json (recsys/monitoring/)
 
 and last ``model.json`` (see :mod:`recsys.model`). Statistics a feature reads are fitted only on rows
 before the ones it scores (:mod:`recsys.splits`), so no target is ever in what scores it.
@@ -47,7 +48,7 @@ from recsys.config import IMPRESSIONS, TrainConfig, to_toml
 from recsys.data import Col, Dataset, Split
 from recsys.errors import RecsysError
 from recsys.io import atomic_path, make_dir, read_json, write_json, write_parquet
-from recsys.model import FROZEN_VECTORS, ITEM_VECTORS, MODEL_JSON, NO_TEXT_DIR, RANKER_DIR, SEQUENCE_DIR, TEXT_DIR, fingerprint, write_model_json
+from recsys.model import FROZEN_VECTORS, ITEM_VECTORS, MODEL_JSON, NO_TEXT_DIR, RANKER_DIR, REFERENCE, SEQUENCE_DIR, TEXT_DIR, fingerprint, write_model_json
 from recsys.resources import result_settings
 from recsys.splits import held_out_users, last_per_user, sample_users, split_latest, splits_before
 
@@ -233,12 +234,17 @@ def write_training_candidates(assets: Assets, out_dir: Path, show_progress: bool
         write_json(assets.retrieval_plans, out_dir / RETRIEVAL_PLAN)
 
 
+def ranker_split(table: pl.DataFrame, cfg: TrainConfig) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """``(fit, valid)``: the groups of the ranker's training table it learns from, and those held out to early-stop it
+    (the latest share, or a seeded share of users: ``cfg.valid_by``)."""
+    if cfg.valid_by == "time":
+        return split_latest(table, cfg.valid_fraction)
+    return held_out_users(table, cfg.valid_fraction, cfg.seed)
+
+
 def fit_rankers(table: pl.DataFrame, cfg: TrainConfig, out_dir: Path) -> None:
     """Train the ranker and its "without text" baseline on `table`; early-stop on a held-out share of groups."""
-    if cfg.valid_by == "time":
-        fit_part, valid_part = split_latest(table, cfg.valid_fraction)
-    else:
-        fit_part, valid_part = held_out_users(table, cfg.valid_fraction, cfg.seed)
+    fit_part, valid_part = ranker_split(table, cfg)
     extra = {"train_time_range": [str(table[Col.TIME].min()), str(table[Col.TIME].max())]}
     names = ranker_features(table.columns, cfg.features.families)
     save_ranker(fit(fit_part, valid_part, names, cfg.ranker), out_dir / RANKER_DIR, **extra)
@@ -316,6 +322,7 @@ def train(ds: Dataset, out_dir: Path, cfg: TrainConfig | None = None, *, force: 
     Returns:
         ``model.json`` as a dict (model_id, kind, config, stage timings, ...).
     """
+    from recsys.monitoring.reference import reference_settings, write_reference
     from recsys.text.encode import encode_items
     from recsys.text.train import load_text_model, pretrained_text_model, train_text_model
 
@@ -351,9 +358,10 @@ def train(ds: Dataset, out_dir: Path, cfg: TrainConfig | None = None, *, force: 
     feat_fp = stages.run(
         "features", [data_fp, ds.kind, upstream, feature_settings], [out_dir / "features.parquet"],
         lambda: write_training_candidates(assets, out_dir, show_progress))
-    stages.run("ranker", [feat_fp, result_settings(cfg.ranker), cfg.valid_fraction, cfg.valid_by, cfg.seed],
-               [out_dir / RANKER_DIR / "ranker.txt", out_dir / NO_TEXT_DIR / "ranker.txt"],
-               lambda: fit_rankers(pl.read_parquet(out_dir / "features.parquet"), cfg, out_dir))
+    rank_fp = stages.run("ranker", [feat_fp, result_settings(cfg.ranker), cfg.valid_fraction, cfg.valid_by, cfg.seed],
+                         [out_dir / RANKER_DIR / "ranker.txt", out_dir / NO_TEXT_DIR / "ranker.txt"],
+                         lambda: fit_rankers(pl.read_parquet(out_dir / "features.parquet"), cfg, out_dir))
+    stages.run("reference", [rank_fp, reference_settings(), cfg.seed], [out_dir / REFERENCE], lambda: write_reference(assets, out_dir, cfg.seed))
     with atomic_path(out_dir / "config.toml") as tmp:
         tmp.write_text(to_toml(cfg))
     ranker = read_json(out_dir / RANKER_DIR / "ranker.json")  # from the file: the same whether the stage ran or not

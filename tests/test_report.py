@@ -10,6 +10,7 @@ import polars as pl
 import pytest
 from matplotlib.image import imread
 
+from recsys.evaluation.html import REPORT_HTML
 from recsys.evaluation.report import BY_GROUP_PNG, IMPORTANCE_PNG, METRICS_JSON, METRICS_PNG, REPORT, write_report
 
 TABLE = {
@@ -56,7 +57,7 @@ def test_report_files_and_numbers(tmp_path: Path) -> None:
 
 def test_report_minimal_and_rerun(tmp_path: Path) -> None:
     write_report(tmp_path, title="t", table={"m": {"auc": 0.6}})
-    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([REPORT, METRICS_JSON, METRICS_PNG])
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([REPORT, REPORT_HTML, METRICS_JSON, METRICS_PNG])
     write_report(tmp_path, title="t2", table={"m": {"auc": 0.7}})
     assert json.loads((tmp_path / METRICS_JSON).read_text())["metrics"]["m"]["auc"] == 0.7
     with pytest.raises(ValueError, match="empty"):

@@ -345,13 +345,17 @@ class Retriever:
             :class:`Retrieved`: ``candidates`` in long format (``row`` = index into `histories`, ``item_index``,
             ``<source>_score``, ``<source>_rank`` (1 + items scored strictly higher, within ``rank_depth``, for every
             source even if another one retrieved the item), ``n_sources`` (sources with the item in their top
-            ``per_source``)) and, with targets, each source's rank of the target for :meth:`Retrieved.recall`.
+            ``per_source``)), with targets each source's rank of the target for :meth:`Retrieved.recall`, and ``hits``:
+            how many items each source retrieved for each history (a source that returns nothing shows here).
         """
-        parts, target_ranks = [], {s: [] for s in self.sources}
+        parts, target_ranks, hits = [], {s: [] for s in self.sources}, {s: [] for s in self.sources}
         n_items = len(self.item_ids)
         for start, views in self.batches(histories, show_progress, seen):
             b = min(self.batch_rows, len(histories) - start)
-            keys, counts = np.unique(np.concatenate([v.hit_keys() for v in views.values()]), return_counts=True)
+            found = {s: v.hit_keys() for s, v in views.items()}
+            for s, k in found.items():
+                hits[s].append(np.bincount((k // n_items).astype(np.int64), minlength=b))
+            keys, counts = np.unique(np.concatenate(list(found.values())), return_counts=True)
             rows, cols = keys // n_items, keys % n_items
             frame = {ROW: (rows + start).astype(np.int32), ITEM_INDEX: cols.astype(np.int32), N_SOURCES: counts.astype(np.int8)}
             bounds = np.searchsorted(rows, np.arange(b + 1))
@@ -366,7 +370,8 @@ class Retriever:
                     target_ranks[s].append(v.target_ranks(t))
         cands = pl.concat(parts) if parts else pl.DataFrame()
         per = {s: np.concatenate(r) for s, r in target_ranks.items()} if targets is not None else {}
-        return Retrieved(cands, per, self.cfg.per_source)
+        per_row = {s: np.concatenate(h) if h else np.zeros(0, dtype=np.int64) for s, h in hits.items()}
+        return Retrieved(cands, per, self.cfg.per_source, per_row)
 
     def score_pairs(self, histories: Sequence[np.ndarray], rows: np.ndarray, items: np.ndarray) -> pl.DataFrame:
         """Every source's score and rank, and ``n_sources``, of given (row, item index) pairs, `rows` sorted:

@@ -20,7 +20,7 @@ Own items (the history's) score -inf everywhere: never retrieved, ranked after e
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import polars as pl
@@ -389,6 +389,7 @@ class Retrieved:
     candidates: pl.DataFrame
     target_ranks: dict[str, np.ndarray]  # source -> (rows, 3): rank, ties, retrievable
     per_source: int
+    hits: dict[str, np.ndarray] = field(default_factory=dict)  # source -> (rows,) items it retrieved for each history
 
     def recall(self, ns: Sequence[int] = (10, 50, 100)) -> dict[str, dict[str, float]]:
         """Recall@N of each source (tie-averaged) and of the union (a target any source retrieves within N).

@@ -86,3 +86,38 @@ def popularity_bias(top_k: np.ndarray, popularity: np.ndarray) -> dict[str, floa
         "mean_log_pop": float(log_pop[recs].mean()) if recs.size else float("nan"),
         "catalogue_mean_log_pop": float(log_pop.mean()),
     }
+
+
+def novelty(top_k: np.ndarray, popularity: np.ndarray, n_users: int) -> float:
+    """Mean self-information of the recommended items, -log2 p(i), p(i) = (users with i + 1) / (users + 1).
+
+    The novelty of Castells et al. as the recommenders project implements it (the share of users who know an item,
+    over every recommended slot), with one pseudo-count so an item nobody had is finite. Higher = less popular.
+
+    Args:
+        top_k: (n_lists, k) item indices, -1 = padding.
+        popularity: (n_items,) users (or interactions) per item in training.
+        n_users: users behind `popularity`.
+
+    >>> round(novelty(np.array([[0, 1]]), np.array([3, 0]), 3), 4)  # (-log2(4/4) - log2(1/4)) / 2
+    1.0
+    """
+    arr = _lists(top_k)
+    recs = arr[arr >= 0]
+    if not recs.size:
+        return float("nan")
+    p = (np.asarray(popularity, dtype=np.float64)[recs] + 1.0) / (n_users + 1.0)
+    return float(-np.log2(np.minimum(p, 1.0)).mean())
+
+
+def coverage_at(top_k: np.ndarray, n_items: int, counts: list[int], seed: int = 0) -> dict[int, float]:
+    """Catalogue coverage of a seeded sample of `count` lists, for each count up to the number of lists.
+
+    Coverage grows with the number of lists, so two runs are compared at the same number of lists.
+
+    >>> coverage_at(np.array([[0], [1], [2], [3]]), 8, [2, 4, 8])
+    {2: 0.25, 4: 0.5}
+    """
+    arr = _lists(top_k)
+    order = np.random.default_rng(seed).permutation(len(arr))
+    return {c: catalogue_coverage(arr[order[:c]], n_items) for c in counts if c <= len(arr)}

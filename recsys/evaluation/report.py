@@ -3,7 +3,8 @@
 Files written into the output directory (each atomically)::
 
     report.md        title, notes, metric table (best per metric in bold), importance, by-group table
-    metrics.json     the same numbers, machine-readable (NaN as null)
+    report.html      the same page, self-contained: plots embedded, no network (recsys/evaluation/html.py)
+    metrics.json     the same numbers, machine-readable (NaN as null); ``tables`` and ``plots`` name what the pages hold
     metrics.png      metric comparison, one bar per model and metric
     importance.png   top features by gain (when importance is given)
     by_group.png     metrics by group, e.g. user history length (when by_group is given)
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import math
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -22,6 +24,7 @@ import polars as pl
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from recsys.evaluation.html import slug, write_html
 from recsys.evaluation.metrics import AUC, IMPRESSIONS, ndcg_key
 from recsys.io import atomic_path, make_dir, write_json
 
@@ -36,6 +39,7 @@ NOT_RANKED = COUNTS | {"pop_percentile", "mean_log_pop", "catalogue_mean_log_pop
 LOWER_IS_BETTER: set[str] = set()
 GROUP_KEY, MODEL_KEY = "bucket", "model"
 HISTORY_BUCKETS = (0, 1, 5, 10, 20, 50)  # both protocols report metrics by these user history lengths
+_IMAGE = re.compile(r"^!\[[^\]]*\]\(([^)]+)\)$")  # a plot line of report.md
 
 
 def history_buckets(lengths: np.ndarray) -> np.ndarray:
@@ -155,6 +159,9 @@ def _save(fig: Figure, path: Path) -> None:
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=110)
+
+
+json_safe, frame_md, save_figure = _clean, _frame_md, _save  # public names for other reports' writers (recsys.monitoring)
 
 
 def plot_metrics(table: dict[str, dict[str, float]], path: Path) -> None:
@@ -278,10 +285,14 @@ def write_report(
         plot_by_group(by_group, out_dir / BY_GROUP_PNG, group_title)
     for heading, name in figures:
         md += [f"## {heading}", "", f"![{heading}]({name})", ""]
+    sections = [line[3:] for line in md if line.startswith("## ")]
     payload = {"title": title, "protocol": protocol, "metrics": table, "importance": importance, "notes": notes,
-               "by_group": by_group.to_dicts() if by_group is not None else None, "figures": dict(figures), "ci95": ci95}  # fmt: skip
+               "by_group": by_group.to_dicts() if by_group is not None else None, "figures": dict(figures), "ci95": ci95,
+               "tables": [slug(h) for h in sections if h not in dict(figures)],
+               "plots": [m.group(1) for line in md for m in [_IMAGE.search(line)] if m]}  # fmt: skip
     write_json(_clean(payload), out_dir / METRICS_JSON)
     with atomic_path(out_dir / REPORT) as tmp:
         tmp.write_text("\n".join(md))
+    write_html(out_dir / REPORT)
     logger.info("report written to %s", out_dir / REPORT)
     return out_dir / REPORT
