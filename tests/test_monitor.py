@@ -173,7 +173,7 @@ def test_an_emptied_source_raises_its_retrieval_alert_alone(world: dict[str, Any
         def __getattr__(self, name: str) -> Any:
             return getattr(self.view, name)
 
-    monkeypatch.setattr(Retriever, "_views", lambda self, h: {**views(self, h), source: Empty(views(self, h)[source])})
+    monkeypatch.setattr(Retriever, "_views", lambda self, *args: {**views(self, *args), source: Empty(views(self, *args)[source])})
     result = monitor(world["model"], world["ds"], split="dev")
     assert alert_set(result) == {(RETRIEVAL, source)}, [a.message for a in result.alerts]
     assert "gave no candidate" in result.alerts[0].message

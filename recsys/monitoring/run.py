@@ -159,7 +159,7 @@ def score_run(assets: Assets, rows: pl.DataFrame, fit_splits: Sequence[str], k: 
         candidates = logged_candidates(rows)
         sources = {LOGGED_SOURCE: rows[Col.CANDIDATES].list.len().fill_null(0).to_numpy().astype(np.int64)}
     else:
-        req = Requests.from_rows(retriever, rows)  # type: ignore[arg-type]
+        req = Requests.from_rows(retriever, rows, assets.dataset.impressions)  # type: ignore[arg-type]
         rows = req.rows
         candidates, got = retrieved_candidates(retriever, req)  # type: ignore[arg-type]
         sources = {s: h.astype(np.int64) for s, h in got.hits.items()}
