@@ -277,9 +277,11 @@ def features_cmd(dataset: Path, out: Path, rows: Path | None, text: Path | None,
 @click.option("--max-tokens", type=int, default=None, help="Token budget per item text.")
 @click.option("--ranker-users", type=int, default=None, help="The ranker learns from a seeded sample of this many users [default: 10000].")
 @_resource_options
+@click.option("--cluster", "cluster", default=None, help="Run features and ranker on Dask: local:N (N workers here) or a scheduler address tcp://host:8786.")
+@click.option("--scheduler-file", type=click.Path(exists=True, dir_okay=False), default=None, help="Join the Dask scheduler this file names.")
 def train_cmd(dataset: Path, out: Path, config_file: Path | None, force: bool, fine_tune: bool | None, text_fraction: float | None, encoder: str | None,
               epochs: int | None, max_train: int | None, max_tokens: int | None, ranker_users: int | None, memory_limit: str | None, threads: int | None,
-              temp_dir: str | None) -> None:
+              temp_dir: str | None, cluster: str | None, scheduler_file: str | None) -> None:
     """Train on DATASET: text -> candidates -> features -> ranker, the same path for every log kind.
 
     Before it starts, prints each expensive stage's budget (the setting that bounds it) and estimated time."""
@@ -294,7 +296,9 @@ def train_cmd(dataset: Path, out: Path, config_file: Path | None, force: bool, f
         **_resources(memory_limit, threads, temp_dir))
     make_dir(out)  # an unwritable model directory fails before the budget is printed
     click.echo(describe(plan(ds, cfg)))  # type: ignore[arg-type]
-    rec = Recommender.fit(ds, cfg, out=out, force=force)  # type: ignore[arg-type]
+    from recsys.cluster.connect import parse_cluster
+
+    rec = Recommender.fit(ds, cfg, out=out, force=force, cluster=parse_cluster(cluster, scheduler_file, work_dir=temp_dir))  # type: ignore[arg-type]
     for stage, seconds in rec.meta["summary"]["stage_seconds"].items():
         click.echo(f"{stage:<16} {'up to date' if seconds == 0 else f'{seconds:8.1f} s'}")
     click.echo(f"model {rec.model_id} ({rec.kind} log, {rec.meta['candidates']} candidates) written to {out}")

@@ -45,12 +45,13 @@ class Recommender:
 
     @classmethod
     def fit(cls, dataset: Dataset, config: TrainConfig | None = None, *, out: str | Path | None = None, force: bool = False,
-            show_progress: bool = True) -> Recommender:
+            show_progress: bool = True, cluster: Any = None) -> Recommender:
         """Train on `dataset` (config default: :meth:`TrainConfig.for_dataset`) into `out` (default: a temporary
-        directory, kept until :meth:`save`); a re-run into the same `out` skips the stages that are up to date."""
+        directory, kept until :meth:`save`); a re-run into the same `out` skips the stages that are up to date.
+        `cluster` (:class:`recsys.cluster.connect.ClusterConfig`) runs the features and ranker stages on Dask."""
         scratch = None if out is not None else tempfile.TemporaryDirectory(prefix="recsys-model-")
         model_dir = Path(out) if out is not None else Path(scratch.name)  # type: ignore[union-attr]
-        meta = train(dataset, model_dir, config, force=force, show_progress=show_progress)
+        meta = train(dataset, model_dir, config, force=force, show_progress=show_progress, cluster=cluster)
         return cls(model_dir, meta, dataset, scratch)
 
     @classmethod

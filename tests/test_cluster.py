@@ -106,3 +106,56 @@ def _shop(root: Path) -> Dataset:
     pl.DataFrame(rows, schema=[Col.USER, Col.ITEM, Col.TIME, Col.SPLIT], orient="row").write_csv(root / "events.csv")
     load_events(root / "items.csv", root / "events.csv", root / "data", EventsConfig())
     return Dataset.load(root / "data")
+
+
+def test_the_dask_ranker_is_within_noise_of_the_single_process_ranker(client, sample_dataset: Dataset, tmp_path: Path) -> None:
+    """Same table, same settings: validation nDCG@10 of the two rankers differ by less than the noise of the comparison.
+
+    They cannot be equal: LightGBM's data-parallel training draws its bagging and feature-fraction samples per
+    worker, and the bins come from each worker's share. "Noise" is three standard errors of the paired
+    per-impression difference (at least 0.01): a gap beyond it would be a real loss of quality.
+    """
+    from features.registry import ranker_features
+    from ranker.lambdarank import fit, load_ranker, save_ranker
+    from recsys.cluster.ranker import fit_on_cluster
+    from recsys.evaluation.metrics import per_impression
+    from recsys.splits import held_out_users
+
+    cfg = override(TrainConfig.for_dataset(sample_dataset.manifest), **{
+        "features.families": ["behaviour"], "features.threads": 1, "ranker.num_leaves": 15, "ranker.min_data_in_leaf": 20,
+        "ranker.n_estimators": 60, "ranker.early_stopping_rounds": 15, "ranker.num_threads": 1})
+    rows = sample_dataset.split(Split.TRAIN).head(3000)
+    table = collect_features(FeatureInputs(sample_dataset, cfg.features), rows, logged_candidates(rows))
+    fit_part, valid_part = held_out_users(table, 0.3, 0)
+    names = ranker_features(table.columns, cfg.features.families)
+    assert len(names) >= 5
+    single = fit(fit_part, valid_part, names, cfg.ranker)
+    spread = fit_on_cluster(client, fit_part, valid_part, names, cfg.ranker, partitions=4, work_dir=tmp_path)
+    save_ranker(spread, tmp_path / "ranker")  # the same LightGBM text model, loaded back as any ranker
+    spread = load_ranker(tmp_path / "ranker", names)
+    assert 1 <= spread.manifest["best_iteration"] <= 60 and spread.booster.current_iteration() == spread.manifest["best_iteration"]
+
+    scored = valid_part.with_columns(single=single.score(valid_part), spread=spread.score(valid_part), none=pl.lit(0.0))
+    per = {name: per_impression(scored, name)["ndcg@10"].to_numpy() for name in ("single", "spread", "none")}
+    diff = per["spread"] - per["single"]
+    noise = max(0.01, 3 * diff.std(ddof=1) / len(diff) ** 0.5)
+    assert abs(diff.mean()) < noise, (per["single"].mean(), per["spread"].mean(), noise)
+    assert per["spread"].mean() > per["none"].mean() + 0.05  # it learned something: far above a constant score
+
+
+def test_train_with_a_cluster_writes_the_single_process_features_and_a_ranker_of_the_same_quality(client, tmp_path: Path) -> None:
+    """``train(cluster=...)`` joining a running scheduler by its tcp:// address (as ``--cluster tcp://host:8786``)."""
+    from recsys.api import Recommender
+
+    shop = _shop(tmp_path / "shop")
+    cfg = override(TrainConfig.for_dataset(shop.manifest), **{
+        "retrieval.per_source": 8, "retrieval.ease_l2": 10.0, "ranker.num_leaves": 7, "ranker.min_data_in_leaf": 5, "ranker.n_estimators": 30,
+        "ranker.early_stopping_rounds": 10, "ranker.num_threads": 1, "use_text": False, "fine_tune": False, "train_negatives": 20})
+    here = Recommender.fit(shop, cfg, out=tmp_path / "here", show_progress=False)
+    there = Recommender.fit(shop, cfg, out=tmp_path / "there", show_progress=False,
+                            cluster=ClusterConfig(client.scheduler.address, work_dir=str(tmp_path)))
+    assert_frame_equal(pl.read_parquet(there.model_dir / "features.parquet"), pl.read_parquet(here.model_dir / "features.parquet"))
+    assert there.meta["summary"]["features"] == here.meta["summary"]["features"]
+    got = {name: rec.evaluate(split=Split.TEST, report_dir=tmp_path / f"report-{name}") for name, rec in (("here", here), ("there", there))}
+    here_ndcg, there_ndcg = (got[n]["full model"]["ndcg@10"] for n in ("here", "there"))
+    assert abs(there_ndcg - here_ndcg) < 0.05 and there_ndcg > got["there"]["popularity"]["ndcg@10"] + 0.3  # the chain log is learnable

@@ -32,6 +32,8 @@ class ClusterConfig:
         processes: a local cluster's workers are processes (as on a real cluster: every input crosses the wire);
             False runs them as threads of this process (tests, debugging).
         partitions: user partitions per worker (more: smaller tasks, better balance).
+        work_dir: where the partitioned Parquet goes; every worker must read and write it (a shared filesystem
+            on a real cluster; default: the system temp directory, enough for ``local:N``).
     """
 
     address: str | None = None
@@ -39,6 +41,7 @@ class ClusterConfig:
     memory_limit: str = "auto"
     processes: bool = True
     partitions: int = 2
+    work_dir: str | None = None
 
     def __post_init__(self) -> None:
         if self.address is not None and self.scheduler_file is not None:
