@@ -90,6 +90,30 @@ def test_shop_features_on_the_cluster_equal_the_single_process_table(client, tmp
     assert table[Col.LABEL].sum() > 0 and table.height > req.rows.height * 8
 
 
+def test_recsys_train_takes_the_cluster_option(tmp_path: Path) -> None:
+    """``recsys train --cluster local:2`` starts its own cluster and writes a model; a bad address is one line, exit 1."""
+    from click.testing import CliRunner
+
+    from cli import main
+    from recsys.config import to_toml
+
+    shop = _shop(tmp_path / "shop")
+    (tmp_path / "small.toml").write_text(to_toml(_small(shop)))
+    args = ["train", str(shop.path), "--config", str(tmp_path / "small.toml")]
+    bad = CliRunner().invoke(main, [*args, "--out", str(tmp_path / "bad"), "--cluster", "local:0"])
+    assert bad.exit_code == 1 and "local:N needs at least one worker" in bad.output
+    ok = CliRunner().invoke(main, [*args, "--out", str(tmp_path / "model"), "--cluster", "local:2"])
+    assert ok.exit_code == 0, ok.output
+    assert (tmp_path / "model" / "ranker" / "ranker.txt").read_text().startswith("tree")  # the LightGBM text model
+
+
+def _small(shop: Dataset) -> TrainConfig:
+    """Small retrieval and ranker settings, no text: seconds on the small shop log."""
+    return override(TrainConfig.for_dataset(shop.manifest), **{
+        "retrieval.per_source": 8, "retrieval.ease_l2": 10.0, "ranker.num_leaves": 7, "ranker.min_data_in_leaf": 5, "ranker.n_estimators": 30,
+        "ranker.early_stopping_rounds": 10, "ranker.num_threads": 1, "use_text": False, "fine_tune": False, "train_negatives": 20})
+
+
 def _shop(root: Path) -> Dataset:
     """The small shop log of the H-shop tests, ingested."""
     import datetime as dt
@@ -118,6 +142,8 @@ def test_the_dask_ranker_is_within_noise_of_the_single_process_ranker(client, sa
     from features.registry import ranker_features
     from ranker.lambdarank import fit, load_ranker, save_ranker
     from recsys.cluster.ranker import fit_on_cluster
+
+    pytest.importorskip("sklearn", reason="lightgbm.dask needs scikit-learn: pip install 'recsys[cluster]'")
     from recsys.evaluation.metrics import per_impression
     from recsys.splits import held_out_users
 
@@ -147,10 +173,9 @@ def test_train_with_a_cluster_writes_the_single_process_features_and_a_ranker_of
     """``train(cluster=...)`` joining a running scheduler by its tcp:// address (as ``--cluster tcp://host:8786``)."""
     from recsys.api import Recommender
 
+    pytest.importorskip("sklearn", reason="lightgbm.dask needs scikit-learn: pip install 'recsys[cluster]'")
     shop = _shop(tmp_path / "shop")
-    cfg = override(TrainConfig.for_dataset(shop.manifest), **{
-        "retrieval.per_source": 8, "retrieval.ease_l2": 10.0, "ranker.num_leaves": 7, "ranker.min_data_in_leaf": 5, "ranker.n_estimators": 30,
-        "ranker.early_stopping_rounds": 10, "ranker.num_threads": 1, "use_text": False, "fine_tune": False, "train_negatives": 20})
+    cfg = _small(shop)
     here = Recommender.fit(shop, cfg, out=tmp_path / "here", show_progress=False)
     there = Recommender.fit(shop, cfg, out=tmp_path / "there", show_progress=False,
                             cluster=ClusterConfig(client.scheduler.address, work_dir=str(tmp_path)))
