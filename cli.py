@@ -190,6 +190,8 @@ def _train_config(ds: object, config_file: Path | None, **flags: object) -> obje
 @click.option("--accumulate", type=int, default=None, help="Gradient accumulation steps.")
 @click.option("--precision", default=None, type=click.Choice(["auto", "bf16", "fp32"]))
 @click.option("--device", default=None, type=click.Choice(["auto", "cpu", "cuda"]))
+@click.option("--devices", type=click.IntRange(min=1), default=None, help="Processes (CPU) or GPUs per node: more than one trains under Lightning DDP.")
+@click.option("--num-nodes", type=click.IntRange(min=1), default=None, help="Machines of a multi-node DDP run (each runs this same command).")
 @click.option("--val-fraction", type=float, default=None, help="Latest share of train impressions used for validation.")
 @click.option("--max-train-impressions", type=int, help="Fine-tune on a seeded sample of this many impressions.")
 @click.option("--seed", type=int, default=None)

@@ -1,0 +1,37 @@
+"""In-batch negatives across DDP ranks: every rank's clicks, gathered with their gradients.
+
+Under DDP each rank holds a shard of the batch. The in-batch negatives of a click are the *global* batch's
+other clicks, as in one process with the whole batch: each rank's click vectors are gathered (padded to the
+largest rank's batch, as ``all_gather`` needs equal shapes) with gradients flowing back to the rank that
+computed them, so the loss and its gradient do not depend on how the batch is split.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def gather_clicks(module: object, clicks: torch.Tensor, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
+    """Every rank's click vectors and item rows, and where this rank's start.
+
+    Args:
+        module: the LightningModule (its ``all_gather``; one process: nothing is gathered).
+        clicks: (B, d) this rank's click vectors.
+        rows: (B,) their item rows.
+
+    Returns:
+        ``(vectors, rows, valid, offset)``: (N, d) and (N,) over all ranks (padding included), (N,) which are
+        real clicks, and the index of this rank's first click in them.
+    """
+    trainer = getattr(module, "_trainer", None)
+    world = trainer.world_size if trainer is not None else 1
+    if world == 1:
+        return clicks, rows, torch.ones_like(rows, dtype=torch.bool), 0
+    sizes = module.all_gather(torch.tensor(len(clicks), device=clicks.device)).reshape(world)  # type: ignore[attr-defined]
+    most = int(sizes.max())
+    pad = most - len(clicks)
+    vectors = module.all_gather(F.pad(clicks, (0, 0, 0, pad)), sync_grads=True).reshape(world * most, -1)  # type: ignore[attr-defined]
+    all_rows = module.all_gather(F.pad(rows, (0, pad), value=-1)).reshape(world * most)  # type: ignore[attr-defined]
+    valid = (torch.arange(most, device=clicks.device).unsqueeze(0) < sizes.unsqueeze(1)).reshape(world * most)
+    return vectors, all_rows, valid, trainer.global_rank * most
