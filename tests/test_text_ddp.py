@@ -44,11 +44,11 @@ def test_two_ddp_processes_reach_the_one_process_validation_auc(tmp_path: Path) 
     one = _train_encoder(tmp_path / "ds", encoder, tmp_path / "one", 1)
     two = _train_encoder(tmp_path / "ds", encoder, tmp_path / "two", 2)
     first = next(h["val_auc"] for h in one["history"] if h["epoch"] == -1)
-    print("DDP", first, one["best_val_auc"], two["best_val_auc"], one["steps"], two["steps"])
     # Each rank a disjoint half of the batches: half the optimiser steps per epoch, the same samples seen.
     assert two["steps"] < one["steps"] and two["train_samples"] == one["train_samples"]
     assert two["val_impressions"] == one["val_impressions"]  # validation summed over both ranks' shards
     assert two["best_val_auc"] > first + 0.05  # the two-process run learned
+    # 40 validation impressions of 4 non-clicks: one impression's AUC moves the mean by up to .025; noise = two of them.
     assert abs(two["best_val_auc"] - one["best_val_auc"]) < 0.05
 
 
