@@ -323,13 +323,15 @@ def train(ds: Dataset, out_dir: Path, cfg: TrainConfig | None = None, *, force: 
         ``model.json`` as a dict (model_id, kind, config, stage timings, ...).
     """
     from recsys.text.encode import encode_items
-    from recsys.text.train import load_text_model, pretrained_text_model, train_text_model
+    from recsys.text.train import ddp_rank_copy, load_text_model, pretrained_text_model, train_text_model
 
     cfg = cfg or TrainConfig.for_dataset(ds.manifest)
     if BEHAVIOUR in cfg.features.families and ds.manifest.get("time_source") == "sequence_order":
         raise RecsysError("features.families has 'behaviour', but this log's times are only sequence positions: point-in-time "
                           "features would compare users' positions as times; use the retrieval and pairs families")
     out_dir = Path(out_dir)
+    if cfg.fine_tune and ddp_rank_copy():  # another DDP rank of the fine-tune: only that, then the process ends
+        train_text_model(_text_rows(ds, cfg), ds.items, cfg.text, out_dir / TEXT_DIR, show_progress=False)
     make_dir(out_dir)
     stages = Stages(out_dir, force)
     _drop_unused(out_dir, cfg, stages)

@@ -15,6 +15,7 @@ import json
 import itertools
 import logging
 import math
+import os
 import shutil
 import time
 from pathlib import Path
@@ -411,8 +412,15 @@ def train_text_model(impressions: pl.DataFrame, items: pl.DataFrame, cfg: TextCo
             "time_range": [str(impressions[Col.TIME].min()), str(impressions[Col.TIME].max())],
             "steps": trainer.global_step, "calibrated_scale": round(calibrated_scale, 3),
             "score_scale": round(float(module.score_scale.detach()), 3), "seconds": round(elapsed, 2), "precision": trainer.precision, "device": str(device),
+            "processes": trainer.world_size,
         }, Path(out_dir) / METRICS_FILE)
     return Path(out_dir)
+
+
+def ddp_rank_copy() -> bool:
+    """Whether this process is a copy of the command that Lightning's DDP launcher started for another rank
+    (``LOCAL_RANK`` > 0), or the first process of another node (``NODE_RANK`` > 0): it only trains the encoder."""
+    return int(os.environ.get("LOCAL_RANK") or 0) > 0 or int(os.environ.get("NODE_RANK") or 0) > 0
 
 
 def ddp_settings(cfg: TextConfig, device: torch.device) -> tuple[int | str, str]:
