@@ -88,9 +88,17 @@ class Recommender:
         chunks = list(self._chunks(requests, RecommendConfig(top_k=k, chunk_size=chunk_size), False))
         return pl.concat(chunks) if chunks else pl.DataFrame(schema=RECS_SCHEMA)
 
-    def recommend_file(self, requests: str | Path, out: str | Path, cfg: RecommendConfig | None = None, *, show_progress: bool = True) -> dict[str, object]:
-        """The batch job: requests from Parquet/JSONL/CSV, lists to Parquet (atomically); returns a summary."""
+    def recommend_file(self, requests: str | Path, out: str | Path, cfg: RecommendConfig | None = None, *, show_progress: bool = True,
+                       cluster: Any = None) -> dict[str, object]:
+        """The batch job: requests from Parquet/JSONL/CSV, lists to Parquet (atomically); returns a summary. `cluster`
+        (:class:`recsys.cluster.connect.ClusterConfig`) ranks each user partition on a Dask worker: the same lists."""
         cfg = cfg or RecommendConfig()
+        if cluster is not None:
+            from recsys.cluster.session import ClusterSession
+
+            with ClusterSession(cluster) as on:
+                return on.recommend_file(Assets(self.model_dir, self.config, self.dataset), self.model_id, self.meta["candidates"], Path(requests),
+                                         Path(out), cfg)
         table = read_requests(Path(requests))
         return write_recommendations(self._chunks(table, cfg, show_progress, Path(requests)), table.height, cfg.top_k, Path(out))
 

@@ -169,7 +169,7 @@ def test_the_dask_ranker_is_within_noise_of_the_single_process_ranker(client, sa
     assert per["spread"].mean() > per["none"].mean() + 0.05  # it learned something: far above a constant score
 
 
-def test_train_with_a_cluster_writes_the_single_process_features_and_a_ranker_of_the_same_quality(client, tmp_path: Path) -> None:
+def test_train_and_recommend_on_a_cluster_give_the_single_process_features_ranker_quality_and_lists(client, tmp_path: Path) -> None:
     """``train(cluster=...)`` joining a running scheduler by its tcp:// address (as ``--cluster tcp://host:8786``)."""
     from recsys.api import Recommender
 
@@ -184,3 +184,12 @@ def test_train_with_a_cluster_writes_the_single_process_features_and_a_ranker_of
     got = {name: rec.evaluate(split=Split.TEST, report_dir=tmp_path / f"report-{name}") for name, rec in (("here", here), ("there", there))}
     here_ndcg, there_ndcg = (got[n]["full model"]["ndcg@10"] for n in ("here", "there"))
     assert abs(there_ndcg - here_ndcg) < 0.05 and there_ndcg > got["there"]["popularity"]["ndcg@10"] + 0.3  # the chain log is learnable
+
+
+    # Batch recommend per user partition, published as one file: the same lists as one process, in the same order.
+    pl.DataFrame({Col.USER: shop.impressions[Col.USER].unique(maintain_order=True).head(50)}).write_parquet(tmp_path / "requests.parquet")
+    alone = here.recommend_file(tmp_path / "requests.parquet", tmp_path / "alone.parquet", show_progress=False)
+    spread = here.recommend_file(tmp_path / "requests.parquet", tmp_path / "spread.parquet", show_progress=False,
+                                 cluster=ClusterConfig(client.scheduler.address, work_dir=str(tmp_path)))
+    assert spread == {**alone, "out": str(tmp_path / "spread.parquet")} and alone["rows"] == 50 * 10
+    assert_frame_equal(pl.read_parquet(tmp_path / "spread.parquet").drop("generated_at"), pl.read_parquet(tmp_path / "alone.parquet").drop("generated_at"))

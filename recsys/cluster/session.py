@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 from types import TracebackType
+from pathlib import Path
 from typing import Any
 
 import polars as pl
@@ -56,3 +57,11 @@ class ClusterSession:
 
         client, parts = self._connected()
         return fit_on_cluster(client, train, valid, features, cfg, partitions=parts, work_dir=self.cfg.work_dir)
+
+    def recommend_file(self, assets: Any, model_id: str, candidates: str, requests: Path, out: Path, cfg: Any) -> dict[str, object]:
+        """The batch recommend job per user partition on the cluster (:func:`recsys.cluster.recommend.recommend_file_on_cluster`)."""
+        from recsys.cluster.recommend import recommend_file_on_cluster
+
+        client, parts = self._connected()
+        return recommend_file_on_cluster(client, assets, model_id, candidates, requests, out, cfg, partitions=parts,
+                                         work_dir=self.cfg.work_dir if self.cfg else None)
