@@ -323,7 +323,8 @@ def train(ds: Dataset, out_dir: Path, cfg: TrainConfig | None = None, *, force: 
         ``model.json`` as a dict (model_id, kind, config, stage timings, ...).
     """
     from recsys.text.encode import encode_items
-    from recsys.text.train import ddp_rank_copy, load_text_model, pretrained_text_model, train_text_model
+    from recsys.text.ddp import ddp_rank_copy
+    from recsys.text.train import load_text_model, pretrained_text_model, train_text_model
 
     cfg = cfg or TrainConfig.for_dataset(ds.manifest)
     if BEHAVIOUR in cfg.features.families and ds.manifest.get("time_source") == "sequence_order":

@@ -18,7 +18,7 @@ import torch
 
 from conftest_text import make_tiny_encoder, topic_impressions, topic_items
 from recsys.data import Dataset, build_manifest, save_dataset
-from recsys.text.gather import gather_clicks
+from recsys.text.ddp import gather_clicks
 from recsys.text.train import METRICS_FILE
 
 ROOT = Path(__file__).resolve().parents[1]

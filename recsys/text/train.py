@@ -15,7 +15,6 @@ import json
 import itertools
 import logging
 import math
-import os
 import shutil
 import time
 from pathlib import Path
@@ -37,7 +36,7 @@ from recsys.evaluation.curves import LOG_DIR
 from recsys.evaluation.metrics import auc
 from recsys.io import write_json
 from recsys.splits import split_latest
-from recsys.text.gather import gather_clicks
+from recsys.text.ddp import ddp_settings, gather_clicks
 from recsys.text.data import ClickSamples, ImpressionRows, ItemTokens, TextDataModule, candidate_rows, to_indices
 from recsys.text.model import TextConfig, TextModel, build_text_model, freeze_lower_layers, load_text_model, save_text_model
 
@@ -415,21 +414,6 @@ def train_text_model(impressions: pl.DataFrame, items: pl.DataFrame, cfg: TextCo
             "processes": trainer.world_size,
         }, Path(out_dir) / METRICS_FILE)
     return Path(out_dir)
-
-
-def ddp_rank_copy() -> bool:
-    """Whether this process is a copy of the command that Lightning's DDP launcher started for another rank
-    (``LOCAL_RANK`` > 0), or the first process of another node (``NODE_RANK`` > 0): it only trains the encoder."""
-    return int(os.environ.get("LOCAL_RANK") or 0) > 0 or int(os.environ.get("NODE_RANK") or 0) > 0
-
-
-def ddp_settings(cfg: TextConfig, device: torch.device) -> tuple[int | str, str]:
-    """The Trainer's ``devices`` and ``strategy``: Lightning's ``ddp`` (gloo on CPU, NCCL on GPUs) when the run has
-    more than one process in all, else one process (every GPU on CUDA when ``devices`` is unset, as before)."""
-    devices: int | str = cfg.devices if cfg.devices is not None else ("auto" if device.type == "cuda" else 1)
-    many = cfg.num_nodes > 1 or (isinstance(devices, int) and devices > 1)
-    # Unused parameters: the encoder's pooler (mean pooling never reads it) and, with LoRA, the frozen weights.
-    return devices, "ddp_find_unused_parameters_true" if many else "auto"
 
 
 def kept_weights(out_dir: Path) -> str | None:

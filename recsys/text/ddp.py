@@ -1,4 +1,5 @@
-"""In-batch negatives across DDP ranks: every rank's clicks, gathered with their gradients.
+"""The encoder fine-tune across processes (Lightning DDP): the Trainer's settings, which process is a rank copy,
+and in-batch negatives gathered from every rank.
 
 Under DDP each rank holds a shard of the batch. The in-batch negatives of a click are the *global* batch's
 other clicks, as in one process with the whole batch: each rank's click vectors are gathered (padded to the
@@ -8,8 +9,12 @@ computed them, so the loss and its gradient do not depend on how the batch is sp
 
 from __future__ import annotations
 
+import os
+
 import torch
 import torch.nn.functional as F
+
+from recsys.text.model import TextConfig
 
 
 def gather_clicks(module: object, clicks: torch.Tensor, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
@@ -35,3 +40,18 @@ def gather_clicks(module: object, clicks: torch.Tensor, rows: torch.Tensor) -> t
     all_rows = module.all_gather(F.pad(rows, (0, pad), value=-1)).reshape(world * most)  # type: ignore[attr-defined]
     valid = (torch.arange(most, device=clicks.device).unsqueeze(0) < sizes.unsqueeze(1)).reshape(world * most)
     return vectors, all_rows, valid, trainer.global_rank * most
+
+
+def ddp_rank_copy() -> bool:
+    """Whether this process is a copy of the command that Lightning's DDP launcher started for another rank
+    (``LOCAL_RANK`` > 0), or the first process of another node (``NODE_RANK`` > 0): it only trains the encoder."""
+    return int(os.environ.get("LOCAL_RANK") or 0) > 0 or int(os.environ.get("NODE_RANK") or 0) > 0
+
+
+def ddp_settings(cfg: TextConfig, device: torch.device) -> tuple[int | str, str]:
+    """The Trainer's ``devices`` and ``strategy``: Lightning's ``ddp`` (gloo on CPU, NCCL on GPUs) when the run has
+    more than one process in all, else one process (every GPU on CUDA when ``devices`` is unset, as before)."""
+    devices: int | str = cfg.devices if cfg.devices is not None else ("auto" if device.type == "cuda" else 1)
+    many = cfg.num_nodes > 1 or (isinstance(devices, int) and devices > 1)
+    # Unused parameters: the encoder's pooler (mean pooling never reads it) and, with LoRA, the frozen weights.
+    return devices, "ddp_find_unused_parameters_true" if many else "auto"
