@@ -317,7 +317,8 @@ def train(ds: Dataset, out_dir: Path, cfg: TrainConfig | None = None, *, force: 
         cfg: the configuration (default: :meth:`TrainConfig.for_dataset`).
         force: redo every stage even if its inputs are unchanged.
         show_progress: progress bars.
-        cluster: run the features and ranker stages on this Dask cluster (None: in this process); the same results.
+        cluster: run the features and ranker stages on this Dask cluster (None: in this process): the same feature table,
+            a ranker of the same quality (README: Running on a cluster).
 
     Returns:
         ``model.json`` as a dict (model_id, kind, config, stage timings, ...).
