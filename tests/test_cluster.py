@@ -90,6 +90,33 @@ def test_shop_features_on_the_cluster_equal_the_single_process_table(client, tmp
     assert table[Col.LABEL].sum() > 0 and table.height > req.rows.height * 8
 
 
+def test_a_failed_partition_publishes_nothing(shop_model, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Recommend on the cluster publishes all partitions or none: a task that fails leaves the previous export whole."""
+    import recsys.cluster.recommend as on_cluster
+    from recsys.pipeline import Assets
+    from recsys.recommend import RecommendConfig
+
+    shop, model = shop_model
+    users = shop.impressions[Col.USER].unique(maintain_order=True).head(30)
+    pl.DataFrame({Col.USER: users}).write_parquet(tmp_path / "requests.parquet")
+    out = tmp_path / "recs.parquet"
+    out.write_bytes(b"the previous export")
+    real = on_cluster.recommend_chunk
+
+    def broken(assets, job, requests):  # the partition of the first user fails on its worker
+        if users[0] in requests[Col.USER].to_list():
+            raise RuntimeError("a worker died")
+        return real(assets, job, requests)
+
+    monkeypatch.setattr(on_cluster, "recommend_chunk", broken)  # workers are threads here, so they see the patch
+    with connect(ClusterConfig("local:2", processes=False, memory_limit="0")) as threads:  # "0": threads share this process's memory
+        with pytest.raises(RuntimeError, match="a worker died"):
+            on_cluster.recommend_file_on_cluster(threads, Assets(model.model_dir, model.config, shop), model.model_id, model.meta["candidates"],
+                                                 tmp_path / "requests.parquet", out, RecommendConfig(), partitions=4, work_dir=tmp_path)
+    assert out.read_bytes() == b"the previous export"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["recs.parquet", "requests.parquet"]  # no partial file, no partitions left
+
+
 def test_recsys_train_takes_the_cluster_option(tmp_path: Path) -> None:
     """``recsys train --cluster local:2`` starts its own cluster and writes a model; a bad address is one line, exit 1."""
     from click.testing import CliRunner
@@ -169,14 +196,23 @@ def test_the_dask_ranker_is_within_noise_of_the_single_process_ranker(client, sa
     assert per["spread"].mean() > per["none"].mean() + 0.05  # it learned something: far above a constant score
 
 
-def test_train_and_recommend_on_a_cluster_give_the_single_process_features_ranker_quality_and_lists(client, tmp_path: Path) -> None:
+@pytest.fixture(scope="module")
+def shop_model(tmp_path_factory: pytest.TempPathFactory):
+    """The small shop log and a model trained on it in one process."""
+    from recsys.api import Recommender
+
+    root = tmp_path_factory.mktemp("shop-model")
+    shop = _shop(root / "shop")
+    return shop, Recommender.fit(shop, _small(shop), out=root / "here", show_progress=False)
+
+
+def test_train_and_recommend_on_a_cluster_give_the_single_process_features_ranker_quality_and_lists(client, shop_model, tmp_path: Path) -> None:
     """``train(cluster=...)`` joining a running scheduler by its tcp:// address (as ``--cluster tcp://host:8786``)."""
     from recsys.api import Recommender
 
     pytest.importorskip("sklearn", reason="lightgbm.dask needs scikit-learn: pip install 'recsys[cluster]'")
-    shop = _shop(tmp_path / "shop")
-    cfg = _small(shop)
-    here = Recommender.fit(shop, cfg, out=tmp_path / "here", show_progress=False)
+    shop, here = shop_model
+    cfg = here.config
     there = Recommender.fit(shop, cfg, out=tmp_path / "there", show_progress=False,
                             cluster=ClusterConfig(client.scheduler.address, work_dir=str(tmp_path)))
     assert_frame_equal(pl.read_parquet(there.model_dir / "features.parquet"), pl.read_parquet(here.model_dir / "features.parquet"))

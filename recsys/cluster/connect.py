@@ -108,3 +108,10 @@ def connect(cfg: ClusterConfig) -> Iterator[Any]:
 def n_partitions(client: Any, cfg: ClusterConfig) -> int:
     """How many user partitions to make: ``cfg.partitions`` per worker now connected (at least one)."""
     return max(1, len(client.scheduler_info().get("workers", {}))) * cfg.partitions
+
+
+def gather_all(client: Any, futures: list[Any]) -> list[Any]:
+    """The results of `futures`, after every one has finished: a task's error is raised only once no other task
+    still writes into a work directory that the caller is about to remove."""
+    _distributed().wait(futures)
+    return list(client.gather(futures))

@@ -21,6 +21,7 @@ import polars as pl
 
 from features.collect import FeatureInputs, collect_features
 from recsys.candidates.retrieval import ROW
+from recsys.cluster.connect import gather_all
 from recsys.cluster.partition import part_dir, read_partition, write_partitions
 from recsys.data import Col
 from recsys.io import write_parquet
@@ -69,7 +70,7 @@ def collect_on_cluster(client: Any, inputs: FeatureInputs, rows: pl.DataFrame, c
         shared = client.scatter(inputs, broadcast=True, hash=False)
         futures = [client.submit(collect_partition, shared, root, p, pure=False)
                    for p in parts]
-        paths = client.gather(futures)
+        paths = gather_all(client, futures)
         log.info("features: %d partitions computed on the cluster", len(paths))
         tables = [pl.read_parquet(p) for p in paths]
     if not tables:

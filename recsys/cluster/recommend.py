@@ -20,6 +20,7 @@ from typing import Any
 import polars as pl
 
 from ranker.topk import RANK
+from recsys.cluster.connect import gather_all
 from recsys.cluster.partition import part_dir, read_partition, write_partitions
 from recsys.pipeline import Assets
 from recsys.recommend import REQUEST, RecommendConfig, RecommendJob, read_requests, recommend_chunk, recommend_job, write_recommendations
@@ -49,7 +50,7 @@ def ranked_partitions(client: Any, assets: Assets, model_id: str, candidates: st
         shared_assets = client.scatter(assets, broadcast=True, hash=False)
         shared_job = client.scatter(job, broadcast=True, hash=False)
         futures = [client.submit(recommend_partition, shared_assets, shared_job, root, p, cfg.chunk_size, pure=False) for p in parts]
-        lists = pl.concat([pl.read_parquet(p) for p in client.gather(futures)]) if parts else pl.DataFrame()
+        lists = pl.concat([pl.read_parquet(p) for p in gather_all(client, futures)]) if parts else pl.DataFrame()
     if lists.height:
         # One process writes chunk after chunk of the requests, each sorted by request id then rank (top_k): the same order here.
         yield lists.sort(pl.col(ORDER) // cfg.chunk_size, REQUEST, RANK).drop(ORDER)
