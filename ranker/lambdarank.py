@@ -179,6 +179,20 @@ def _matrix(df: pl.DataFrame, features: list[str], what: str) -> np.ndarray:
 
 def _prepare(df: pl.DataFrame, features: list[str], what: str) -> tuple[lgb.Dataset | None, dict[str, Any]]:
     """Sort by (time, impression), drop groups without both labels, build a LightGBM dataset."""
+    df, sizes, stats = prepare_groups(df, features, what)
+    if df.height == 0:
+        return None, stats
+    label = df[Col.LABEL].cast(pl.Int32).to_numpy()
+    data = lgb.Dataset(_matrix(df, features, what), label=label, group=sizes, feature_name=features, free_raw_data=True)
+    return data, stats
+
+
+def prepare_groups(df: pl.DataFrame, features: list[str], what: str) -> tuple[pl.DataFrame, np.ndarray, dict[str, Any]]:
+    """The rows LightGBM learns from, in its order, their group sizes, and counts of what was dropped.
+
+    Groups without both a click and a non-click are dropped; the rest sorted by (time, impression) and,
+    inside a group, by item, label and features (see :func:`_prepare`).
+    """
     for name in (Col.IMPRESSION, Col.TIME, Col.LABEL, *features):
         if name not in df.columns:
             raise DataError(what, None, name, "column is missing")
@@ -203,12 +217,8 @@ def _prepare(df: pl.DataFrame, features: list[str], what: str) -> tuple[lgb.Data
     keys = [group_time, pl.col(Col.IMPRESSION), *[pl.col(c) for c in within]]
     df = df.filter(pl.col(Col.IMPRESSION).is_in(useful.implode())).sort(keys, maintain_order=True)
     stats["used_rows"], stats["used_groups"] = df.height, useful.len()
-    if df.height == 0:
-        return None, stats
     sizes = df.group_by(Col.IMPRESSION, maintain_order=True).len()["len"].to_numpy()
-    label = df[Col.LABEL].cast(pl.Int32).to_numpy()
-    data = lgb.Dataset(_matrix(df, features, what), label=label, group=sizes, feature_name=features, free_raw_data=True)
-    return data, stats
+    return df, sizes, stats
 
 
 def _progress(bar: tqdm, period: int) -> Callable[[lgb.callback.CallbackEnv], None]:
@@ -270,6 +280,12 @@ def fit(train: pl.DataFrame, valid: pl.DataFrame | None, features: list[str], cf
             raise RecsysError(f"LightGBM rejects the ranker settings ([ranker] of the config): {str(exc).strip().splitlines()[0][:200]}") from exc
     best = booster.best_iteration if valid_sets and booster.best_iteration > 0 else booster.current_iteration()
     valid_scores = {name: float(val) for name, val in booster.best_score.get("valid", {}).items()}
+    return finish(booster, best, valid_scores, features, cfg, params, train_stats, valid_stats)
+
+
+def finish(booster: lgb.Booster, best: int, valid_scores: dict[str, float], features: list[str], cfg: RankerConfig, params: dict[str, Any],
+           train_stats: dict[str, Any], valid_stats: dict[str, Any] | None) -> Ranker:
+    """The :class:`Ranker` of a trained booster: its trees up to `best` only, and its manifest."""
     # Keep only the trees up to the best iteration, so in-memory and saved models score identically.
     booster = lgb.Booster(model_str=booster.model_to_string(num_iteration=best))
     manifest = {

@@ -48,12 +48,13 @@ class Recommender:
 
     @classmethod
     def fit(cls, dataset: Dataset, config: TrainConfig | None = None, *, out: str | Path | None = None, force: bool = False,
-            show_progress: bool = True) -> Recommender:
+            show_progress: bool = True, cluster: Any = None) -> Recommender:
         """Train on `dataset` (config default: :meth:`TrainConfig.for_dataset`) into `out` (default: a temporary
-        directory, kept until :meth:`save`); a re-run into the same `out` skips the stages that are up to date."""
+        directory, kept until :meth:`save`); a re-run into the same `out` skips the stages that are up to date.
+        `cluster` (:class:`recsys.cluster.connect.ClusterConfig`) runs the features and ranker stages on Dask."""
         scratch = None if out is not None else tempfile.TemporaryDirectory(prefix="recsys-model-")
         model_dir = Path(out) if out is not None else Path(scratch.name)  # type: ignore[union-attr]
-        meta = train(dataset, model_dir, config, force=force, show_progress=show_progress)
+        meta = train(dataset, model_dir, config, force=force, show_progress=show_progress, cluster=cluster)
         return cls(model_dir, meta, dataset, scratch)
 
     @classmethod
@@ -90,9 +91,17 @@ class Recommender:
         chunks = list(self._chunks(requests, RecommendConfig(top_k=k, chunk_size=chunk_size), False))
         return pl.concat(chunks) if chunks else pl.DataFrame(schema=RECS_SCHEMA)
 
-    def recommend_file(self, requests: str | Path, out: str | Path, cfg: RecommendConfig | None = None, *, show_progress: bool = True) -> dict[str, object]:
-        """The batch job: requests from Parquet/JSONL/CSV, lists to Parquet (atomically); returns a summary."""
+    def recommend_file(self, requests: str | Path, out: str | Path, cfg: RecommendConfig | None = None, *, show_progress: bool = True,
+                       cluster: Any = None) -> dict[str, object]:
+        """The batch job: requests from Parquet/JSONL/CSV, lists to Parquet (atomically); returns a summary. `cluster`
+        (:class:`recsys.cluster.connect.ClusterConfig`) ranks each user partition on a Dask worker: the same lists."""
         cfg = cfg or RecommendConfig()
+        if cluster is not None:
+            from recsys.cluster.session import ClusterSession
+
+            with ClusterSession(cluster) as on:
+                return on.recommend_file(Assets(self.model_dir, self.config, self.dataset), self.model_id, self.meta["candidates"], Path(requests),
+                                         Path(out), cfg)
         table = read_requests(Path(requests))
         return write_recommendations(self._chunks(table, cfg, show_progress, Path(requests)), table.height, cfg.top_k, Path(out))
 

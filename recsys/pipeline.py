@@ -44,6 +44,8 @@ from recsys.candidates.logged import logged_candidates
 from recsys.candidates.retrieval import Retriever, aligned_vectors
 from recsys.candidates.retrieved import Requests, retrieved_candidates, subsample_negatives
 from recsys.candidates.sampling import sample_negatives
+from recsys.cluster.connect import ClusterConfig
+from recsys.cluster.session import ClusterSession
 from recsys.config import IMPRESSIONS, TrainConfig, to_toml
 from recsys.data import Col, Dataset, Split
 from recsys.errors import RecsysError
@@ -114,6 +116,7 @@ class Assets:
     config: TrainConfig
     dataset: Dataset
     retrieval_plans: list[dict[str, Any]] = field(default_factory=list)  # what each fitted retriever chose (Retriever.plan)
+    collect: Callable[..., pl.DataFrame] = collect_features  # the feature collector: here, or per partition on a cluster
 
     @cached_property
     def text_model(self) -> Any:
@@ -194,11 +197,11 @@ def training_candidates(assets: Assets, show_progress: bool = False) -> pl.DataF
     if candidate_source(ds.kind) == LOGGED:
         if not (cfg.fine_tune or needs_retriever(cfg)):  # nothing learned from an earlier part: the ranker takes all
             rows = ranker_sample(train_rows, cfg)
-            return collect_features(assets.inputs(None), rows, logged_candidates(rows), show_progress=show_progress)
+            return assets.collect(assets.inputs(None), rows, logged_candidates(rows), show_progress=show_progress)
         earlier, later = split_latest(train_rows, 1.0 - cfg.text_fraction)
         retriever = assets.retriever(rows=earlier) if needs_retriever(cfg) else None
         later = ranker_sample(later, cfg)
-        return collect_features(assets.inputs(retriever), later, logged_candidates(later), show_progress=show_progress)
+        return assets.collect(assets.inputs(retriever), later, logged_candidates(later), show_progress=show_progress)
     dev = ds.split(Split.DEV)
     if dev.height == 0:
         raise RecsysError("the dataset has no dev rows: the ranker learns from dev targets (re-split a timestamped log by time)")
@@ -212,7 +215,7 @@ def training_candidates(assets: Assets, show_progress: bool = False) -> pl.DataF
         req = Requests.from_rows(retriever, rows, ds.impressions).with_targets()
         cands, _ = retrieved_candidates(retriever, req, show_progress)
         cands = subsample_negatives(cands, cfg.train_negatives, cfg.seed)
-        tables.append(collect_features(assets.inputs(retriever), req.rows, cands, show_progress=show_progress))
+        tables.append(assets.collect(assets.inputs(retriever), req.rows, cands, show_progress=show_progress))
     return pl.concat(tables, how="diagonal_relaxed")
 
 
@@ -242,8 +245,9 @@ def ranker_split(table: pl.DataFrame, cfg: TrainConfig) -> tuple[pl.DataFrame, p
     return held_out_users(table, cfg.valid_fraction, cfg.seed)
 
 
-def fit_rankers(table: pl.DataFrame, cfg: TrainConfig, out_dir: Path) -> None:
-    """Train the ranker and its "without text" baseline on `table`; early-stop on a held-out share of groups."""
+def fit_rankers(table: pl.DataFrame, cfg: TrainConfig, out_dir: Path, fit: Callable[..., Ranker] = fit) -> None:
+    """Train the ranker and its "without text" baseline on `table`; early-stop on a held-out share of groups.
+    `fit` is :func:`ranker.lambdarank.fit` or its cluster twin (:class:`recsys.cluster.session.ClusterSession`)."""
     fit_part, valid_part = ranker_split(table, cfg)
     extra = {"train_time_range": [str(table[Col.TIME].min()), str(table[Col.TIME].max())]}
     names = ranker_features(table.columns, cfg.features.families)
@@ -309,7 +313,8 @@ def _drop_unused(out_dir: Path, cfg: TrainConfig, stages: Stages) -> None:
         stages.done.pop(stage, None)
 
 
-def train(ds: Dataset, out_dir: Path, cfg: TrainConfig | None = None, *, force: bool = False, show_progress: bool = True) -> dict[str, Any]:
+def train(ds: Dataset, out_dir: Path, cfg: TrainConfig | None = None, *, force: bool = False, show_progress: bool = True,
+          cluster: ClusterConfig | None = None) -> dict[str, Any]:
     """Train the whole model on the dataset's train (and, for retrieved candidates, dev) rows.
 
     Args:
@@ -318,12 +323,15 @@ def train(ds: Dataset, out_dir: Path, cfg: TrainConfig | None = None, *, force: 
         cfg: the configuration (default: :meth:`TrainConfig.for_dataset`).
         force: redo every stage even if its inputs are unchanged.
         show_progress: progress bars.
+        cluster: run the features and ranker stages on this Dask cluster (None: in this process): the same feature table,
+            a ranker of the same quality (README: Running on a cluster).
 
     Returns:
         ``model.json`` as a dict (model_id, kind, config, stage timings, ...).
     """
     from recsys.monitoring.reference import reference_settings, write_reference
     from recsys.text.encode import encode_items
+    from recsys.text.ddp import ddp_rank_copy
     from recsys.text.train import load_text_model, pretrained_text_model, train_text_model
 
     cfg = cfg or TrainConfig.for_dataset(ds.manifest)
@@ -331,6 +339,8 @@ def train(ds: Dataset, out_dir: Path, cfg: TrainConfig | None = None, *, force: 
         raise RecsysError("features.families has 'behaviour', but this log's times are only sequence positions: point-in-time "
                           "features would compare users' positions as times; use the retrieval and pairs families")
     out_dir = Path(out_dir)
+    if cfg.fine_tune and ddp_rank_copy():  # another DDP rank of the fine-tune: only that, then the process ends
+        train_text_model(_text_rows(ds, cfg), ds.items, cfg.text, out_dir / TEXT_DIR, show_progress=False)
     make_dir(out_dir)
     stages = Stages(out_dir, force)
     _drop_unused(out_dir, cfg, stages)
@@ -352,16 +362,17 @@ def train(ds: Dataset, out_dir: Path, cfg: TrainConfig | None = None, *, force: 
         upstream.append(stages.run(
             "sequence", [data_fp, ds.kind, upstream[0], result_settings(cfg.sequence), _learner_settings(ds, cfg)], [out_dir / SEQUENCE_DIR / "config.json"],
             lambda: train_sequence(ds, cfg, out_dir, show_progress)))
-    assets = Assets(out_dir, cfg, ds)
     feature_settings = [result_settings(cfg.features), result_settings(cfg.retrieval), cfg.use_text, cfg.fine_tune,
                         text_cfg if cfg.use_text else None, _source_settings(ds, cfg), cfg.ranker_users, cfg.seed]
-    feat_fp = stages.run(
-        "features", [data_fp, ds.kind, upstream, feature_settings], [out_dir / "features.parquet"],
-        lambda: write_training_candidates(assets, out_dir, show_progress))
-    rank_fp = stages.run("ranker", [feat_fp, result_settings(cfg.ranker), cfg.valid_fraction, cfg.valid_by, cfg.seed],
-                         [out_dir / RANKER_DIR / "ranker.txt", out_dir / NO_TEXT_DIR / "ranker.txt"],
-                         lambda: fit_rankers(pl.read_parquet(out_dir / "features.parquet"), cfg, out_dir))
-    stages.run("reference", [rank_fp, reference_settings(), cfg.seed], [out_dir / REFERENCE], lambda: write_reference(assets, out_dir, cfg.seed))
+    with ClusterSession(cluster) as on:  # where the cluster is, the same collector and ranker fit run on it
+        assets = Assets(out_dir, cfg, ds, collect=on.collect)
+        feat_fp = stages.run(
+            "features", [data_fp, ds.kind, upstream, feature_settings], [out_dir / "features.parquet"],
+            lambda: write_training_candidates(assets, out_dir, show_progress))
+        rank_fp = stages.run("ranker", [feat_fp, result_settings(cfg.ranker), cfg.valid_fraction, cfg.valid_by, cfg.seed],
+                             [out_dir / RANKER_DIR / "ranker.txt", out_dir / NO_TEXT_DIR / "ranker.txt"],
+                             lambda: fit_rankers(pl.read_parquet(out_dir / "features.parquet"), cfg, out_dir, on.fit_ranker))
+        stages.run("reference", [rank_fp, reference_settings(), cfg.seed], [out_dir / REFERENCE], lambda: write_reference(assets, out_dir, cfg.seed))
     with atomic_path(out_dir / "config.toml") as tmp:
         tmp.write_text(to_toml(cfg))
     ranker = read_json(out_dir / RANKER_DIR / "ranker.json")  # from the file: the same whether the stage ran or not

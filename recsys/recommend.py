@@ -181,9 +181,22 @@ def rank_requests(assets: Assets, rows: pl.DataFrame, k: int, retriever: Retriev
     return top.select(Col.IMPRESSION, Col.USER, RANK, Col.ITEM, "score")
 
 
-def recommend_chunks(assets: Assets, model_id: str, candidates: str, requests: pl.DataFrame, cfg: RecommendConfig,
-                     *, show_progress: bool = False, source: object = "requests") -> Iterator[pl.DataFrame]:
-    """Ranked lists (:data:`RECS_SCHEMA`) chunk by chunk: memory stays bounded by the chunk size; errors name `source`."""
+@dataclass
+class RecommendJob:
+    """What every chunk of a job shares, fixed once: the retriever, the histories, the clock and the stamp."""
+
+    model_id: str
+    top_k: int
+    can_retrieve: bool
+    retriever: Retriever | None
+    now: dt.datetime
+    histories: pl.DataFrame | None
+    generated_at: dt.datetime
+
+
+def recommend_job(assets: Assets, model_id: str, candidates: str, requests: pl.DataFrame, cfg: RecommendConfig,
+                  source: object = "requests") -> RecommendJob:
+    """Check the requests against the model and fit what the chunks share (errors name `source`)."""
     ds = assets.dataset
     can_retrieve = candidates == RETRIEVED
     n_chunks = -(-requests.height // cfg.chunk_size)
@@ -200,16 +213,27 @@ def recommend_chunks(assets: Assets, model_id: str, candidates: str, requests: p
     now = ds.impressions[Col.TIME].max() + dt.timedelta(seconds=1)
     histories = latest_histories(ds) if Col.HISTORY not in requests.columns else None  # once, not per chunk
     generated_at = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
-    chunks = range(0, requests.height, cfg.chunk_size)
-    for start in tqdm(chunks, desc="recommend", unit="chunk", disable=not show_progress):
-        rows = to_impressions(requests.slice(start, cfg.chunk_size), ds, now, histories)
-        yield (
-            rank_requests(assets, rows, cfg.top_k, retriever, can_retrieve)
-            .rename({Col.IMPRESSION: REQUEST})
-            .with_columns(model_id=pl.lit(model_id), generated_at=pl.lit(generated_at))
-            .select(list(RECS_SCHEMA))
-            .cast(RECS_SCHEMA)  # type: ignore[arg-type]
-        )
+    return RecommendJob(model_id, cfg.top_k, can_retrieve, retriever, now, histories, generated_at)
+
+
+def recommend_chunk(assets: Assets, job: RecommendJob, requests: pl.DataFrame) -> pl.DataFrame:
+    """The ranked lists (:data:`RECS_SCHEMA`) of one chunk of checked requests."""
+    rows = to_impressions(requests, assets.dataset, job.now, job.histories)
+    return (
+        rank_requests(assets, rows, job.top_k, job.retriever, job.can_retrieve)
+        .rename({Col.IMPRESSION: REQUEST})
+        .with_columns(model_id=pl.lit(job.model_id), generated_at=pl.lit(job.generated_at))
+        .select(list(RECS_SCHEMA))
+        .cast(RECS_SCHEMA)  # type: ignore[arg-type]
+    )
+
+
+def recommend_chunks(assets: Assets, model_id: str, candidates: str, requests: pl.DataFrame, cfg: RecommendConfig,
+                     *, show_progress: bool = False, source: object = "requests") -> Iterator[pl.DataFrame]:
+    """Ranked lists (:data:`RECS_SCHEMA`) chunk by chunk: memory stays bounded by the chunk size; errors name `source`."""
+    job = recommend_job(assets, model_id, candidates, requests, cfg, source)
+    for start in tqdm(range(0, requests.height, cfg.chunk_size), desc="recommend", unit="chunk", disable=not show_progress):
+        yield recommend_chunk(assets, job, requests.slice(start, cfg.chunk_size))
 
 
 def write_recommendations(chunks: Iterator[pl.DataFrame], n_requests: int, top: int, out: Path) -> dict[str, object]:

@@ -158,6 +158,7 @@ class TrainCollate:
         return {
             "hist": hist, "hist_mask": hist_mask, "input_ids": input_ids, "attention_mask": attention_mask,
             "cand_inverse": torch.from_numpy(inverse.reshape(cands.shape).astype(np.int64)),
+            "click_rows": torch.from_numpy(cands[:, 0].astype(np.int64)),  # which items were clicked (in-batch negatives across ranks)
         }
 
 

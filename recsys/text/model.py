@@ -85,6 +85,9 @@ class TextConfig:
         val_check_steps: Validate every N optimiser steps (N x ``accumulate`` batches) instead of once
             per epoch (None = per epoch), and once more after the last step, so a one-epoch run keeps
             the weights of its best point, not only of its end.
+        devices: Processes (CPU) or GPUs per node for the fine-tune, under Lightning DDP when there are more than
+            one in all (None: every GPU on CUDA, one process on CPU); a resource setting, as ``device``.
+        num_nodes: Machines of a multi-node DDP run (each starts the same command; see the README).
     """
 
     encoder: str | None = None
@@ -106,6 +109,8 @@ class TextConfig:
     accumulate: int = 1
     precision: str = "auto"
     device: str = resource("auto")
+    devices: int | None = resource(None)
+    num_nodes: int = resource(1)
     seed: int = 0
     patience: int = 2
     val_fraction: float = 0.1
@@ -142,6 +147,8 @@ class TextConfig:
             raise RecsysError(f"TextConfig.val_fraction must be in [0, 1), got {self.val_fraction}")
         if self.lr <= 0 or self.head_lr <= 0:
             raise RecsysError("TextConfig.lr and head_lr must be > 0")
+        if (self.devices is not None and self.devices < 1) or self.num_nodes < 1:
+            raise RecsysError(f"TextConfig.devices ({self.devices}) and num_nodes ({self.num_nodes}) must be >= 1")
 
     def to_dict(self) -> dict[str, Any]:
         return {**dataclasses.asdict(self), "fields": list(self.fields)}

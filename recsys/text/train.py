@@ -36,6 +36,7 @@ from recsys.evaluation.curves import LOG_DIR
 from recsys.evaluation.metrics import auc
 from recsys.io import write_json
 from recsys.splits import split_latest
+from recsys.text.ddp import ddp_settings, gather_clicks
 from recsys.text.data import ClickSamples, ImpressionRows, ItemTokens, TextDataModule, candidate_rows, to_indices
 from recsys.text.model import TextConfig, TextModel, build_text_model, freeze_lower_layers, load_text_model, save_text_model
 
@@ -170,11 +171,14 @@ class TextModule(L.LightningModule):
                 return logits, torch.zeros(len(logits), dtype=torch.long, device=logits.device), None
             # Other users' clicks as extra negatives: they are as popular as this click, so only
             # matching this user's interests (not item popularity) separates them. Same item = no negative.
-            others = users @ cands[:, 0].T
-            pos_ids = batch["cand_inverse"][:, 0]
-            same = (pos_ids.unsqueeze(0) == pos_ids.unsqueeze(1)) & ~torch.eye(len(pos_ids), dtype=torch.bool, device=pos_ids.device)
-            exclude = torch.cat([same, torch.zeros_like(logits[:, 1:], dtype=torch.bool)], dim=1)
-            return torch.cat([others, logits[:, 1:]], dim=1), torch.arange(len(logits), device=logits.device), exclude
+            # Under DDP the clicks of every rank's shard of the batch, as one process would see them.
+            clicks, rows, valid, offset = gather_clicks(self, cands[:, 0], batch["click_rows"])
+            others = users @ clicks.T
+            target = torch.arange(len(logits), device=logits.device) + offset
+            mine = batch["click_rows"]
+            same = (mine.unsqueeze(1) == rows.unsqueeze(0)) & (torch.arange(len(rows), device=rows.device).unsqueeze(0) != target.unsqueeze(1))
+            exclude = torch.cat([same | ~valid.unsqueeze(0), torch.zeros_like(logits[:, 1:], dtype=torch.bool)], dim=1)
+            return torch.cat([others, logits[:, 1:]], dim=1), target, exclude
 
     def click_loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """Cross-entropy of the click among its negatives (the standard news-rec objective)."""
@@ -365,9 +369,10 @@ def train_text_model(impressions: pl.DataFrame, items: pl.DataFrame, cfg: TextCo
     if has_val:
         callbacks.append(L.pytorch.callbacks.EarlyStopping(monitor="val_auc", mode="max", patience=cfg.patience))
     planned = math.ceil(len(samples) / (cfg.batch_size * cfg.accumulate)) * cfg.epochs
+    devices, strategy = ddp_settings(cfg, device)
     with quiet_lightning():
         trainer = L.Trainer(
-            accelerator=lightning_accelerator(device), devices="auto" if device.type == "cuda" else 1,
+            accelerator=lightning_accelerator(device), devices=devices, num_nodes=cfg.num_nodes, strategy=strategy,
             precision=lightning_precision(device, cfg.precision), max_epochs=cfg.epochs, max_steps=cfg.max_steps or -1,
             accumulate_grad_batches=cfg.accumulate, gradient_clip_val=1.0, callbacks=callbacks, logger=_loggers(Path(out_dir)),
             log_every_n_steps=max(1, min(LOG_EVERY_STEPS, min(planned, cfg.max_steps or planned) // 20)),
@@ -388,6 +393,10 @@ def train_text_model(impressions: pl.DataFrame, items: pl.DataFrame, cfg: TextCo
             # Validating every N steps leaves the steps after the last multiple of N unchecked.
             trainer.validate(module, datamodule=data, verbose=False)
         elapsed = time.perf_counter() - start
+    if trainer.world_size > 1 and not trainer.is_global_zero:
+        # The other ranks are copies of this command that Lightning started: rank 0 alone saves and goes on.
+        torch.distributed.destroy_process_group()
+        raise SystemExit(0)
     if best.state is not None:
         module.load_state_dict(best.state)
     kept = PRETRAINED if best.state is not None and best.best_step == 0 else FINE_TUNED
@@ -402,6 +411,7 @@ def train_text_model(impressions: pl.DataFrame, items: pl.DataFrame, cfg: TextCo
             "time_range": [str(impressions[Col.TIME].min()), str(impressions[Col.TIME].max())],
             "steps": trainer.global_step, "calibrated_scale": round(calibrated_scale, 3),
             "score_scale": round(float(module.score_scale.detach()), 3), "seconds": round(elapsed, 2), "precision": trainer.precision, "device": str(device),
+            "processes": trainer.world_size,
         }, Path(out_dir) / METRICS_FILE)
     return Path(out_dir)
 
