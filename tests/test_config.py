@@ -33,8 +33,8 @@ def test_kinds_have_their_own_defaults() -> None:
 
 def test_override_changes_only_the_named_setting() -> None:
     cfg = TrainConfig.default("impressions")
-    changed = override(cfg, **{"text.epochs": 1, "ranker.num_leaves": None})
-    assert changed.text.epochs == 1 and changed.ranker == cfg.ranker
+    changed = override(cfg, **{"text.epochs": 3, "ranker.num_leaves": None})
+    assert changed.text.epochs == 3 and changed.ranker == cfg.ranker
     assert dataclasses.replace(changed, text=cfg.text) == cfg
 
 
@@ -54,7 +54,7 @@ def test_resources_never_change_a_fingerprint(tmp_path: Path) -> None:
     cfg = TrainConfig.default("impressions")
     busy = override(cfg, **{"features.memory_limit": "1GB", "features.threads": 1, "ranker.num_threads": 2, "text.encode_batch_size": 8})
     assert fingerprint(result_settings(busy)) == fingerprint(result_settings(cfg))
-    assert fingerprint(result_settings(override(cfg, **{"text.epochs": 1}))) != fingerprint(result_settings(cfg))
+    assert fingerprint(result_settings(override(cfg, **{"text.epochs": 3}))) != fingerprint(result_settings(cfg))
     (tmp_path / "r.toml").write_text('[features]\nmemory_limit = "2GB"\n')
     assert with_resources(cfg, tmp_path / "r.toml").features.memory_limit == "2GB"
     (tmp_path / "bad.toml").write_text("[text]\nepochs = 3\n")
