@@ -276,10 +276,12 @@ def features_cmd(dataset: Path, out: Path, rows: Path | None, text: Path | None,
 @click.option("--max-train-impressions", "max_train", type=int, default=None, help="Fine-tune on a sample of this many impressions.")
 @click.option("--max-tokens", type=int, default=None, help="Token budget per item text.")
 @click.option("--ranker-users", type=int, default=None, help="The ranker learns from a seeded sample of this many users [default: 10000].")
+@click.option("--select/--no-select", default=None,
+              help="Choose retrieval and ranker settings on the dev split within [select]'s time budget [default: on], or train with them as given.")
 @_resource_options
 def train_cmd(dataset: Path, out: Path, config_file: Path | None, force: bool, fine_tune: bool | None, text_fraction: float | None, encoder: str | None,
-              epochs: int | None, max_train: int | None, max_tokens: int | None, ranker_users: int | None, memory_limit: str | None, threads: int | None,
-              temp_dir: str | None) -> None:
+              epochs: int | None, max_train: int | None, max_tokens: int | None, ranker_users: int | None, select: bool | None, memory_limit: str | None,
+              threads: int | None, temp_dir: str | None) -> None:
     """Train on DATASET: text -> candidates -> features -> ranker, the same path for every log kind.
 
     Before it starts, prints each expensive stage's budget (the setting that bounds it) and estimated time."""
@@ -290,7 +292,7 @@ def train_cmd(dataset: Path, out: Path, config_file: Path | None, force: bool, f
 
     ds = Dataset.load(dataset)
     cfg = _train_config(ds, config_file, fine_tune=fine_tune, text_fraction=text_fraction, ranker_users=ranker_users, **{
-        "text.encoder": encoder, "text.epochs": epochs, "text.max_train_impressions": max_train, "text.max_tokens": max_tokens},
+        "text.encoder": encoder, "text.epochs": epochs, "text.max_train_impressions": max_train, "text.max_tokens": max_tokens, "select.enabled": select},
         **_resources(memory_limit, threads, temp_dir))
     make_dir(out)  # an unwritable model directory fails before the budget is printed
     click.echo(describe(plan(ds, cfg)))  # type: ignore[arg-type]

@@ -107,9 +107,10 @@ def write_model_json(model_dir: Path, *, kind: str, candidates: str, config: dic
 
 
 # Result settings added after models were trained, of a feature that is off unless a model asks for it (the
-# ``sequence`` model runs only when ``retrieval.sources`` names it): a model trained before one existed loads
-# with its defaults, exactly as trained. Any other missing result setting means a retrain.
-OFF_UNTIL_ASKED = ("sequence",)
+# ``sequence`` model runs only when ``retrieval.sources`` names it; ``select`` is saved off once its choice is made):
+# a model trained before one existed loads with its defaults, exactly as trained. Any other missing result setting
+# means a retrain.
+OFF_UNTIL_ASKED = ("sequence", "select")
 
 
 def read_model_json(model_dir: Path, *, verify: bool = True) -> dict[str, Any]:

@@ -224,6 +224,7 @@ def write_report(
     group_title: str = "user history length",
     figures: Sequence[tuple[str, str]] = (),
     ci95: dict[str, dict[str, float]] | None = None,
+    sections: Sequence[tuple[str, str, Any]] = (),
 ) -> Path:
     """Write ``report.md``, ``metrics.json`` and the PNG plots into `out_dir`.
 
@@ -240,6 +241,8 @@ def write_report(
         figures: More plots already written into `out_dir`: (heading, file name) pairs.
         ci95: Model -> metric -> half-width of its 95% confidence interval (the rows are a sample of what
             the model will see: the interval says how far the mean could move on another sample).
+        sections: More parts of the report, each ``(key, Markdown with its heading, data)``: the Markdown follows the
+            metrics, the data goes into ``metrics.json`` under key (e.g. the settings chosen on dev).
 
     Returns:
         The path of ``report.md``.
@@ -275,8 +278,10 @@ def write_report(
         plot_by_group(by_group, out_dir / BY_GROUP_PNG, group_title)
     for heading, name in figures:
         md += [f"## {heading}", "", f"![{heading}]({name})", ""]
+    md += [markdown for _, markdown, _ in sections]
     payload = {"title": title, "metrics": table, "importance": importance, "notes": notes,
-               "by_group": by_group.to_dicts() if by_group is not None else None, "figures": dict(figures), "ci95": ci95}  # fmt: skip
+               "by_group": by_group.to_dicts() if by_group is not None else None, "figures": dict(figures), "ci95": ci95,
+               **{key: data for key, _, data in sections}}  # fmt: skip
     write_json(_clean(payload), out_dir / METRICS_JSON)
     with atomic_path(out_dir / REPORT) as tmp:
         tmp.write_text("\n".join(md))
