@@ -110,8 +110,10 @@ def report_section(model_dir: Path) -> tuple[str, str, Any] | None:
     if not record:
         return None
     data = {part: {k: r[k] for k in ("configured", "chosen", "judged_by", "trials", "seconds", "budget_seconds", "stopped")} for part, r in record.items()}
-    intro = ("Chosen on the dev split of the training log before training; every setting tried, with its dev score, is in "
-             f"the model's {SELECTION}. The ranker learns from the dev targets too, so dev metrics of this model are in-sample.")
+    intro = ("Chosen before training on the log trained on, never on test (retrieval settings on its dev targets, ranker settings on "
+             f"the ranker's own validation groups); every setting tried, with its dev score and seconds, is in the model's {SELECTION}.")
+    if RETRIEVAL in record:
+        intro += " This model's ranker learns from the dev targets too, so its dev metrics are in-sample."
     return "selection", f"## {TITLE}\n\n{intro}\n\n{table_md(record)}\n", data
 
 

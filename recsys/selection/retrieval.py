@@ -261,7 +261,7 @@ class RetrievalSearch:
             return self.search.trial(name, point, lambda: (self.mean_ndcg(point, sources), {"metrics": _rounded(self.dev.ndcg(point, sources))}))
 
         self.point[name], chosen = climb(grid, self.point[name], self.mean_ndcg(self.point, sources), judge)
-        self.judged[f"retrieval.{name}"] = {"metric": f"mean ndcg@{AT} of {', '.join(sources)}",
+        self.judged[f"retrieval.{name}"] = {"metric": f"{'mean ' if len(sources) > 1 else ''}ndcg@{AT} of {', '.join(sources)}",
                                             "configured": float(np.mean([self.first[ndcg_name(s)] for s in sources])), "chosen": chosen}
         self.dev.keep_only(self.point)
 
