@@ -292,11 +292,13 @@ def features_cmd(dataset: Path, out: Path, rows: Path | None, text: Path | None,
 @click.option("--ranker-users", type=int, default=None, help="The ranker learns from a seeded sample of this many users [default: 10000].")
 @click.option("--devices", type=click.IntRange(min=1), default=None, help="Encoder fine-tune: processes (CPU) or GPUs per node; more than one trains under DDP.")
 @click.option("--num-nodes", type=click.IntRange(min=1), default=None, help="Encoder fine-tune: machines of a multi-node DDP run.")
+@click.option("--select/--no-select", default=None,
+              help="Choose retrieval and ranker settings on the dev split within [select]'s time budget [default: on], or train with them as given.")
 @_resource_options
 @_cluster_options
 def train_cmd(dataset: Path, out: Path, config_file: Path | None, force: bool, fine_tune: bool | None, text_fraction: float | None, encoder: str | None,
-              epochs: int | None, max_train: int | None, max_tokens: int | None, ranker_users: int | None, memory_limit: str | None, threads: int | None,
-              temp_dir: str | None, cluster: str | None, scheduler_file: str | None, devices: int | None, num_nodes: int | None) -> None:
+              epochs: int | None, max_train: int | None, max_tokens: int | None, ranker_users: int | None, select: bool | None, memory_limit: str | None,
+              threads: int | None, temp_dir: str | None, cluster: str | None, scheduler_file: str | None, devices: int | None, num_nodes: int | None) -> None:
     """Train on DATASET: text -> candidates -> features -> ranker, the same path for every log kind.
 
     Before it starts, prints each expensive stage's budget (the setting that bounds it) and estimated time."""
@@ -308,7 +310,7 @@ def train_cmd(dataset: Path, out: Path, config_file: Path | None, force: bool, f
     ds = Dataset.load(dataset)
     cfg = _train_config(ds, config_file, fine_tune=fine_tune, text_fraction=text_fraction, ranker_users=ranker_users, **{
         "text.encoder": encoder, "text.epochs": epochs, "text.max_train_impressions": max_train, "text.max_tokens": max_tokens,
-        "text.devices": devices, "text.num_nodes": num_nodes},
+        "text.devices": devices, "text.num_nodes": num_nodes, "select.enabled": select},
         **_resources(memory_limit, threads, temp_dir))
     make_dir(out)  # an unwritable model directory fails before the budget is printed
     click.echo(describe(plan(ds, cfg)))  # type: ignore[arg-type]

@@ -7,7 +7,9 @@ open-ended amount:
 * ``fine-tune``  ``text.max_train_impressions`` impressions x ``text.epochs`` (or ``text.max_steps``);
 * ``sequence``   the training sequences' next-item targets x epochs (at most ``sequence.epochs``, early stopping ends sooner);
 * ``features``   the ranker's training groups (rows of ``ranker_users`` users) x candidates per group;
-* ``ranker``     those rows x boosting rounds: at most ``ranker.n_estimators``, early stopping ends sooner.
+* ``ranker``     those rows x boosting rounds: at most ``ranker.n_estimators``, early stopping ends sooner;
+* ``select``     settings chosen on dev (``select.enabled``): at most ``select.retrieval_seconds`` +
+                 ``select.ranker_seconds``, less where the search is estimated to finish sooner.
 
 The defaults come from learning curves (``benchmarks/budgets.py``): past them more data bought nothing
 measurable. Estimated times are the work divided by rates ``recsys bench`` measured on a 2-core AVX-512
@@ -36,6 +38,10 @@ REFERENCE_TOKENS = 48
 TYPICAL_ROUNDS = 150  # early stopping ended between 20 and 120 best rounds (+ patience) on every log measured
 SEQUENCE_TARGETS_PER_S = 4_000.0  # next-item targets of the sequence model, with each epoch's dev validation (Amazon Scientific)
 TYPICAL_SEQUENCE_EPOCHS = 15  # its best epoch came at 9-12 on Amazon Scientific, plus patience
+SELECT_USER_ITEMS_PER_S = 7_000_000.0  # dev users x catalogue items scored per second, every default source (Amazon Scientific)
+SELECT_POINTS = 12  # retrieval settings a search judges, typically (hill-climbs from the configured ones)
+SELECT_EASE_FITS = 4  # EASE ridge values it fits, typically
+EASE_FLOPS_PER_S = 4e9  # the Cholesky inverse of the item Gram matrix (n**3 / 3 flops)
 
 
 @dataclass(frozen=True)
@@ -94,6 +100,8 @@ def plan(ds: Dataset, c: TrainConfig) -> list[StageBudget]:
         per_group = c.train_negatives + 1
     rows = groups * float(per_group or 0)
     sampled = f"{min(users, c.ranker_users or users):,} of {users:,} users"
+    if c.select.enabled:
+        out.append(_select(ds, c, rows, logged))
     out.append(StageBudget("features", f"~{groups:,.0f} groups ({sampled}) x ~{per_group:.0f} candidates = ~{rows:,.0f} rows",
                            "ranker_users", rows / FEATURE_ROWS_PER_S))
     rounds = c.ranker.n_estimators
@@ -101,6 +109,24 @@ def plan(ds: Dataset, c: TrainConfig) -> list[StageBudget]:
     out.append(StageBudget("ranker", f"~{rows * (1 - c.valid_fraction):,.0f} rows x ~{typical:,} rounds (early stopping; at most {rounds:,}), 2 rankers",
                            "ranker_users, ranker.n_estimators", 2 * rows * typical / RANKER_ROW_ROUNDS_PER_S))
     return out
+
+
+def _select(ds: Dataset, c: TrainConfig, rows: float, logged: bool) -> StageBudget:
+    """The settings search on dev: retrieval (retrieved candidates) and ranker settings, each within its time budget."""
+    sel = c.select
+    grid = len(sel.num_leaves) * len(sel.learning_rate) * len(sel.min_data_in_leaf) * len(sel.feature_fraction)
+    trials = 1 + min(sel.ranker_trials, grid)
+    finalists = min(sel.finalists + 1, trials) if sel.first_rung < 1 else 0  # the best ones and the configured ones
+    fits = trials * sel.first_rung + finalists
+    seconds = min(sel.ranker_seconds, fits * rows * (1 - c.valid_fraction) * TYPICAL_ROUNDS / RANKER_ROW_ROUNDS_PER_S)
+    work = f"ranker: {trials} settings on {sel.first_rung:.0%} of the rows" + (f", up to {finalists} on all" if finalists else "")
+    work += f" (at most {sel.ranker_seconds:g} s)"
+    if not logged:
+        users, n = min(ds.split(Split.DEV)[Col.USER].n_unique(), sel.users or math.inf), ds.items.height
+        ease = SELECT_EASE_FITS * n**3 / 3 / EASE_FLOPS_PER_S if "ease" in c.retrieval.sources else 0.0
+        seconds += min(sel.retrieval_seconds, ease + SELECT_POINTS * users * n / SELECT_USER_ITEMS_PER_S)
+        work = f"retrieval: ~{SELECT_POINTS} settings on {users:,.0f} dev users (at most {sel.retrieval_seconds:g} s); " + work
+    return StageBudget("select", work, "select.retrieval_seconds, select.ranker_seconds; --no-select skips it", seconds)
 
 
 def _clicks_per_row(rows: pl.DataFrame) -> float:

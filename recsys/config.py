@@ -27,6 +27,7 @@ from recsys.candidates.retrieval import RECENT, SEQUENCE, RetrievalConfig
 from recsys.candidates.sampling import SamplingConfig
 from recsys.errors import RecsysError
 from recsys.resources import RESOURCE_KEY
+from recsys.selection.config import SelectionConfig
 from recsys.text.model import TextConfig
 from recsys.text.sequence import SequenceConfig
 
@@ -57,6 +58,7 @@ class TrainConfig:
         sampling: sampled negatives for fine-tuning on interaction logs.
         sequence: the sequence model, trained when ``retrieval.sources`` has ``sequence`` (and ``use_text``).
         ranker: LightGBM lambdarank.
+        select: which retrieval and ranker settings are chosen on the dev split before training (the ones above seed it).
         use_text: encode the catalogue and use text features at all.
         fine_tune: fine-tune the encoder (else the pretrained encoder is used as it is).
         text_fraction: impression logs: the earliest share of training impressions the encoder learns from;
@@ -80,6 +82,7 @@ class TrainConfig:
     sampling: SamplingConfig = dataclasses.field(default_factory=SamplingConfig)
     sequence: SequenceConfig = dataclasses.field(default_factory=SequenceConfig)
     ranker: RankerConfig = dataclasses.field(default_factory=RankerConfig)
+    select: SelectionConfig = dataclasses.field(default_factory=SelectionConfig)
     use_text: bool = True
     fine_tune: bool = True
     text_fraction: float = 0.5

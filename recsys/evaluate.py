@@ -26,6 +26,7 @@ from recsys.evaluation.replay import replay
 from recsys.evaluation.report import write_report
 from recsys.model import RANKER_DIR, TEXT_DIR, check_dataset, read_model_json
 from recsys.pipeline import LOGGED, Assets
+from recsys.selection.record import report_section
 from recsys.splits import sample_users
 
 REPLAY, CATALOGUE = "replay", "catalogue"
@@ -111,6 +112,7 @@ def _report(report_dir: Path, meta: dict[str, Any], model_dir: Path, ds: Dataset
         figures.append(("Text encoder training curve", plot_curves(curves, report_dir / CURVES_PNG).name))
     metric_rows = {k: v for k, v in table.items() if not k.startswith("retrieval: ")}
     kind = "Replay" if protocol == REPLAY else f"Catalogue ({protocol})"
+    chosen = report_section(model_dir)  # the settings chosen on dev, when the model chose any
     write_report(report_dir, title=f"{kind} evaluation of {ds.path.name if ds.path else 'dataset'} ({split})", table=metric_rows,
                  importance=load_ranker(model_dir / RANKER_DIR).importance(), by_group=extra.get("by_group"), notes=notes, figures=figures,
-                 ci95=extra.get("ci95"), protocol=described)
+                 ci95=extra.get("ci95"), protocol=described, sections=[chosen] if chosen else [])

@@ -109,9 +109,10 @@ def write_model_json(model_dir: Path, *, kind: str, candidates: str, config: dic
 
 
 # Result settings added after models were trained, of a feature that is off unless a model asks for it (the
-# ``sequence`` model runs only when ``retrieval.sources`` names it): a model trained before one existed loads
-# with its defaults, exactly as trained. Any other missing result setting means a retrain.
-OFF_UNTIL_ASKED = ("sequence",)
+# ``sequence`` model runs only when ``retrieval.sources`` names it; ``select`` is saved off once its choice is made):
+# a model trained before one existed loads with its defaults, exactly as trained. Any other missing result setting
+# means a retrain.
+OFF_UNTIL_ASKED = ("sequence", "select")
 # Result settings added since, with the value every model trained before them used: such a model loads as trained.
 EARLIER_VALUES: dict[str, Any] = {"text.max_val_impressions": None}  # validation read every held-out impression
 

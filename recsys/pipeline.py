@@ -15,7 +15,9 @@ was killed midway) and every one after it, and ``force=True`` redoes all (see :c
 2. ``text_model``     fine-tune the encoder on the earliest training rows   -> text/               (fine_tune)
 3. ``encode``         catalogue vectors of the fine-tuned encoder           -> item_vectors.parquet (fine_tune)
    ``sequence``       the sequence model over the frozen vectors            -> sequence/  (retrieval source ``sequence``)
+   ``select_retrieval`` retrieval settings chosen on dev (interaction logs) -> selection.json (``select.enabled``)
 4. ``features``       the ranker's training candidates and their features   -> features.parquet (+ retrieval_plan.json)
+   ``select_ranker``  LightGBM settings chosen on the validation groups     -> selection.json (``select.enabled``)
 5. ``ranker``         lambdarank, and the same ranker without text features -> ranker/, ranker_no_text/
 6. ``reference``      the dev split scored as `recsys monitor` scores a run  -> reference.json (recsys/monitoring/)
 
@@ -52,7 +54,10 @@ from recsys.errors import RecsysError
 from recsys.io import atomic_path, make_dir, read_json, write_json, write_parquet
 from recsys.model import FROZEN_VECTORS, ITEM_VECTORS, MODEL_JSON, NO_TEXT_DIR, RANKER_DIR, REFERENCE, SEQUENCE_DIR, TEXT_DIR, fingerprint, write_model_json
 from recsys.resources import result_settings
-from recsys.splits import held_out_users, last_per_user, sample_users, split_latest, splits_before
+from recsys.selection import record as selection
+from recsys.selection.ranker import select_ranker
+from recsys.selection.retrieval import select_retrieval
+from recsys.splits import last_per_user, sample_users, split_latest, splits_before, validation_split
 
 log = logging.getLogger(__name__)
 
@@ -237,18 +242,10 @@ def write_training_candidates(assets: Assets, out_dir: Path, show_progress: bool
         write_json(assets.retrieval_plans, out_dir / RETRIEVAL_PLAN)
 
 
-def ranker_split(table: pl.DataFrame, cfg: TrainConfig) -> tuple[pl.DataFrame, pl.DataFrame]:
-    """``(fit, valid)``: the groups of the ranker's training table it learns from, and those held out to early-stop it
-    (the latest share, or a seeded share of users: ``cfg.valid_by``)."""
-    if cfg.valid_by == "time":
-        return split_latest(table, cfg.valid_fraction)
-    return held_out_users(table, cfg.valid_fraction, cfg.seed)
-
-
 def fit_rankers(table: pl.DataFrame, cfg: TrainConfig, out_dir: Path, fit: Callable[..., Ranker] = fit) -> None:
     """Train the ranker and its "without text" baseline on `table`; early-stop on a held-out share of groups.
     `fit` is :func:`ranker.lambdarank.fit` or its cluster twin (:class:`recsys.cluster.session.ClusterSession`)."""
-    fit_part, valid_part = ranker_split(table, cfg)
+    fit_part, valid_part = validation_split(table, cfg.valid_by, cfg.valid_fraction, cfg.seed)
     extra = {"train_time_range": [str(table[Col.TIME].min()), str(table[Col.TIME].max())]}
     names = ranker_features(table.columns, cfg.features.families)
     save_ranker(fit(fit_part, valid_part, names, cfg.ranker), out_dir / RANKER_DIR, **extra)
@@ -362,6 +359,15 @@ def train(ds: Dataset, out_dir: Path, cfg: TrainConfig | None = None, *, force: 
         upstream.append(stages.run(
             "sequence", [data_fp, ds.kind, upstream[0], result_settings(cfg.sequence), _learner_settings(ds, cfg)], [out_dir / SEQUENCE_DIR / "config.json"],
             lambda: train_sequence(ds, cfg, out_dir, show_progress)))
+    assets = Assets(out_dir, cfg, ds)
+    searches = {selection.RETRIEVAL: cfg.select.enabled and candidate_source(ds.kind) == RETRIEVED, selection.RANKER: cfg.select.enabled}
+    selection.forget_stale(out_dir, cfg, stages.done, searches)
+    if searches[selection.RETRIEVAL]:  # the configured retrieval settings seed a search on dev; the chosen ones build the features
+        stages.run(
+            selection.STAGES[selection.RETRIEVAL], [data_fp, ds.kind, upstream, result_settings(cfg.retrieval), result_settings(cfg.select), cfg.seed],
+            [out_dir / selection.SELECTION],
+            lambda: selection.write_part(out_dir, selection.RETRIEVAL, select_retrieval(ds, assets.main_vectors, cfg, assets.sequence)))
+        cfg = selection.apply(cfg, out_dir, selection.RETRIEVAL)
     feature_settings = [result_settings(cfg.features), result_settings(cfg.retrieval), cfg.use_text, cfg.fine_tune,
                         text_cfg if cfg.use_text else None, _source_settings(ds, cfg), cfg.ranker_users, cfg.seed]
     with ClusterSession(cluster) as on:  # where the cluster is, the same collector and ranker fit run on it
@@ -369,10 +375,17 @@ def train(ds: Dataset, out_dir: Path, cfg: TrainConfig | None = None, *, force: 
         feat_fp = stages.run(
             "features", [data_fp, ds.kind, upstream, feature_settings], [out_dir / "features.parquet"],
             lambda: write_training_candidates(assets, out_dir, show_progress))
+        if searches[selection.RANKER]:  # likewise the LightGBM settings, on the ranker's own validation groups
+            stages.run(
+                selection.STAGES[selection.RANKER], [feat_fp, result_settings(cfg.ranker), result_settings(cfg.select), cfg.valid_fraction, cfg.valid_by, cfg.seed],
+                [out_dir / selection.SELECTION],
+                lambda: selection.write_part(out_dir, selection.RANKER, select_ranker(pl.read_parquet(out_dir / "features.parquet"), cfg)))
+            cfg = selection.apply(cfg, out_dir, selection.RANKER)
         rank_fp = stages.run("ranker", [feat_fp, result_settings(cfg.ranker), cfg.valid_fraction, cfg.valid_by, cfg.seed],
                              [out_dir / RANKER_DIR / "ranker.txt", out_dir / NO_TEXT_DIR / "ranker.txt"],
                              lambda: fit_rankers(pl.read_parquet(out_dir / "features.parquet"), cfg, out_dir, on.fit_ranker))
         stages.run("reference", [rank_fp, reference_settings(), cfg.seed], [out_dir / REFERENCE], lambda: write_reference(assets, out_dir, cfg.seed))
+    cfg = selection.settled(cfg)  # what is saved: the chosen settings, selection done
     with atomic_path(out_dir / "config.toml") as tmp:
         tmp.write_text(to_toml(cfg))
     ranker = read_json(out_dir / RANKER_DIR / "ranker.json")  # from the file: the same whether the stage ran or not
@@ -380,5 +393,7 @@ def train(ds: Dataset, out_dir: Path, cfg: TrainConfig | None = None, *, force: 
                "ranker_rows": ranker["train"]["rows"], "best_iteration": ranker["best_iteration"], "features": len(ranker["features"])}
     if (out_dir / RETRIEVAL_PLAN).exists():
         summary["retrieval"] = read_json(out_dir / RETRIEVAL_PLAN)
+    if chosen := selection.summary(out_dir):
+        summary["selection"] = chosen
     return write_model_json(out_dir, kind=ds.kind, candidates=candidate_source(ds.kind), config=cfg.to_dict(),
                             config_fingerprint=fingerprint(result_settings(cfg)), dataset=ds, stages=stages.done, summary=summary)

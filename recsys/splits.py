@@ -94,6 +94,12 @@ def held_out_users(table: pl.DataFrame, fraction: float, seed: int) -> tuple[pl.
     return table.filter(~held), table.filter(held)
 
 
+def validation_split(table: pl.DataFrame, by: str, fraction: float, seed: int) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """``(fit, valid)`` of the ranker's table: the latest `fraction` of groups (`by` ``"time"``) or a seeded `fraction`
+    of users (``"users"``: leave-one-out logs, whose targets all share one time), held out to early-stop it."""
+    return split_latest(table, fraction) if by == "time" else held_out_users(table, fraction, seed)
+
+
 def sample_users(rows: pl.DataFrame, max_users: int | None, seed: int) -> tuple[pl.DataFrame, int]:
     """``(rows of a seeded sample of at most `max_users` users, number of users in `rows`)``; all rows when
     there are not more users than that (or `max_users` is None). Users keep all their rows, so per-user

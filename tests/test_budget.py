@@ -14,7 +14,7 @@ def _by_stage(ds: Dataset, cfg: TrainConfig) -> dict[str, object]:
 def test_every_expensive_stage_has_a_budget_that_its_setting_moves(sample_dataset: Dataset) -> None:
     base = TrainConfig.for_dataset(sample_dataset.manifest)
     budgets = _by_stage(sample_dataset, override(base, **{"text.max_train_impressions": 1000, "text.epochs": 1}))
-    assert list(budgets) == ["encode", "fine-tune", "features", "ranker"]
+    assert list(budgets) == ["encode", "fine-tune", "select", "features", "ranker"]
     assert "1,000 of" in budgets["fine-tune"].work and "text.max_train_impressions" in budgets["fine-tune"].setting
     more = _by_stage(sample_dataset, override(base, **{"text.max_train_impressions": 3000, "text.epochs": 1}))
     assert 2.5 < more["fine-tune"].seconds / budgets["fine-tune"].seconds < 3.5  # three times the impressions

@@ -105,12 +105,14 @@ def test_config_round_trip_reproduces_the_run(world: dict[str, Path], tmp_path: 
 
 
 def test_a_flag_changes_only_its_setting(world: dict[str, Path], tmp_path: Path) -> None:
-    invoke("train", world["data"], "--out", tmp_path / "m", "--config", world["root"] / "small.toml", "--epochs", "2", "--frozen")
+    # --no-select too: with the search on, the saved config would hold the settings it chose instead of the given ones.
+    invoke("train", world["data"], "--out", tmp_path / "m", "--config", world["root"] / "small.toml", "--epochs", "2", "--frozen", "--no-select")
     before = load_config(world["root"] / "small.toml", TrainConfig.for_dataset(Dataset.load(world["data"]).manifest)).to_dict()
     after = json.loads((tmp_path / "m" / "model.json").read_text())["config"]
     assert after["text"].pop("epochs") == 2 and before["text"].pop("epochs") == 1
     assert after.pop("fine_tune") is False
     before.pop("fine_tune")
+    assert after["select"].pop("enabled") is False and before["select"].pop("enabled") is True
     assert after == before
 
 

@@ -113,11 +113,16 @@ CLOCK_FIELDS: dict[str, list[tuple[str, ...]]] = {
     "ranker/ranker.json": [("trained_at",)],
     "ranker_no_text/ranker.json": [("trained_at",)],
     "text/train_metrics.json": [("seconds",)],
+    "selection.json": [("*", "seconds"), ("*", "trials_run", "*", "seconds")],
 }
 
 
 def scrub(obj: Any, path: tuple[str, ...]) -> None:
-    """Delete the key path `path` (with "*" wildcards) from `obj` in place."""
+    """Delete the key path `path` (with "*" wildcards, which also match every item of a list) from `obj` in place."""
+    if isinstance(obj, list) and path[:1] == ("*",):
+        for item in obj:
+            scrub(item, path[1:])
+        return
     if not isinstance(obj, dict) or not path:
         return
     keys = list(obj) if path[0] == "*" else [path[0]]

@@ -39,6 +39,7 @@ become ranker features (:meth:`Retriever.score_pairs` gives them to candidates r
 
 from __future__ import annotations
 
+import copy
 import logging
 from datetime import timedelta
 from collections.abc import Iterator, Sequence
@@ -172,12 +173,27 @@ class Retriever:
         for source, vectors in ((TEXT, self.text), (SEQUENCE, sequence.table if sequence is not None else None)):
             if source in self.sources and vectors is not None:
                 self._choose_index(source, vectors, sequences)
-        # A sparse source's row holds at most `recent` rows of its matrix, so its widest rows bound it.
-        sparse = sum(min(n, cfg.recent * int(np.diff(m.indptr).max(initial=0))) for m in self._sparse().values())
-        self.batch_rows = batch_rows(n, len(self._dense_sources()), sparse, budget, cfg.batch_size)
+        self.batch_rows = self._size_batches()
         self.plan.update(sources=list(self.sources), batch_rows=self.batch_rows,
                          ranks="exact" if n <= cfg.rank_depth else f"exact to {cfg.rank_depth}, deeper = {cfg.rank_depth + 1}")
         log.info("retriever fitted on %d sequences, %d items, %d transitions; plan %s", len(sequences), n, self.transitions.nnz, self.plan)
+
+    def _size_batches(self) -> int:
+        """Histories per scoring batch under the memory budget (see :func:`batch_rows`)."""
+        n, cfg = len(self.item_ids), self.cfg
+        # A sparse source's row holds at most `recent` rows of its matrix, so its widest rows bound it.
+        sparse = sum(min(n, cfg.recent * int(np.diff(m.indptr).max(initial=0))) for m in self._sparse().values())
+        return batch_rows(n, len(self._dense_sources()), sparse, parse_bytes(cfg.memory_budget), cfg.batch_size)
+
+    def with_settings(self, cfg: RetrievalConfig, sources: Sequence[str] | None = None, ease: np.ndarray | None = None) -> Retriever:
+        """This retriever with other query-time settings (``per_source``, ``rank_depth``, ``recent``, ``decay``), only
+        `sources` of its own, and optionally another EASE matrix: the fitted statistics are shared, nothing is refitted."""
+        other = copy.copy(self)
+        other.cfg, other.ease = cfg, self.ease if ease is None else ease
+        other.sources = [s for s in self.sources if sources is None or s in sources]
+        other.indexes = {s: index for s, index in self.indexes.items() if s in other.sources}
+        other.batch_rows = other._size_batches()
+        return other
 
     def _choose_collaborative(self, n: int, budget: int) -> None:
         """EASE where its dense working set fits the budget, else ALS in its place."""

@@ -232,6 +232,7 @@ def write_report(
     figures: Sequence[tuple[str, str]] = (),
     ci95: dict[str, dict[str, float]] | None = None,
     protocol: str | None = None,
+    sections: Sequence[tuple[str, str, Any]] = (),
 ) -> Path:
     """Write ``report.md``, ``metrics.json`` and the PNG plots into `out_dir`.
 
@@ -249,6 +250,8 @@ def write_report(
         ci95: Model -> metric -> half-width of its 95% confidence interval (the rows are a sample of what
             the model will see: the interval says how far the mean could move on another sample).
         protocol: How the rows were ranked (what was excluded); stated under every metric table and in the JSON.
+        sections: More parts of the report, each ``(key, Markdown with its heading, data)``: the Markdown follows the
+            metrics, the data goes into ``metrics.json`` under key (e.g. the settings chosen on dev).
 
     Returns:
         The path of ``report.md``.
@@ -285,10 +288,12 @@ def write_report(
         plot_by_group(by_group, out_dir / BY_GROUP_PNG, group_title)
     for heading, name in figures:
         md += [f"## {heading}", "", f"![{heading}]({name})", ""]
-    sections = [line[3:] for line in md if line.startswith("## ")]
+    md += [markdown for _, markdown, _ in sections]
+    headings = [line[3:] for line in md if line.startswith("## ")]
     payload = {"title": title, "protocol": protocol, "metrics": table, "importance": importance, "notes": notes,
                "by_group": by_group.to_dicts() if by_group is not None else None, "figures": dict(figures), "ci95": ci95,
-               "tables": [slug(h) for h in sections if h not in dict(figures)],
+               **{key: data for key, _, data in sections},
+               "tables": [slug(h) for h in headings if h not in dict(figures)],
                "plots": [m.group(1) for line in md for m in [_IMAGE.search(line)] if m]}  # fmt: skip
     write_json(_clean(payload), out_dir / METRICS_JSON)
     with atomic_path(out_dir / REPORT) as tmp:

@@ -34,7 +34,8 @@ from recsys.io import read_json, write_json
 from recsys.model import REFERENCE
 from recsys.monitoring.drift import bootstrap, summarise
 from recsys.monitoring.run import TOP_K, Run, item_popularity, score_run
-from recsys.pipeline import FROZEN, LOGGED, Assets, candidate_source, ranker_split
+from recsys.pipeline import FROZEN, LOGGED, Assets, candidate_source
+from recsys.splits import validation_split
 from recsys.splits import sample_users, split_latest, splits_before
 
 FORMAT = 1
@@ -86,14 +87,14 @@ def unseen_users(assets: Assets, seed: int = 0) -> pl.Series | None:
     dev target (logged candidates: it learns from training impressions).
 
     A ranker of retrieved candidates learns from the dev targets of the users in its training table (groups whose
-    target retrieval found), all but its validation groups (:func:`recsys.pipeline.ranker_split`). Its held-out users
+    target retrieval found), all but its validation groups (:func:`recsys.splits.validation_split`). Its held-out users
     are a share ``valid_fraction`` of the users in that table, so the users retrieval missed entirely are drawn at
     the same rate: the union is a uniform sample of users, unbiased for the metrics.
     """
     if candidate_source(assets.dataset.kind) == LOGGED:
         return None
     table = pl.read_parquet(assets.model_dir / TRAINING_TABLE, columns=[Col.IMPRESSION, Col.USER, Col.TIME])
-    fit, valid = ranker_split(table, assets.config)
+    fit, valid = validation_split(table, assets.config.valid_by, assets.config.valid_fraction, assets.config.seed)
     held = valid.filter(~pl.col(Col.USER).is_in(fit[Col.USER].unique().implode()))[Col.USER].unique()
     outside = assets.dataset.split(Split.DEV)[Col.USER].unique().sort()
     outside = outside.filter(~outside.is_in(table[Col.USER].unique().implode()))
