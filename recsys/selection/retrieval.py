@@ -187,7 +187,7 @@ def dev_targets(ds: Dataset, vectors: Any, cfg: TrainConfig, sequence: Any = Non
     fitted_on = ds.split(*splits_before(Split.DEV))
     retriever = Retriever.fit(ds, vectors, cfg.retrieval, rows=fitted_on, sequence=sequence)
     dev, _ = sample_users(ds.split(Split.DEV), cfg.select.users, cfg.seed)
-    req = Requests.from_rows(retriever, dev).with_targets()
+    req = Requests.from_rows(retriever, dev, ds.impressions).with_targets()
     if not len(req.targets):
         raise RecsysError("settings selection needs dev rows with a target in the catalogue (the ranker learns from them too); "
                           "re-split the log, or turn select.enabled off")
