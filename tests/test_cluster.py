@@ -31,7 +31,7 @@ FAMILIES = ("behaviour", "retrieval", "pairs")
 @pytest.fixture(scope="module")
 def client():
     """Two single-threaded worker processes: inputs and tables really cross the wire."""
-    with connect(ClusterConfig("local:2", memory_limit="1GB")) as c:
+    with connect(ClusterConfig("local:2", memory_limit="3GB")) as c:  # a worker holds a model's assets: 1GB paused them
         yield c
 
 

@@ -67,7 +67,7 @@ def collect_on_cluster(client: Any, inputs: FeatureInputs, rows: pl.DataFrame, c
         numbered = rows.with_row_index(ORDER).with_columns(pl.col(ORDER).cast(pl.Int64()))
         kept = candidates.filter(pl.col(Col.IMPRESSION).is_in(rows[Col.IMPRESSION].implode()))
         parts = write_partitions({ROWS: numbered, CANDIDATES: kept}, Path(root), partitions)
-        shared = client.scatter(inputs, broadcast=True, hash=False)
+        shared = client.scatter(inputs, hash=False)  # fetched by each worker when needed (see cluster.recommend)
         futures = [client.submit(collect_partition, shared, root, p, pure=False)
                    for p in parts]
         paths = gather_all(client, futures)

@@ -47,8 +47,10 @@ def ranked_partitions(client: Any, assets: Assets, model_id: str, candidates: st
     job = recommend_job(assets, model_id, candidates, requests, cfg, source)
     with tempfile.TemporaryDirectory(prefix="recsys-recommend-", dir=work_dir) as root:
         parts = write_partitions({REQUESTS: requests.with_row_index(ORDER)}, Path(root), partitions)
-        shared_assets = client.scatter(assets, broadcast=True, hash=False)
-        shared_job = client.scatter(job, broadcast=True, hash=False)
+        # Scattered once; each worker fetches them when its first task needs them. (broadcast=True replicates to the
+        # running workers only, and fails outright while a worker is paused for memory.)
+        shared_assets = client.scatter(assets, hash=False)
+        shared_job = client.scatter(job, hash=False)
         futures = [client.submit(recommend_partition, shared_assets, shared_job, root, p, cfg.chunk_size, pure=False) for p in parts]
         lists = pl.concat([pl.read_parquet(p) for p in gather_all(client, futures)]) if parts else pl.DataFrame()
     if lists.height:
