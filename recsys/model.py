@@ -133,6 +133,7 @@ def read_model_json(model_dir: Path, *, verify: bool = True) -> dict[str, Any]:
     meta = dict(read_json(path))
     if meta.get("format_version") != FORMAT_VERSION:
         raise RecsysError(f"{path}: model format {meta.get('format_version')}, this recsys reads {FORMAT_VERSION}; retrain the model")
+    earlier = _fill_earlier_values(meta.get("config", {}))  # verified or not, the config reads as the model was trained
     if verify:
         for rel, digest in meta["artifacts"].items():
             file = Path(model_dir) / rel
@@ -140,7 +141,6 @@ def read_model_json(model_dir: Path, *, verify: bool = True) -> dict[str, Any]:
                 raise ModelMismatchError(f"{file}: artifact listed in {MODEL_JSON} is missing; restore it or retrain")
             if sha256(file) != digest:
                 raise ModelMismatchError(f"{file}: sha256 differs from {MODEL_JSON} (changed after training); restore it or retrain")
-        earlier = _fill_earlier_values(meta["config"])
         try:
             cfg = TrainConfig.from_dict(meta["config"], source=f"{path} config")
         except RecsysError as exc:

@@ -11,7 +11,6 @@ reads and plots them.
 from __future__ import annotations
 
 import importlib.util
-import json
 import itertools
 import logging
 import math
@@ -34,7 +33,7 @@ from recsys.text.encode import embed_rows
 from recsys.errors import RecsysError
 from recsys.evaluation.curves import LOG_DIR
 from recsys.evaluation.metrics import auc
-from recsys.io import write_json
+from recsys.io import read_json, write_json
 from recsys.splits import split_latest
 from recsys.text.ddp import ddp_settings, gather_clicks
 from recsys.text.data import ClickSamples, ImpressionRows, ItemTokens, TextDataModule, candidate_rows, to_indices
@@ -421,7 +420,7 @@ def kept_weights(out_dir: Path) -> str | None:
     path = Path(out_dir) / METRICS_FILE
     if not path.is_file():
         return None
-    m = json.loads(path.read_text())
+    m = read_json(path)
     start = next((h["val_auc"] for h in m.get("history", []) if h["step"] == 0 and h["val_auc"] is not None), None)
     if m.get("best_val_auc") is None or start is None:
         return f"{m.get('kept', FINE_TUNED)} (no validation)"
