@@ -9,6 +9,8 @@
               table (the later groups, as training holds them out): nDCG@10 and AUC of the clicked candidates
               among each group's candidates, with 95% intervals, and the fit time. Minutes, where ``ranker``
               retrains and re-evaluates the whole model per point.
+* ``calibrate``  the estimates :func:`recsys.budget.plan` prints beside what each stage took (``stages.json``)
+              for trained models (``--model M --dataset D`` pairs): the check on the rates behind the estimates.
 
 A budget is where the curve flattens: past it, more data buys less than the metric's own 95% interval.
 Each point trains a fresh model into a temporary directory; the table goes to ``benchmarks/results/``.
@@ -18,6 +20,7 @@ Run::
     .venv/bin/python -m benchmarks.budgets text --size small --points 1000 2000 4000 8000
     .venv/bin/python -m benchmarks.budgets ranker --dataset runs/amazon/data --points 1000 2000 4000 0
     .venv/bin/python -m benchmarks.budgets ranker-table --model runs/amazon/model --points 2500 5000 10000 0
+    .venv/bin/python -m benchmarks.budgets calibrate --model runs/amazon/model --dataset runs/amazon/data
 """
 
 from __future__ import annotations
@@ -106,6 +109,27 @@ def ranker_table_curve(model_dir: str, points: list[int]) -> Iterator[dict[str, 
                **{m: f"{metrics[m]:.4f} ± {ci[m]:.4f}" for m in (ndcg_key(10), AUC)}}
 
 
+# The stages.json entries behind each budget line (a budget may cover several pipeline stages).
+BUDGET_STAGES = {"encode": ("encode_frozen", "encode"), "fine-tune": ("text_model",), "sequence": ("sequence",),
+                 "select": ("select_retrieval", "select_ranker"), "features": ("features",), "ranker": ("ranker",)}
+
+
+def calibration(model_dirs: list[str], dataset_dirs: list[str]) -> Iterator[dict[str, Any]]:
+    """Each trained model's budget estimates (its own config, its dataset) beside the seconds its stages took."""
+    from recsys.budget import plan
+    from recsys.io import read_json
+    from recsys.model import read_model_json
+
+    for model_dir, dataset_dir in zip(model_dirs, dataset_dirs, strict=True):
+        cfg = TrainConfig.from_dict(read_model_json(Path(model_dir), verify=False)["config"])
+        took = read_json(Path(model_dir) / "stages.json")
+        for budget in plan(Dataset.load(dataset_dir), cfg):
+            seconds = [took[s]["seconds"] for s in BUDGET_STAGES.get(budget.stage, ()) if s in took]
+            actual = sum(seconds) if seconds else "not run"
+            yield {"model": model_dir, "stage": budget.stage, "estimated s": round(budget.seconds, 1),
+                   "took s": actual, "took / estimated": f"{actual / budget.seconds:.2f}" if seconds and budget.seconds else "–"}
+
+
 def _markdown(title: str, rows: list[dict[str, Any]]) -> str:
     cols = list(dict.fromkeys(k for r in rows for k in r))
     lines = [f"# {title}", "", f"{dt.datetime.now():%Y-%m-%d %H:%M}", "", "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
@@ -115,18 +139,22 @@ def _markdown(title: str, rows: list[dict[str, Any]]) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("curve", choices=("text", "ranker", "ranker-table"))
+    parser.add_argument("curve", choices=("text", "ranker", "ranker-table", "calibrate"))
     parser.add_argument("--size", default="small", help="text: synthetic log size")
-    parser.add_argument("--dataset", help="ranker: dataset directory")
-    parser.add_argument("--model", help="ranker-table: a trained model directory (its features.parquet)")
-    parser.add_argument("--points", type=int, nargs="+", required=True)
+    parser.add_argument("--dataset", action="append", help="ranker: dataset directory; calibrate: one per --model")
+    parser.add_argument("--model", action="append", help="ranker-table: a trained model directory (its features.parquet); calibrate: any number")
+    parser.add_argument("--points", type=int, nargs="+")
     args = parser.parse_args(argv)
-    if args.curve == "text":
+    if args.curve != "calibrate" and not args.points:
+        parser.error(f"{args.curve} needs --points")
+    if args.curve == "calibrate":
+        points, title = calibration(args.model or [], args.dataset or []), "Budget estimates beside the time each stage took"
+    elif args.curve == "text":
         points, title = text_curve(args.size, args.points), f"Fine-tune budget: synth {args.size}, one epoch"
     elif args.curve == "ranker":
-        points, title = ranker_curve(args.dataset, args.points), f"Ranker users: {args.dataset}"
+        points, title = ranker_curve(args.dataset[0], args.points), f"Ranker users: {args.dataset[0]}"
     else:
-        points, title = ranker_table_curve(args.model, args.points), f"Ranker users, the ranker alone: {args.model}"
+        points, title = ranker_table_curve(args.model[0], args.points), f"Ranker users, the ranker alone: {args.model[0]}"
     RESULTS.mkdir(exist_ok=True)
     path = RESULTS / f"budgets-{args.curve}-{dt.date.today()}.md"
     rows: list[dict[str, Any]] = []

@@ -12,9 +12,10 @@ open-ended amount:
                  ``select.ranker_seconds``, less where the search is estimated to finish sooner.
 
 The defaults come from learning curves (``benchmarks/budgets.py``): past them more data bought nothing
-measurable. Estimated times are the work divided by rates ``recsys bench`` measured on a 2-core AVX-512
-BF16 CPU (``benchmarks/results/baseline.md``): a guide to the order of magnitude, not a promise; a GPU
-encodes and fine-tunes far faster.
+measurable. Estimated times are the work divided by rates measured on a 2-core AVX-512 BF16 CPU, from the
+synthetic sizes of ``recsys bench`` up to the 10M-event shop log of ``recsys bench --scale``
+(``benchmarks/results/budgets-calibrate-2026-12-02.md`` sets each estimate beside the time it took): a guide
+to the order of magnitude (within 3x on the runs there), not a promise; a GPU encodes and fine-tunes far faster.
 """
 
 from __future__ import annotations
@@ -29,11 +30,14 @@ from recsys.data import Col, Dataset, Split
 from recsys.pipeline import LOGGED, candidate_source
 from recsys.text.train import refresh_interval
 
-# Reference rates on the 2-core CPU (bf16), from benchmarks/results/baseline.md.
-ENCODE_ITEMS_PER_S = 690.0  # encode_items at 48 tokens; time grows about linearly with tokens
-FINE_TUNE_SAMPLES_PER_S = 29.0  # one click + its negatives and history, 48 tokens, batch 32
-FEATURE_ROWS_PER_S = 150_000.0  # candidate rows with every feature family
-RANKER_ROW_ROUNDS_PER_S = 1_500_000.0  # rows x boosting rounds of lambdarank (about 40 features, 31-63 leaves)
+# Reference rates on the 2-core CPU (bf16), from the runs in benchmarks/results/budgets-calibrate-2026-12-02.md.
+ENCODE_ITEMS_PER_S = 400.0  # encode_items at 48 tokens (model loading included); time grows about linearly with tokens
+FINE_TUNE_SAMPLES_PER_S = 15.0  # one click + its negatives and history, 48 tokens, batch 32
+FEATURE_ROWS_PER_S = 80_000.0  # the ranker's candidate rows with every feature family
+LOG_PAIRS_PER_S = 400_000.0  # impression logs: (impression, candidate) pairs of the whole log, read by the point-in-time features
+FIT_EVENTS_PER_S = 80_000.0  # interaction logs: events the retrieval statistics are fitted on (ALS, transitions, co-occurrence)
+RETRIEVAL_USER_ITEMS_PER_S = 40_000_000.0  # interaction logs: histories x catalogue items scored by every default source
+RANKER_ROW_ROUNDS_PER_S = 8_000_000.0  # rows x boosting rounds of lambdarank (about 40 features, 31-63 leaves)
 REFERENCE_TOKENS = 48
 TYPICAL_ROUNDS = 150  # early stopping ended between 20 and 120 best rounds (+ patience) on every log measured
 SEQUENCE_TARGETS_PER_S = 4_000.0  # next-item targets of the sequence model, with each epoch's dev validation (Amazon Scientific)
@@ -102,13 +106,28 @@ def plan(ds: Dataset, c: TrainConfig) -> list[StageBudget]:
     sampled = f"{min(users, c.ranker_users or users):,} of {users:,} users"
     if c.select.enabled:
         out.append(_select(ds, c, rows, logged))
-    out.append(StageBudget("features", f"~{groups:,.0f} groups ({sampled}) x ~{per_group:.0f} candidates = ~{rows:,.0f} rows",
-                           "ranker_users", rows / FEATURE_ROWS_PER_S))
+    out.append(_features(ds, train, groups, float(per_group or 0), rows, sampled, logged))
     rounds = c.ranker.n_estimators
     typical = min(rounds, TYPICAL_ROUNDS)
     out.append(StageBudget("ranker", f"~{rows * (1 - c.valid_fraction):,.0f} rows x ~{typical:,} rounds (early stopping; at most {rounds:,}), 2 rankers",
                            "ranker_users, ranker.n_estimators", 2 * rows * typical / RANKER_ROW_ROUNDS_PER_S))
     return out
+
+
+def _features(ds: Dataset, train: pl.DataFrame, groups: float, per_group: float, rows: float, sampled: str, logged: bool) -> StageBudget:
+    """The ranker's feature table: its rows, plus what they are read from. Impression logs: the point-in-time
+    features read the whole log's (impression, candidate) pairs. Interaction logs: retrieval statistics fitted on
+    the training events, then every group's history scored over the catalogue."""
+    work = f"~{groups:,.0f} groups ({sampled}) x ~{per_group:.0f} candidates = ~{rows:,.0f} rows"
+    seconds = rows / FEATURE_ROWS_PER_S
+    if logged:
+        pairs = int(ds.impressions[Col.CANDIDATES].list.len().sum() or 0)
+        work += f", from {pairs:,} logged (impression, candidate) pairs"
+        seconds += pairs / LOG_PAIRS_PER_S
+    else:
+        work += f", retrieved from {ds.items.height:,} items after fitting on {train.height:,} events"
+        seconds += train.height / FIT_EVENTS_PER_S + groups * ds.items.height / RETRIEVAL_USER_ITEMS_PER_S
+    return StageBudget("features", work, "ranker_users", seconds)
 
 
 def _select(ds: Dataset, c: TrainConfig, rows: float, logged: bool) -> StageBudget:
