@@ -346,8 +346,9 @@ _ALLOW_OTHER = click.option("--allow-other-dataset", is_flag=True, help="Use a l
               help="Evaluate a seeded sample of this many users when the split has more (0 = every user) [default: 10000]; the report gives 95% intervals.")
 @_ALLOW_OTHER
 @_CONFIG
+@_cluster_options
 def evaluate_cmd(model_dir: Path, log: Path | None, split: str, protocol: str | None, report_dir: Path | None, max_users: int,
-                 allow_other_dataset: bool, config_file: Path | None) -> None:
+                 allow_other_dataset: bool, config_file: Path | None, cluster: str | None, scheduler_file: str | None) -> None:
     """Evaluate the model and its baselines on LOG (default: its training dataset); write a report (default MODEL_DIR/report-SPLIT,
     report-SPLIT-recbole under --protocol recbole)."""
     from recsys.evaluation.report import metric_table_text
@@ -355,7 +356,8 @@ def evaluate_cmd(model_dir: Path, log: Path | None, split: str, protocol: str | 
     rec = _load_model(model_dir, log, allow_other_dataset, config_file)
     report_dir = report_dir or model_dir / (f"report-{split}" + (f"-{protocol}" if protocol == "recbole" else ""))
     sample = {} if max_users is None else {"max_users": max_users or None}
-    table = rec.evaluate(split=split, protocol=protocol, report_dir=report_dir, allow_other_dataset=allow_other_dataset, **sample)  # type: ignore[attr-defined]
+    table = rec.evaluate(split=split, protocol=protocol, report_dir=report_dir, allow_other_dataset=allow_other_dataset,  # type: ignore[attr-defined]
+                         cluster=_cluster(cluster, scheduler_file), **sample)
     click.echo(metric_table_text(table) if table else f"unlabelled split: predictions written to {report_dir / 'prediction.txt'}")
     click.echo(f"report: {report_dir / 'report.md'}")
 

@@ -107,11 +107,12 @@ class Recommender:
 
     def evaluate(self, dataset: Dataset | None = None, split: str = "dev", *, protocol: str | None = None,
                  report_dir: str | Path | None = None, allow_other_dataset: bool = False,
-                 max_users: int | None = DEFAULT_MAX_USERS) -> dict[str, dict[str, float]]:
+                 max_users: int | None = DEFAULT_MAX_USERS, cluster: Any = None) -> dict[str, dict[str, float]]:
         """Metrics of the model and its baselines on `split`, on a sample of `max_users` users; `protocol` ``"masked"`` (default over the
-        catalogue) or ``"recbole"`` (nothing excluded from the ranking), ``"replay"`` for logged candidates (see :func:`recsys.evaluate.evaluate`)."""
+        catalogue) or ``"recbole"`` (nothing excluded from the ranking), ``"replay"`` for logged candidates (see :func:`recsys.evaluate.evaluate`).
+        `cluster` (:class:`recsys.cluster.connect.ClusterConfig`) ranks the catalogue protocol's chunks on Dask: the same metrics."""
         return evaluate(self.model_dir, dataset or self.dataset, split, protocol, report_dir, allow_other_dataset=allow_other_dataset,
-                        config=self.config, max_users=max_users)
+                        config=self.config, max_users=max_users, cluster=cluster)
 
     def monitor(self, dataset: Dataset | None = None, *, split: str | None = None, requests: str | Path | None = None, recs: str | Path | None = None,
                 out_dir: str | Path | None = None, cfg: MonitorConfig | None = None, max_users: int | None = None, seed: int = 0) -> MonitorResult:

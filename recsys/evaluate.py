@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from recsys.cluster.connect import ClusterConfig
 from recsys.config import TrainConfig
 from recsys.data import Col, Dataset, Split
 from recsys.io import make_dir
@@ -37,7 +38,7 @@ REPLAY_NOTE = "replay: each impression's logged candidates ranked"
 
 def evaluate(model_dir: str | Path, dataset: Dataset, split: str = Split.DEV, protocol: str | None = None, report_dir: str | Path | None = None,
              *, allow_other_dataset: bool = False, seed: int = 0, config: TrainConfig | None = None,
-             max_users: int | None = DEFAULT_MAX_USERS) -> dict[str, dict[str, float]]:
+             max_users: int | None = DEFAULT_MAX_USERS, cluster: ClusterConfig | None = None) -> dict[str, dict[str, float]]:
     """Evaluate a trained model on one split of `dataset` against its baselines; write the report.
 
     Args:
@@ -52,6 +53,7 @@ def evaluate(model_dir: str | Path, dataset: Dataset, split: str = Split.DEV, pr
         config: the model's config with other resource settings (default: the one in ``model.json``).
         max_users: evaluate a seeded sample of this many of the split's users (all their rows) when it has more;
             None = every user. The report states the sample and a 95% interval for every metric.
+        cluster: rank the catalogue protocol's chunks of rows on this Dask cluster (replay runs in process).
 
     Returns:
         Model or baseline name -> metric -> value; empty for an unlabelled split (MIND predictions written).
@@ -85,7 +87,7 @@ def evaluate(model_dir: str | Path, dataset: Dataset, split: str = Split.DEV, pr
     if protocol == REPLAY:
         table, extra = replay(assets, rows, Path(report_dir) if report_dir else None, seed)
     else:
-        table, extra = catalogue(assets, rows, split, seed, protocol=protocol)
+        table, extra = catalogue(assets, rows, split, seed, protocol=protocol, cluster=cluster)
     if table and report_dir is not None:
         extra["notes"] = {**sample, **extra.get("notes", {})}
         _report(Path(report_dir), meta, model_dir, dataset, split, protocol, table, extra, time.perf_counter() - start)

@@ -117,8 +117,8 @@ def test_a_failed_partition_publishes_nothing(shop_model, tmp_path: Path, monkey
     assert sorted(p.name for p in tmp_path.iterdir()) == ["recs.parquet", "requests.parquet"]  # no partial file, no partitions left
 
 
-def test_recsys_train_takes_the_cluster_option(tmp_path: Path) -> None:
-    """``recsys train --cluster local:2`` starts its own cluster and writes a model; a bad address is one line, exit 1."""
+def test_recsys_train_and_evaluate_take_the_cluster_option(tmp_path: Path) -> None:
+    """``recsys train --cluster local:2`` starts its own cluster and writes a model, ``evaluate`` too; a bad address is one line, exit 1."""
     from click.testing import CliRunner
 
     from cli import main
@@ -132,6 +132,9 @@ def test_recsys_train_takes_the_cluster_option(tmp_path: Path) -> None:
     ok = CliRunner().invoke(main, [*args, "--out", str(tmp_path / "model"), "--cluster", "local:2"])
     assert ok.exit_code == 0, ok.output
     assert (tmp_path / "model" / "ranker" / "ranker.txt").read_text().startswith("tree")  # the LightGBM text model
+    evaluated = CliRunner().invoke(main, ["evaluate", str(tmp_path / "model"), "--split", "test", "--cluster", "local:2"])
+    assert evaluated.exit_code == 0, evaluated.output
+    assert "full model" in evaluated.output and (tmp_path / "model" / "report-test" / "report.md").exists()
 
 
 def _small(shop: Dataset) -> TrainConfig:
@@ -229,3 +232,20 @@ def test_train_and_recommend_on_a_cluster_give_the_single_process_features_ranke
                                  cluster=ClusterConfig(client.scheduler.address, work_dir=str(tmp_path)))
     assert spread == {**alone, "out": str(tmp_path / "spread.parquet")} and alone["rows"] == 50 * 10
     assert_frame_equal(pl.read_parquet(tmp_path / "spread.parquet").drop("generated_at"), pl.read_parquet(tmp_path / "alone.parquet").drop("generated_at"))
+
+
+def test_catalogue_evaluation_on_the_cluster_gives_the_single_process_metrics(client, shop_model) -> None:
+    """Each chunk of rows ranked on a worker (retrieval, features, rankers, baselines): every metric equal."""
+    from recsys.evaluation.catalogue import catalogue
+    from recsys.pipeline import Assets
+
+    shop, model = shop_model
+    assets = Assets(model.model_dir, model.config, shop)
+    rows = shop.split(Split.TEST)
+    alone, _ = catalogue(assets, rows, Split.TEST, chunk_rows=25)
+    spread, extra = catalogue(assets, rows, Split.TEST, chunk_rows=25, cluster=ClusterConfig(client.scheduler.address))
+    assert rows.height > 2 * 25  # several chunks, so several tasks
+    assert spread.keys() == alone.keys() and {"full model", "popularity", "retrieval: union"} <= spread.keys()
+    for name, metrics in alone.items():
+        assert spread[name] == pytest.approx(metrics, nan_ok=True), name
+    assert extra["notes"]["rows"] == rows.height

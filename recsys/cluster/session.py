@@ -9,6 +9,7 @@ closed, with the local cluster it started, when the session ends.
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable, Iterator
 from types import TracebackType
 from pathlib import Path
 from typing import Any
@@ -58,6 +59,19 @@ class ClusterSession:
         client, parts = self._connected()
         return fit_on_cluster(client, train, valid, features, cfg, partitions=parts, work_dir=self.cfg.work_dir)
 
+    def map_chunks(self, fn: Callable[..., Any], shared: tuple[Any, ...], chunks: list[Any]) -> Iterator[Any]:
+        """``fn(*shared, chunk)`` for each chunk, in order: in process, or one task per chunk on the cluster with
+        `shared` sent to the workers once (catalogue evaluation runs its chunks of rows this way)."""
+        if self.cfg is None:
+            yield from (fn(*shared, chunk) for chunk in chunks)
+            return
+        from recsys.cluster.connect import gather_all
+
+        client, _ = self._connected()
+        [sent] = client.scatter([shared], hash=False)  # one object: the tuple is not split into futures
+        futures = [client.submit(_apply, fn, sent, chunk, pure=False) for chunk in chunks]
+        yield from gather_all(client, futures)
+
     def recommend_file(self, assets: Any, model_id: str, candidates: str, requests: Path, out: Path, cfg: Any) -> dict[str, object]:
         """The batch recommend job per user partition on the cluster (:func:`recsys.cluster.recommend.recommend_file_on_cluster`)."""
         from recsys.cluster.recommend import recommend_file_on_cluster
@@ -65,3 +79,8 @@ class ClusterSession:
         client, parts = self._connected()
         return recommend_file_on_cluster(client, assets, model_id, candidates, requests, out, cfg, partitions=parts,
                                          work_dir=self.cfg.work_dir if self.cfg else None)
+
+
+def _apply(fn: Callable[..., Any], shared: tuple[Any, ...], chunk: Any) -> Any:
+    """A worker's task of :meth:`ClusterSession.map_chunks`."""
+    return fn(*shared, chunk)

@@ -40,6 +40,8 @@ from features.registry import source_score
 from recsys.candidates.retrieval import ALS, COOCCURRENCE, EASE, ITEM_INDEX, POPULARITY, ROW, SEQUENCE, TEXT, TRANSITIONS, Retriever
 from recsys.candidates.retrieved import Requests, retrieved_candidates
 from recsys.candidates.topn import Retrieved
+from recsys.cluster.connect import ClusterConfig
+from recsys.cluster.session import ClusterSession
 from recsys.data import Col, Split
 from recsys.errors import RecsysError
 from recsys.evaluation.beyond import catalogue_coverage, intra_list_diversity, popularity_bias
@@ -121,9 +123,9 @@ def _frozen_text_only(assets: Assets, split: str) -> Retriever | None:
     return Retriever.fit(assets.dataset, frozen, dataclasses.replace(assets.config.retrieval, sources=(TEXT,)), splits=splits_before(split))
 
 
-def _rank_chunk(assets: Assets, retriever: Retriever, frozen_only: Retriever | None, req: Requests) -> tuple[dict[str, tuple[Ranks, np.ndarray]], Retrieved, int]:
-    """Every model's and source's (target rank, tie size) and top-k lists for one chunk of requests; its retrieval;
-    its number of candidates."""
+def _rank_chunk(assets: Assets, retriever: Retriever, frozen_only: Retriever | None, req: Requests) -> tuple[dict[str, tuple[Ranks, np.ndarray]], dict[str, np.ndarray], int]:
+    """Every model's and source's (target rank, tie size) and top-k lists for one chunk of requests; each retrieval
+    source's rank of the targets; its number of candidates. Only these small arrays leave a cluster worker."""
     cands, got = retrieved_candidates(retriever, req)
     table = collect_features(assets.inputs(retriever), req.rows, cands)
     n_items, n_rows = len(retriever.item_ids), len(req.targets)
@@ -140,16 +142,17 @@ def _rank_chunk(assets: Assets, retriever: Retriever, frozen_only: Retriever | N
         fgot = frozen_only.retrieve(req.histories, req.targets, seen=req.seen)
         r, c = fgot.target_ranks[TEXT], fgot.candidates
         found["frozen text"] = ((r[:, 0], r[:, 1]), top_k_matrix(c, c[source_score(TEXT)].to_numpy(), n_rows, TOP, ROW, ITEM_INDEX))
-    return found, got, table.height
+    return found, got.target_ranks, table.height
 
 
 def catalogue(assets: Assets, rows: pl.DataFrame, split: str, seed: int = 0, chunk_rows: int = CHUNK_ROWS,
-              protocol: str = MASKED) -> tuple[dict[str, dict[str, float]], dict[str, Any]]:
+              protocol: str = MASKED, cluster: ClusterConfig | None = None) -> tuple[dict[str, dict[str, float]], dict[str, Any]]:
     """Metrics of the model and every baseline over the whole catalogue for the held-out items of `rows` (of `split`).
 
     Rows are ranked `chunk_rows` at a time (retrieval, features, rankers), keeping only each row's target ranks
     and top-k lists, so memory is bounded by the chunk, not by the number of rows evaluated. `protocol` is
-    ``masked`` or ``recbole`` (see the module's docstring).
+    ``masked`` or ``recbole`` (see the module's docstring). With `cluster`, each chunk is a task on its Dask
+    workers (the assets and the fitted retrievers sent once); the metrics are the same.
 
     Returns:
         Model name -> metric -> value (plus ``retrieval: <source>`` rows with each source's and the union's
@@ -172,12 +175,12 @@ def catalogue(assets: Assets, rows: pl.DataFrame, split: str, seed: int = 0, chu
     frozen_only = _frozen_text_only(assets, split)
     n_items, n_rows = len(retriever.item_ids), len(req.targets)
     chunks, retrieved, n_candidates = [], [], 0
-    for start in tqdm(range(0, n_rows, chunk_rows), desc="evaluate", unit="chunk"):
-        part = req.take(np.arange(start, min(start + chunk_rows, n_rows)))
-        found_part, got, n = _rank_chunk(assets, retriever, frozen_only, part)
-        chunks.append(found_part)
-        retrieved.append(got.target_ranks)
-        n_candidates += n
+    parts = [req.take(np.arange(start, min(start + chunk_rows, n_rows))) for start in range(0, n_rows, chunk_rows)]
+    with ClusterSession(cluster) as on:
+        for found_part, target_ranks, n in tqdm(on.map_chunks(_rank_chunk, (assets, retriever, frozen_only), parts), total=len(parts), desc="evaluate", unit="chunk"):
+            chunks.append(found_part)
+            retrieved.append(target_ranks)
+            n_candidates += n
     found = {name: ((np.concatenate([c[name][0][0] for c in chunks]), np.concatenate([c[name][0][1] for c in chunks])),
                     np.concatenate([c[name][1] for c in chunks])) for name in chunks[0]}
     got = Retrieved(pl.DataFrame(), {s: np.concatenate([t[s] for t in retrieved]) for s in retrieved[0]}, retriever.cfg.per_source)
