@@ -191,8 +191,8 @@ def markdown(m: dict[str, Any], projection: list[dict[str, Any]]) -> str:
         "- **one recommend task** (a user partition ranked chunk by chunk, what each worker runs):", "",
         *_table([{"users": f"{t['users']:,}", "list rows": f"{t['rows']:,}", "wall s": f"{t['seconds']:.1f}",
                   "ms per user": f"{1000 * t['seconds'] / t['users']:.2f}", "memory added GB": f"{t['added_gb']:.2f}"} for t in tasks]),
-        "", f"  Cost per user between the two sizes: **{per_user_ms:.2f} ms** (2 cores); the memory a task adds is bounded by "
-        "`--chunk-size` (20,000 requests), not by the partition.",
+        "", f"  Cost per user between the two sizes: **{per_user_ms:.2f} ms** (2 cores). The memory a task adds grows with "
+        "its partition only up to one chunk (`--chunk-size`, 20,000 requests): larger partitions are ranked chunk by chunk.",
         "- **skew**: the largest user partition's events over the mean (CRC-32 of the user id, 2 partitions per worker) on "
         "this log's users: " + ", ".join(f"{w} workers {s:.3f}" for w, s in m["skew"].items()) + "; at 1 billion events each "
         "partition holds far more users and the expected skew (normal approximation from this log's events per user) is what "
