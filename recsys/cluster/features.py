@@ -2,9 +2,10 @@
 
 Every feature of a row depends only on that row, its candidates and what :class:`FeatureInputs` holds (the
 behaviour builder reads the whole log, point in time, from the dataset's directory; the retriever and text
-model are fitted before). So the driver splits the rows and candidates by user hash into partitioned Parquet,
-sends the inputs to every worker once, each task featurises one partition and writes it back as Parquet, and
-the driver puts the partitions in the single-process order: the table equals the single-process one row for row.
+model are fitted before). So the driver splits the rows, their candidates and their users' log by user hash into
+partitioned Parquet, sends the inputs (without the log) to every worker once, each task featurises one partition
+and writes it back as Parquet, and the driver puts the partitions in the single-process order: the table equals
+the single-process one row for row.
 
 The dataset's directory and the work directory must be readable by every worker (one machine, or a shared
 filesystem at the same path).
@@ -12,6 +13,7 @@ filesystem at the same path).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import tempfile
 from pathlib import Path
@@ -29,16 +31,21 @@ from recsys.io import write_parquet
 log = logging.getLogger(__name__)
 
 ORDER = "_row_order"  # a row's index among all the rows: the single-process ROW
-ROWS, CANDIDATES, FEATURES = "rows", "candidates", "features"
+ROWS, CANDIDATES, FEATURES, LOG = "rows", "candidates", "features", "log"
 
 
 def collect_partition(inputs: FeatureInputs, root: str, part: int) -> str:
     """Featurise partition `part` under `root` (a worker's task); return the path of its feature table.
 
-    ROW, the index of a candidate's row, is renumbered from the partition's rows to all the rows.
+    The inputs come without the dataset's log: the partition's users' part of it is read here (all a row's
+    features need of the log in memory: the user's uncapped history length; the behaviour family reads the whole
+    log from the dataset's directory). ROW, the index of a candidate's row, is renumbered from the partition's
+    rows to all the rows.
     """
     rows = read_partition(Path(root), ROWS, part)
     candidates = read_partition(Path(root), CANDIDATES, part)
+    users_log = read_partition(Path(root), LOG, part)
+    inputs = dataclasses.replace(inputs, dataset=dataclasses.replace(inputs.dataset, impressions=users_log if users_log.height else inputs.dataset.impressions))
     table = collect_features(inputs, rows.drop(ORDER), candidates)
     order = rows[ORDER].to_numpy()
     table = table.with_columns(pl.Series(ROW, order[table[ROW].to_numpy()], dtype=pl.Int32()))
@@ -66,8 +73,11 @@ def collect_on_cluster(client: Any, inputs: FeatureInputs, rows: pl.DataFrame, c
     with tempfile.TemporaryDirectory(prefix="recsys-cluster-", dir=work_dir or inputs.config.temp_dir) as root:
         numbered = rows.with_row_index(ORDER).with_columns(pl.col(ORDER).cast(pl.Int64()))
         kept = candidates.filter(pl.col(Col.IMPRESSION).is_in(rows[Col.IMPRESSION].implode()))
-        parts = write_partitions({ROWS: numbered, CANDIDATES: kept}, Path(root), partitions)
-        shared = client.scatter(inputs, hash=False)  # fetched by each worker when needed (see cluster.recommend)
+        users_log = inputs.dataset.impressions.filter(pl.col(Col.USER).is_in(rows[Col.USER].unique().implode()))
+        parts = write_partitions({ROWS: numbered, CANDIDATES: kept, LOG: users_log}, Path(root), partitions)
+        # Sent once, without the log (a worker reads its users' part of it): what every worker holds is the item side.
+        light = dataclasses.replace(inputs, dataset=dataclasses.replace(inputs.dataset, impressions=inputs.dataset.impressions.clear()))
+        shared = client.scatter(light, hash=False)  # fetched by each worker when needed (see cluster.recommend)
         futures = [client.submit(collect_partition, shared, root, p, pure=False)
                    for p in parts]
         paths = gather_all(client, futures)
