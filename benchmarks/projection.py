@@ -215,7 +215,11 @@ def markdown(m: dict[str, Any], projection: list[dict[str, Any]]) -> str:
         f"- Network: {BANDWIDTH_BYTES_S * 8 / 1e9:.0f} Gbit/s; the driver sends the assets to every worker (no peer-to-peer "
         f"spreading counted) and gathers {OUTPUT_BYTES_PER_ROW} bytes per list row of the top-10 lists.",
         "- Training and evaluation are bounded by their samples (`ranker_users`, `--max-users`), so they grow only through the "
-        "same driver fits; `recsys ingest` runs in one process (Polars, out of core: 98 s per 10M events here).",
+        "same driver fits; `recsys ingest` runs in one process, in memory (98 s and 10 GB per 10M events here): it must be "
+        "streamed by user partition long before 1 billion events.",
+        "- Assets counted: the fitted retriever and the rankers. Today `recsys recommend --cluster` also sends the dataset's "
+        "log with them (the features stage no longer does, `cluster-2026-12-02-10M-local2.md`); the table assumes recommend "
+        "gets the same fix.",
     ]
     return "\n".join(lines) + "\n"
 
