@@ -217,9 +217,8 @@ def markdown(m: dict[str, Any], projection: list[dict[str, Any]]) -> str:
         "- Training and evaluation are bounded by their samples (`ranker_users`, `--max-users`), so they grow only through the "
         "same driver fits; `recsys ingest` runs in one process, in memory (98 s and 10 GB per 10M events here): it must be "
         "streamed by user partition long before 1 billion events.",
-        "- Assets counted: the fitted retriever and the rankers. Today `recsys recommend --cluster` also sends the dataset's "
-        "log with them (the features stage no longer does, `cluster-2026-12-02-10M-local2.md`); the table assumes recommend "
-        "gets the same fix.",
+        "- Assets counted: the fitted retriever and the rankers. The dataset's log and the users' latest histories are not "
+        "sent to every worker: each partition carries its users' part of them.",
     ]
     return "\n".join(lines) + "\n"
 

@@ -123,11 +123,16 @@ def _frozen_text_only(assets: Assets, split: str) -> Retriever | None:
     return Retriever.fit(assets.dataset, frozen, dataclasses.replace(assets.config.retrieval, sources=(TEXT,)), splits=splits_before(split))
 
 
-def _rank_chunk(assets: Assets, retriever: Retriever, frozen_only: Retriever | None, req: Requests) -> tuple[dict[str, tuple[Ranks, np.ndarray]], dict[str, np.ndarray], int]:
+def _rank_chunk(assets: Assets, retriever: Retriever, frozen_only: Retriever | None, req: Requests,
+                users_log: pl.DataFrame | None = None) -> tuple[dict[str, tuple[Ranks, np.ndarray]], dict[str, np.ndarray], int]:
     """Every model's and source's (target rank, tie size) and top-k lists for one chunk of requests; each retrieval
-    source's rank of the targets; its number of candidates. Only these small arrays leave a cluster worker."""
+    source's rank of the targets; its number of candidates. Only these small arrays leave a cluster worker, whose
+    assets come without the dataset's log: `users_log` is the chunk's users' part of it (all the features read)."""
     cands, got = retrieved_candidates(retriever, req)
-    table = collect_features(assets.inputs(retriever), req.rows, cands)
+    inputs = assets.inputs(retriever)
+    if users_log is not None:
+        inputs = dataclasses.replace(inputs, dataset=dataclasses.replace(inputs.dataset, impressions=users_log))
+    table = collect_features(inputs, req.rows, cands)
     n_items, n_rows = len(retriever.item_ids), len(req.targets)
     found: dict[str, tuple[Ranks, np.ndarray]] = {}
     for name, ranker in assets.rankers.items():
@@ -143,6 +148,19 @@ def _rank_chunk(assets: Assets, retriever: Retriever, frozen_only: Retriever | N
         r, c = fgot.target_ranks[TEXT], fgot.candidates
         found["frozen text"] = ((r[:, 0], r[:, 1]), top_k_matrix(c, c[source_score(TEXT)].to_numpy(), n_rows, TOP, ROW, ITEM_INDEX))
     return found, got.target_ranks, table.height
+
+
+@dataclasses.dataclass(frozen=True)
+class _WithLog:
+    """A chunk of rows for a cluster task, with its users' part of the log (a plain tuple would read as a Dask task)."""
+
+    req: Requests
+    users_log: pl.DataFrame
+
+
+def _rank_chunk_with_log(assets: Assets, retriever: Retriever, frozen_only: Retriever | None, chunk: _WithLog) -> Any:
+    """A cluster task of :func:`catalogue`."""
+    return _rank_chunk(assets, retriever, frozen_only, chunk.req, chunk.users_log)
 
 
 def catalogue(assets: Assets, rows: pl.DataFrame, split: str, seed: int = 0, chunk_rows: int = CHUNK_ROWS,
@@ -177,7 +195,14 @@ def catalogue(assets: Assets, rows: pl.DataFrame, split: str, seed: int = 0, chu
     chunks, retrieved, n_candidates = [], [], 0
     parts = [req.take(np.arange(start, min(start + chunk_rows, n_rows))) for start in range(0, n_rows, chunk_rows)]
     with ClusterSession(cluster) as on:
-        for found_part, target_ranks, n in tqdm(on.map_chunks(_rank_chunk, (assets, retriever, frozen_only), parts), total=len(parts), desc="evaluate", unit="chunk"):
+        if cluster is None:
+            results = on.map_chunks(_rank_chunk, (assets, retriever, frozen_only), parts)
+        else:  # the workers get the assets without the log, each chunk its users' part of it
+            log = assets.dataset.impressions
+            light = dataclasses.replace(assets, dataset=dataclasses.replace(assets.dataset, impressions=log.clear()))
+            with_log = [_WithLog(p, log.filter(pl.col(Col.USER).is_in(p.rows[Col.USER].unique().implode()))) for p in parts]
+            results = on.map_chunks(_rank_chunk_with_log, (light, retriever, frozen_only), with_log)
+        for found_part, target_ranks, n in tqdm(results, total=len(parts), desc="evaluate", unit="chunk"):
             chunks.append(found_part)
             retrieved.append(target_ranks)
             n_candidates += n
