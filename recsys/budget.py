@@ -102,11 +102,12 @@ def plan(ds: Dataset, c: TrainConfig) -> list[StageBudget]:
     else:
         groups = (ds.split(Split.DEV).height + (train[Col.USER].n_unique() if c.earlier_targets else 0)) * share
         per_group = c.train_negatives + 1
-    rows = groups * float(per_group or 0)
+    per_group = float(per_group or 0)
+    rows = groups * per_group
     sampled = f"{min(users, c.ranker_users or users):,} of {users:,} users"
     if c.select.enabled:
         out.append(_select(ds, c, rows, logged))
-    out.append(_features(ds, train, groups, float(per_group or 0), rows, sampled, logged))
+    out.append(_features(ds, train, groups, per_group, sampled, logged))
     rounds = c.ranker.n_estimators
     typical = min(rounds, TYPICAL_ROUNDS)
     out.append(StageBudget("ranker", f"~{rows * (1 - c.valid_fraction):,.0f} rows x ~{typical:,} rounds (early stopping; at most {rounds:,}), 2 rankers",
@@ -114,10 +115,11 @@ def plan(ds: Dataset, c: TrainConfig) -> list[StageBudget]:
     return out
 
 
-def _features(ds: Dataset, train: pl.DataFrame, groups: float, per_group: float, rows: float, sampled: str, logged: bool) -> StageBudget:
+def _features(ds: Dataset, train: pl.DataFrame, groups: float, per_group: float, sampled: str, logged: bool) -> StageBudget:
     """The ranker's feature table: its rows, plus what they are read from. Impression logs: the point-in-time
     features read the whole log's (impression, candidate) pairs. Interaction logs: retrieval statistics fitted on
     the training events, then every group's history scored over the catalogue."""
+    rows = groups * per_group
     work = f"~{groups:,.0f} groups ({sampled}) x ~{per_group:.0f} candidates = ~{rows:,.0f} rows"
     seconds = rows / FEATURE_ROWS_PER_S
     if logged:

@@ -24,7 +24,7 @@ import polars as pl
 from features.collect import FeatureInputs, collect_features
 from recsys.candidates.retrieval import ROW
 from recsys.cluster.connect import gather_all
-from recsys.cluster.partition import part_dir, read_partition, write_partitions
+from recsys.cluster.partition import part_dir, read_partition, users_log, with_log, without_log, write_partitions
 from recsys.data import Col
 from recsys.io import write_parquet
 
@@ -44,8 +44,7 @@ def collect_partition(inputs: FeatureInputs, root: str, part: int) -> str:
     """
     rows = read_partition(Path(root), ROWS, part)
     candidates = read_partition(Path(root), CANDIDATES, part)
-    users_log = read_partition(Path(root), LOG, part)
-    inputs = dataclasses.replace(inputs, dataset=dataclasses.replace(inputs.dataset, impressions=users_log if users_log.height else inputs.dataset.impressions))
+    inputs = dataclasses.replace(inputs, dataset=with_log(inputs.dataset, read_partition(Path(root), LOG, part)))
     table = collect_features(inputs, rows.drop(ORDER), candidates)
     order = rows[ORDER].to_numpy()
     table = table.with_columns(pl.Series(ROW, order[table[ROW].to_numpy()], dtype=pl.Int32()))
@@ -73,11 +72,9 @@ def collect_on_cluster(client: Any, inputs: FeatureInputs, rows: pl.DataFrame, c
     with tempfile.TemporaryDirectory(prefix="recsys-cluster-", dir=work_dir or inputs.config.temp_dir) as root:
         numbered = rows.with_row_index(ORDER).with_columns(pl.col(ORDER).cast(pl.Int64()))
         kept = candidates.filter(pl.col(Col.IMPRESSION).is_in(rows[Col.IMPRESSION].implode()))
-        users_log = inputs.dataset.impressions.filter(pl.col(Col.USER).is_in(rows[Col.USER].unique().implode()))
-        parts = write_partitions({ROWS: numbered, CANDIDATES: kept, LOG: users_log}, Path(root), partitions)
+        parts = write_partitions({ROWS: numbered, CANDIDATES: kept, LOG: users_log(inputs.dataset, rows[Col.USER])}, Path(root), partitions)
         # Sent once, without the log (a worker reads its users' part of it): what every worker holds is the item side.
-        light = dataclasses.replace(inputs, dataset=dataclasses.replace(inputs.dataset, impressions=inputs.dataset.impressions.clear()))
-        shared = client.scatter(light, hash=False)  # fetched by each worker when needed (see cluster.recommend)
+        shared = client.scatter(dataclasses.replace(inputs, dataset=without_log(inputs.dataset)), hash=False)  # fetched by each worker when needed (see cluster.recommend)
         futures = [client.submit(collect_partition, shared, root, p, pure=False)
                    for p in parts]
         paths = gather_all(client, futures)

@@ -3,16 +3,20 @@
 A user's rows (and so all of an impression's candidates, every query group) land in one partition. The hash
 is CRC-32 of the user id, the same in every process, Python and library version (Python's ``hash`` and
 Polars' ``hash`` are not), so a partition written by one run is the same partition in the next.
+
+The dataset's log is not sent to every worker: the driver sends the dataset :func:`without_log`, writes each
+partition's :func:`users_log` beside its rows, and a task works on :func:`with_log` of what it read.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import zlib
 from pathlib import Path
 
 import polars as pl
 
-from recsys.data import Col
+from recsys.data import Col, Dataset
 from recsys.io import write_parquet
 
 PART = "part"
@@ -49,3 +53,19 @@ def read_partition(root: Path, table: str, part: int) -> pl.DataFrame:
     """One partition of a table written by :func:`write_partitions` (or by a worker), empty when it has none."""
     path = part_dir(root, table, part) / "data.parquet"
     return pl.read_parquet(path) if path.exists() else pl.DataFrame()
+
+
+def without_log(ds: Dataset) -> Dataset:
+    """`ds` with an empty log (its schema kept): items, manifest and path are what every worker is sent."""
+    return dataclasses.replace(ds, impressions=ds.impressions.clear())
+
+
+def users_log(ds: Dataset, users: pl.Series) -> pl.DataFrame:
+    """The rows of `ds`'s log whose user is one of `users`: all a task needs of the log in memory."""
+    return ds.impressions.filter(pl.col(Col.USER).is_in(users.unique().implode()))
+
+
+def with_log(ds: Dataset, log: pl.DataFrame) -> Dataset:
+    """`ds` holding `log` (a task's users' part of its log) as its impressions; `ds` itself for a partition
+    without any (read back as a table without columns)."""
+    return dataclasses.replace(ds, impressions=log) if log.height else ds

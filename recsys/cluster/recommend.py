@@ -22,7 +22,7 @@ import polars as pl
 
 from ranker.topk import RANK
 from recsys.cluster.connect import gather_all
-from recsys.cluster.partition import part_dir, read_partition, write_partitions
+from recsys.cluster.partition import part_dir, read_partition, users_log, with_log, without_log, write_partitions
 from recsys.data import Col
 from recsys.pipeline import Assets
 from recsys.recommend import REQUEST, RecommendConfig, RecommendJob, read_requests, recommend_chunk, recommend_job, write_recommendations
@@ -34,9 +34,7 @@ REQUESTS, LISTS, LOG = "requests", "lists", "log"
 def recommend_partition(assets: Assets, job: RecommendJob, root: str, part: int, chunk_size: int) -> str:
     """Rank partition `part` of the requests under `root` (a worker's task), chunk by chunk; return its lists' path."""
     requests = read_partition(Path(root), REQUESTS, part)
-    users_log = read_partition(Path(root), LOG, part)  # the assets came without the log: this partition's users' part of it
-    if users_log.height:
-        assets = dataclasses.replace(assets, dataset=dataclasses.replace(assets.dataset, impressions=users_log))
+    assets = dataclasses.replace(assets, dataset=with_log(assets.dataset, read_partition(Path(root), LOG, part)))  # sent without the log
     order = requests.select(REQUEST, ORDER)
     chunks = [recommend_chunk(assets, job, requests.slice(start, chunk_size).drop(ORDER)) for start in range(0, requests.height, chunk_size)]
     lists = pl.concat(chunks).join(order, on=REQUEST, how="left", maintain_order="left")
@@ -53,13 +51,12 @@ def ranked_partitions(client: Any, assets: Assets, model_id: str, candidates: st
     ds = assets.dataset
     if job.histories is not None:  # each request carries its latest history, as one process would join it per chunk
         requests = requests.join(job.histories, on=Col.USER, how="left", maintain_order="left")
-    users_log = ds.impressions.filter(pl.col(Col.USER).is_in(requests[Col.USER].unique().implode()))
     with tempfile.TemporaryDirectory(prefix="recsys-recommend-", dir=work_dir) as root:
-        parts = write_partitions({REQUESTS: requests.with_row_index(ORDER), LOG: users_log}, Path(root), partitions)
+        parts = write_partitions({REQUESTS: requests.with_row_index(ORDER), LOG: users_log(ds, requests[Col.USER])}, Path(root), partitions)
         # Scattered once, without the log and the histories (each partition has its users' part of them), so what every
         # worker holds is the item side; each worker fetches them when its first task needs them. (broadcast=True
         # replicates to the running workers only, and fails outright while a worker is paused for memory.)
-        shared_assets = client.scatter(dataclasses.replace(assets, dataset=dataclasses.replace(ds, impressions=ds.impressions.clear())), hash=False)
+        shared_assets = client.scatter(dataclasses.replace(assets, dataset=without_log(ds)), hash=False)
         shared_job = client.scatter(dataclasses.replace(job, histories=None), hash=False)
         futures = [client.submit(recommend_partition, shared_assets, shared_job, root, p, cfg.chunk_size, pure=False) for p in parts]
         lists = pl.concat([pl.read_parquet(p) for p in gather_all(client, futures)]) if parts else pl.DataFrame()

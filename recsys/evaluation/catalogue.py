@@ -41,6 +41,7 @@ from recsys.candidates.retrieval import ALS, COOCCURRENCE, EASE, ITEM_INDEX, POP
 from recsys.candidates.retrieved import Requests, retrieved_candidates
 from recsys.candidates.topn import Retrieved
 from recsys.cluster.connect import ClusterConfig
+from recsys.cluster.partition import users_log, with_log, without_log
 from recsys.cluster.session import ClusterSession
 from recsys.data import Col, Split
 from recsys.errors import RecsysError
@@ -124,14 +125,14 @@ def _frozen_text_only(assets: Assets, split: str) -> Retriever | None:
 
 
 def _rank_chunk(assets: Assets, retriever: Retriever, frozen_only: Retriever | None, req: Requests,
-                users_log: pl.DataFrame | None = None) -> tuple[dict[str, tuple[Ranks, np.ndarray]], dict[str, np.ndarray], int]:
+                log: pl.DataFrame | None = None) -> tuple[dict[str, tuple[Ranks, np.ndarray]], dict[str, np.ndarray], int]:
     """Every model's and source's (target rank, tie size) and top-k lists for one chunk of requests; each retrieval
     source's rank of the targets; its number of candidates. Only these small arrays leave a cluster worker, whose
-    assets come without the dataset's log: `users_log` is the chunk's users' part of it (all the features read)."""
+    assets come without the dataset's log: `log` is the chunk's users' part of it (all the features read)."""
     cands, got = retrieved_candidates(retriever, req)
     inputs = assets.inputs(retriever)
-    if users_log is not None:
-        inputs = dataclasses.replace(inputs, dataset=dataclasses.replace(inputs.dataset, impressions=users_log))
+    if log is not None:
+        inputs = dataclasses.replace(inputs, dataset=with_log(inputs.dataset, log))
     table = collect_features(inputs, req.rows, cands)
     n_items, n_rows = len(retriever.item_ids), len(req.targets)
     found: dict[str, tuple[Ranks, np.ndarray]] = {}
@@ -155,12 +156,12 @@ class _WithLog:
     """A chunk of rows for a cluster task, with its users' part of the log (a plain tuple would read as a Dask task)."""
 
     req: Requests
-    users_log: pl.DataFrame
+    log: pl.DataFrame
 
 
 def _rank_chunk_with_log(assets: Assets, retriever: Retriever, frozen_only: Retriever | None, chunk: _WithLog) -> Any:
     """A cluster task of :func:`catalogue`."""
-    return _rank_chunk(assets, retriever, frozen_only, chunk.req, chunk.users_log)
+    return _rank_chunk(assets, retriever, frozen_only, chunk.req, chunk.log)
 
 
 def catalogue(assets: Assets, rows: pl.DataFrame, split: str, seed: int = 0, chunk_rows: int = CHUNK_ROWS,
@@ -198,10 +199,9 @@ def catalogue(assets: Assets, rows: pl.DataFrame, split: str, seed: int = 0, chu
         if cluster is None:
             results = on.map_chunks(_rank_chunk, (assets, retriever, frozen_only), parts)
         else:  # the workers get the assets without the log, each chunk its users' part of it
-            log = assets.dataset.impressions
-            light = dataclasses.replace(assets, dataset=dataclasses.replace(assets.dataset, impressions=log.clear()))
-            with_log = [_WithLog(p, log.filter(pl.col(Col.USER).is_in(p.rows[Col.USER].unique().implode()))) for p in parts]
-            results = on.map_chunks(_rank_chunk_with_log, (light, retriever, frozen_only), with_log)
+            light = dataclasses.replace(assets, dataset=without_log(assets.dataset))
+            chunks_with_log = [_WithLog(p, users_log(assets.dataset, p.rows[Col.USER])) for p in parts]
+            results = on.map_chunks(_rank_chunk_with_log, (light, retriever, frozen_only), chunks_with_log)
         for found_part, target_ranks, n in tqdm(results, total=len(parts), desc="evaluate", unit="chunk"):
             chunks.append(found_part)
             retrieved.append(target_ranks)
