@@ -27,7 +27,7 @@ import polars as pl
 from features.build import FeatureConfig, build_features
 from features.pairs import item_codes, pair_features, value_codes
 from features.registry import BEHAVIOUR, PAIRS, RETRIEVAL, TEXT, TEXT_FEATURES, registry
-from recsys.candidates.earlier import history_lengths
+from recsys.candidates.earlier import user_histories
 from recsys.candidates.logged import as_impressions
 from recsys.candidates.retrieval import ITEM_INDEX, N_SOURCES, ROW, Retriever
 from recsys.data import Col, Dataset
@@ -91,7 +91,7 @@ def _retrieval_and_pairs(inputs: FeatureInputs, rows: pl.DataFrame, table: pl.Da
     if retriever is None:
         raise RecsysError("the retrieval and pairs feature families need a fitted retriever")
     histories = retriever.encode_histories(rows[Col.HISTORY])
-    lengths = history_lengths(inputs.dataset.impressions, rows, histories)  # uncapped, point in time
+    users = user_histories(inputs.dataset.impressions, rows, histories, retriever.encode_histories)  # uncapped, point in time
     index = pl.DataFrame({Col.ITEM: retriever.item_ids, ITEM_INDEX: np.arange(len(retriever.item_ids), dtype=np.int32)})
     table = table.drop(ITEM_INDEX, strict=False).join(index, on=Col.ITEM, how="left", maintain_order="left").with_row_index("_i")
     known = table.filter(pl.col(ITEM_INDEX).is_not_null())  # items outside the catalogue get nulls
@@ -105,7 +105,7 @@ def _retrieval_and_pairs(inputs: FeatureInputs, rows: pl.DataFrame, table: pl.Da
             table = table.update(scored, on="_i", how="left")
     if inputs.needs(PAIRS):
         pairs = pair_features(retriever, histories, known.select(ROW, ITEM_INDEX), inputs.pair_vectors, item_codes(inputs.dataset.items),
-                              lengths=lengths)
+                              lengths=users.lengths, sequences=users.sequences)
         table = table.join(pl.concat([known.select("_i"), pairs.drop(ROW, ITEM_INDEX)], how="horizontal"), on="_i", how="left", maintain_order="left")
     return table.sort("_i").drop("_i")
 

@@ -10,6 +10,8 @@ On top of every retrieval source's score and rank (:mod:`recsys.candidates.retri
                                                   to the recency-weighted mean of the recent items
 * ``same_category_last``, ``category_share``,     metadata agreement with the last item / share of the
   ``same_brand_last``, ``brand_share``            recent items with the candidate's category (brand = first tag)
+* ``seen_count``, ``seen_ago``                    how often and how many items ago the user had the candidate
+                                                  (the whole history: repeat candidates, :mod:`recsys.candidates.repeats`)
 
 All statistics come from the fitted :class:`~recsys.candidates.retrieval.Retriever`, i.e. only from the data allowed
 when it was fitted. Work follows the (request, candidate) pairs, never dense rows of the catalogue: item-item
@@ -109,6 +111,26 @@ def _text_similarities(v: np.ndarray, queries: np.ndarray, local: np.ndarray, it
     return out
 
 
+def seen_before(sequences: Sequence[np.ndarray], rows: np.ndarray, items: np.ndarray, n_items: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per (row, item) pair: how many times the row's sequence (oldest first) holds the item, and how many items ago
+    it last did (1 = the last item; NaN if never). One sort of the sequences' entries, one binary search per pair."""
+    sizes = np.array([len(s) for s in sequences], dtype=np.int64)
+    flat = np.concatenate([np.asarray(s, dtype=np.int64) for s in sequences]) if sizes.sum() else np.zeros(0, dtype=np.int64)
+    owner = np.repeat(np.arange(len(sequences), dtype=np.int64), sizes)
+    ago = np.cumsum(sizes)[owner] - np.arange(len(flat))  # the last entry of a sequence is 1 ago
+    keys = owner * n_items + flat
+    order = np.lexsort((ago, keys))  # by key, the most recent first
+    keys, ago = keys[order], ago[order]
+    first = np.flatnonzero(np.r_[True, keys[1:] != keys[:-1]]) if len(keys) else np.zeros(0, dtype=np.int64)
+    counts = np.diff(np.r_[first, len(keys)])
+    unique = keys[first]
+    wanted = rows.astype(np.int64) * n_items + items
+    at = np.minimum(np.searchsorted(unique, wanted), max(len(unique) - 1, 0))
+    found = (unique[at] == wanted) if len(unique) else np.zeros(len(wanted), dtype=bool)
+    return (np.where(found, counts[at] if len(unique) else 0, 0).astype(np.float32),
+            np.where(found, ago[first][at] if len(unique) else 0, np.nan).astype(np.float32))
+
+
 def pair_features(
     retriever: Retriever,
     histories: Sequence[np.ndarray],
@@ -117,6 +139,7 @@ def pair_features(
     codes: tuple[np.ndarray, np.ndarray],
     batch_size: int = 256,
     lengths: np.ndarray | None = None,
+    sequences: Sequence[np.ndarray] | None = None,
 ) -> pl.DataFrame:
     """`candidates` (from :meth:`Retriever.retrieve`, sorted by row) with every feature column added.
 
@@ -129,6 +152,8 @@ def pair_features(
         batch_size: requests per batch (bounds the padded text matrices).
         lengths: each request's history length, not capped by the ingest (:mod:`recsys.candidates.earlier`);
             default the length of `histories`.
+        sequences: each request's whole item sequence, oldest first, that ``seen_count`` and ``seen_ago`` read
+            (:class:`~recsys.candidates.earlier.UserHistories`); default `histories`.
     """
     category, brand = codes
     transitions_t = retriever.transitions.T.tocsr()
@@ -175,4 +200,5 @@ def pair_features(
             f[f"text_user_{enc}"] = sims[:, n_recent]
         parts.append({k: np.asarray(x, dtype=np.float32) for k, x in f.items()})
     extra = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]} if parts else {}
+    extra["seen_count"], extra["seen_ago"] = seen_before(histories if sequences is None else sequences, rows_all, items_all, len(retriever.item_ids))
     return candidates.with_columns(**{k: pl.Series(k, x) for k, x in extra.items()})

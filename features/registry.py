@@ -138,6 +138,8 @@ _PAIRS = (
     Feature("category_share", PAIRS, pl.Float32(), "share of the user's recent items in the candidate's category"),
     Feature("same_brand_last", PAIRS, pl.Float32(), "1 if the candidate's brand (first tag) equals the last item's"),
     Feature("brand_share", PAIRS, pl.Float32(), "share of the user's recent items with the candidate's brand"),
+    Feature("seen_count", PAIRS, pl.Float32(), "times the user had the candidate before t (whole history; 0 = new to the user)"),
+    Feature("seen_ago", PAIRS, pl.Float32(), "how many items ago the user last had the candidate (1 = the last item); null if never"),
     *(f for enc in ENCODERS for f in (
         Feature(f"text_last_{enc}", PAIRS, pl.Float32(), f"cosine of the candidate to the user's last item ({enc} encoder)", reads_text=True),
         Feature(f"text_max_{enc}", PAIRS, pl.Float32(), f"best cosine of the candidate to the user's recent items ({enc} encoder)", reads_text=True),

@@ -194,8 +194,9 @@ def training_candidates(assets: Assets, show_progress: bool = False) -> pl.DataF
     """The ranker's training table: candidates of the rows the ranker may learn from, with their features.
 
     Logged: the later part of the training impressions (the text model learned from the earlier part, and
-    retrieval statistics are fitted on it). Retrieved: each dev row's next item among retrieved candidates,
-    statistics from train; plus each user's last train item, statistics from the rows before it.
+    retrieval statistics are fitted on it). Retrieved: each dev row's next item among retrieved candidates and the
+    user's earlier items (repeats), statistics from train; plus each user's last train item, statistics from the rows
+    before it.
     """
     ds, cfg = assets.dataset, assets.config
     train_rows = ds.split(Split.TRAIN)
@@ -218,7 +219,7 @@ def training_candidates(assets: Assets, show_progress: bool = False) -> pl.DataF
     tables = []
     for retriever, rows in parts:
         req = Requests.from_rows(retriever, rows, ds.impressions).with_targets()
-        cands, _ = retrieved_candidates(retriever, req, show_progress)
+        cands, _ = retrieved_candidates(retriever, req, show_progress, repeats=True)  # the ranker learns how likely a repeat is
         cands = subsample_negatives(cands, cfg.train_negatives, cfg.seed)
         tables.append(assets.collect(assets.inputs(retriever), req.rows, cands, show_progress=show_progress))
     return pl.concat(tables, how="diagonal_relaxed")

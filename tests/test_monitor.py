@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import dataclasses
 import json
+import math
 import shutil
 import subprocess
 from html.parser import HTMLParser
@@ -29,6 +30,7 @@ from recsys.evaluation.report import write_report
 from recsys.loaders.amazon import ingest_amazon
 from recsys.monitoring.checks import EXPLAINED, FEATURE_DRIFT, LISTS, METRICS, RETRIEVAL
 from recsys.monitoring.config import MonitorConfig, load_monitor_config
+from recsys.monitoring.drift import compare, summarise
 from recsys.monitoring.monitor import ALERT_EXIT, monitor
 from recsys.pipeline import train
 from recsys.synth import SynthConfig, synthesize
@@ -124,6 +126,16 @@ def test_reference_is_an_artifact_with_every_distribution(world: dict[str, Any])
     assert not user_ids_in(world["ds"], world["model"] / "reference.json")
 
 
+def test_a_feature_without_values_drifts_only_when_values_appear() -> None:
+    """A feature that is null for every reference candidate (say, how long ago the user had an item, when no
+    candidate is one of the user's items) is stable while it stays null, and drifts when values appear."""
+    empty = summarise(np.full(40, np.nan))
+    assert empty["shares"] == [0.0, 1.0]  # the bins compare() cuts: one bin of values, then the nulls
+    assert compare(empty, np.full(25, np.nan)).psi == 0.0
+    appeared = compare(empty, np.r_[np.ones(10), np.full(15, np.nan)])
+    assert appeared.psi > MonitorConfig().feature_psi and appeared.wasserstein == math.inf
+
+
 def test_the_same_log_raises_nothing(world: dict[str, Any], tmp_path: Path) -> None:
     code, out = cli("monitor", world["model"], "--split", "dev", "--out", tmp_path / "same")
     assert code == 0 and "no alert" in out, out
@@ -131,7 +143,7 @@ def test_the_same_log_raises_nothing(world: dict[str, Any], tmp_path: Path) -> N
     assert report["ok"] and report["alerts"] == []
     page = read_page(tmp_path / "same", report)
     assert page.tables["alerts"] == ["check", "subject", "statistic", "value", "threshold", "message"]  # the table is there, empty
-    assert max(r["psi"] for r in report["checks"][FEATURE_DRIFT]) < 1e-6  # the same rows: the reference exactly
+    assert max(r["psi"] for r in report["checks"][FEATURE_DRIFT]) < 1e-6, [r for r in report["checks"][FEATURE_DRIFT] if r["psi"] > 1e-6]  # the same rows: the reference exactly
     # Another sample of the same users' distribution stays under every threshold too ...
     other = monitor(world["model"], world["ds"], split="dev", max_users=200, seed=1)
     assert other.ok, [a.message for a in other.alerts]

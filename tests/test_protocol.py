@@ -19,7 +19,8 @@ from conftest_shop import sequences
 from features.collect import FeatureInputs, collect_features
 from recsys.api import Recommender
 from recsys.candidates.earlier import earlier_items
-from recsys.candidates.retrieval import ITEM_INDEX, RetrievalConfig, Retriever
+from features.registry import source_score
+from recsys.candidates.retrieval import EASE, ITEM_INDEX, RetrievalConfig, Retriever
 from recsys.candidates.retrieved import Requests, retrieved_candidates
 from recsys.config import TrainConfig, override
 from recsys.data import Col, Dataset, Split
@@ -87,14 +88,16 @@ def test_masked_excludes_the_whole_history_and_recbole_nothing(shop: Dataset, ma
     req = Requests.from_rows(r, _row(shop, "long"), shop.impressions, masked=masked)
     whole = {r.index[i] for i in [*LONG_TRAIN, "I18"]}
     assert len(req.histories[0]) == 2 and req.lengths.tolist() == [9]  # a model reads two items; the user had nine
-    cands, got = retrieved_candidates(r, req)
+    cands, got = retrieved_candidates(r, req, repeats=not masked)
     retrieved = set(cands[ITEM_INDEX].to_list())
+    assert all(ranks[0, 2] == 0 for ranks in got.target_ranks.values())  # no source retrieves the repeat target I12 ...
     if masked:
         assert not retrieved & whole  # per_source = the catalogue: everything else is retrieved, nothing the user had
         assert len(retrieved) == N_ITEMS - len(whole)
-        assert all(ranks[0, 2] == 0 for ranks in got.target_ranks.values())  # the repeat target I12 cannot be retrieved by any source
-    else:
-        assert whole <= retrieved  # history items are candidates (per_source = the catalogue), the repeat target I12 among them
+    else:  # ... but the user's items join as repeat candidates, I12 among them, scored as if nothing were excluded
+        assert whole <= retrieved and len(retrieved) == N_ITEMS and cands.height == N_ITEMS
+        again = cands.filter(pl.col(ITEM_INDEX).is_in(list(whole)))
+        assert again[source_score(EASE)].is_finite().all() and again["n_sources"].min() >= 1
     # The user-level statistic counts the whole history, whichever the protocol.
     table = collect_features(FeatureInputs(shop, TrainConfig.for_dataset(shop.manifest).features, retriever=r), req.rows, cands)
     assert set(table["hist_len"].to_list()) == {9.0}

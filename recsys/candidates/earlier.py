@@ -3,7 +3,8 @@
 A row's ``history`` holds at most the ingest's ``--max-history`` latest items (UniSRec's files: 50): that is what a
 model reads. What the user already had is longer, and excluding only the capped part from a ranking would let a
 user with 300 earlier items be recommended one of them, and make every figure depend on the cap. So the items
-excluded from a ranking, and the user's history length (a ranker feature, the report's buckets), come from here:
+excluded from a ranking (and offered again as repeat candidates, :mod:`recsys.candidates.repeats`), the user's history
+length (a ranker feature, the report's buckets) and how often and how long ago the user had an item come from here:
 
 * the history of the user's first logged row (what came before the log), known from just before that row;
 * the clicked candidates of each of the user's rows, known strictly after that row's time;
@@ -20,12 +21,13 @@ come from one sort and binary search (:func:`recsys.loaders.timeline.histories_b
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import polars as pl
 
 from recsys.data import Col
-from recsys.loaders.timeline import click_spans, histories_before
+from recsys.loaders.timeline import histories_before
 
 Encode = Callable[[pl.Series], list[np.ndarray]]  # item-id lists to catalogue index arrays (Retriever.encode_histories)
 
@@ -47,28 +49,33 @@ def earlier_items(log: pl.DataFrame, rows: pl.DataFrame) -> pl.Series:
     return histories_before(rows.select(Col.USER, Col.TIME), known_events(log, rows[Col.USER]), None)
 
 
-def history_lengths(log: pl.DataFrame | None, rows: pl.DataFrame, histories: Sequence[np.ndarray]) -> np.ndarray:
-    """Per row: the user's history length before it, uncapped: the longer of the log's earlier items (counted, never
-    listed) and the row's own history (a request may bring a longer one inline). None for `log`: the histories'."""
+@dataclass(frozen=True)
+class UserHistories:
+    """What each row's user had before it, uncapped (aligned with the rows).
+
+    Attributes:
+        seen: the catalogue items excluded from the row's ranking and offered again as repeat candidates: the log's
+            earlier items, then the row's own history (a request may bring newer items inline), oldest first.
+        sequences: the ordered sequence that user-level statistics count (how often, how long ago): the log's earlier
+            items, or the row's own history when that is longer; catalogue items only.
+        lengths: the history length: the longer of the log's earlier items and the row's own history, items outside
+            the catalogue included.
+    """
+
+    seen: list[np.ndarray]
+    sequences: list[np.ndarray]
+    lengths: np.ndarray
+
+
+def user_histories(log: pl.DataFrame | None, rows: pl.DataFrame, histories: Sequence[np.ndarray], encode: Encode) -> UserHistories:
+    """:class:`UserHistories` of `rows` (``user_id``, ``timestamp``), aligned with `histories` (each row's own, capped,
+    history as catalogue indices); `log` is the dataset's impressions, every split (None: the rows' own histories
+    are all that is known). `encode` turns item-id lists into catalogue index arrays."""
     own = np.array([len(h) for h in histories], dtype=np.int64)
     if log is None or not rows.height:
-        return own
-    _, lo, hi = click_spans(rows.select(Col.USER, Col.TIME), known_events(log, rows[Col.USER]))
-    return np.maximum(hi - lo, own)
-
-
-def whole_histories(log: pl.DataFrame | None, rows: pl.DataFrame, histories: Sequence[np.ndarray], encode: Encode) -> tuple[list[np.ndarray], np.ndarray]:
-    """Per row: the catalogue items its user is known to have had (the log's earlier items, then the row's own
-    history), and the uncapped history length (:func:`history_lengths`).
-
-    Args:
-        log: the dataset's impressions, every split (None: the rows' own histories are all that is known).
-        rows: the rows (``user_id``, ``timestamp``), aligned with `histories`.
-        histories: each row's own (capped) history as catalogue indices.
-        encode: item-id lists to catalogue index arrays.
-    """
-    if log is None or not rows.height:
-        return list(histories), history_lengths(None, rows, histories)
+        return UserHistories(list(histories), list(histories), own)
     earlier = earlier_items(log, rows)
-    lengths = np.maximum(earlier.list.len().to_numpy().astype(np.int64), history_lengths(None, rows, histories))  # as history_lengths
-    return [np.concatenate([e, h]) for e, h in zip(encode(earlier), histories)], lengths
+    counts = earlier.list.len().to_numpy().astype(np.int64)
+    encoded = encode(earlier)
+    return UserHistories([np.concatenate([e, h]) for e, h in zip(encoded, histories)],
+                         [e if n >= len(h) else h for e, n, h in zip(encoded, counts, histories)], np.maximum(counts, own))

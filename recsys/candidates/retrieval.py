@@ -389,12 +389,14 @@ class Retriever:
         per_row = {s: np.concatenate(h) if h else np.zeros(0, dtype=np.int64) for s, h in hits.items()}
         return Retrieved(cands, per, self.cfg.per_source, per_row)
 
-    def score_pairs(self, histories: Sequence[np.ndarray], rows: np.ndarray, items: np.ndarray) -> pl.DataFrame:
+    def score_pairs(self, histories: Sequence[np.ndarray], rows: np.ndarray, items: np.ndarray,
+                    seen: Sequence[np.ndarray] | None = None) -> pl.DataFrame:
         """Every source's score and rank, and ``n_sources``, of given (row, item index) pairs, `rows` sorted:
-        the retrieval features of candidates that retrieval did not produce (logged ones). Rows follow the input."""
+        the retrieval features of candidates that retrieval did not produce (logged ones, repeats). Rows follow the
+        input; `seen` as in :meth:`retrieve` (an excluded item scores -inf)."""
         bounds_all = np.searchsorted(rows, np.arange(len(histories) + 1))
         cols: dict[str, list[np.ndarray]] = {N_SOURCES: [], **{c: [] for s in self.sources for c in (source_score(s), source_rank(s))}}
-        for start, views in self.batches(histories):
+        for start, views in self.batches(histories, seen=seen):
             b = min(self.batch_rows, len(histories) - start)
             lo, hi = bounds_all[start], bounds_all[start + b]
             r, i = rows[lo:hi] - start, items[lo:hi]

@@ -10,7 +10,9 @@ the model and every baseline alike (one switch, the same code):
   is a miss;
 * ``recbole`` (RecBole's full-sort evaluation of sequential models, under which UniSRec, VQ-Rec and MISSRec
   published their figures): nothing is excluded (RecBole masks only its padding item), so history items are
-  candidates and a repeat target can be a hit.
+  candidates and a repeat target can be a hit. The rankers get the user's earlier items as repeat candidates beside
+  the retrieved ones, as in training (:mod:`recsys.candidates.repeats`), and have learned from the log how likely a
+  repeat is; each source alone ranks the whole catalogue.
 
 Rows of the table (names shared with the replay protocol where the ranking is the same idea):
 
@@ -129,7 +131,9 @@ def _rank_chunk(assets: Assets, retriever: Retriever, frozen_only: Retriever | N
     """Every model's and source's (target rank, tie size) and top-k lists for one chunk of requests; each retrieval
     source's rank of the targets; its number of candidates. Only these small arrays leave a cluster worker, whose
     assets come without the dataset's log: `log` is the chunk's users' part of it (all the features read)."""
-    cands, got = retrieved_candidates(retriever, req)
+    cands, got = retrieved_candidates(retriever, req, repeats=not req.masked)
+    if not req.masked:  # each source alone ranks the whole catalogue, the user's items included
+        got = retriever.retrieve(req.histories, req.targets, seen=req.seen)
     inputs = assets.inputs(retriever)
     if log is not None:
         inputs = dataclasses.replace(inputs, dataset=with_log(inputs.dataset, log))

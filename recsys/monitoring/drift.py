@@ -64,7 +64,7 @@ def summarise(values: np.ndarray) -> dict[str, Any]:
     finite, n = _values(values)
     if finite.size == 0:
         return {"n": n, "null_share": 1.0 if n else 0.0, "mean": None, "std": None, "min": None, "max": None,
-                "quantiles": [], "edges": [], "shares": [1.0] if n else [0.0]}
+                "quantiles": [], "edges": [], "shares": list(_shares(finite, n, np.zeros(0)))}  # one bin of values, then nulls
     edges = np.unique(np.quantile(finite, VENTILES))
     return {
         "n": n, "null_share": _round(1.0 - finite.size / n), "mean": _round(finite.mean()), "std": _round(finite.std()),
