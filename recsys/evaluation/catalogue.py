@@ -61,7 +61,12 @@ SOURCE_ROWS = {POPULARITY: "popularity", TRANSITIONS: "transitions", COOCCURRENC
 Ranks = tuple[np.ndarray, np.ndarray]  # rank of the target and the size of its tie
 MASKED, RECBOLE = "masked", "recbole"
 MASKINGS = {MASKED: "masked: every item the user had before the target (whole history) excluded from the ranking",
-            RECBOLE: "recbole: nothing excluded from the ranking (RecBole's full sort; a repeat target can be a hit)"}
+            RECBOLE: "recbole: nothing excluded from the ranking (RecBole's full sort; a repeat target can be a hit; the rankers rank "
+                     "the user's earlier items beside the retrieved ones)"}
+
+_RECALL_NOTE = "retrieval recall (union@N = the ranker's ceiling)"
+_RECALL_NOTE_RECBOLE = ("retrieval recall (each source with nothing excluded; the rankers rank the union with the user's items "
+                        "excluded, plus those items as repeat candidates)")
 
 
 def _candidate_ranks(table: pl.DataFrame, score: np.ndarray, targets: np.ndarray, n_items: int) -> Ranks:
@@ -223,7 +228,7 @@ def catalogue(assets: Assets, rows: pl.DataFrame, split: str, seed: int = 0, chu
     best = max((n for n in ranks if n not in ("full model", "without text", "random")), key=lambda n: metrics[n][ndcg_key(10)], default="random")
     notes = {"rows": n_rows, "items": n_items, "candidates per row": round(n_candidates / max(n_rows, 1), 1),
              "statistics fitted on": "+".join(splits_before(split)),
-             "retrieval recall (union@N = the ranker's ceiling)": "; ".join(
+             _RECALL_NOTE if req.masked else _RECALL_NOTE_RECBOLE: "; ".join(
                  f"{name.removeprefix('retrieval: ')} " + " ".join(f"{k.replace('recall', 'R')}={v:.4f}" for k, v in row.items())
                  for name, row in recall.items())}
     if split == Split.DEV:
