@@ -92,6 +92,12 @@ def test_softmax_temperature_is_calibrated_and_learned(world: dict, tmp_path: Pa
     assert [h["step"] for h in checked] == [0, 2, 4, 5]
     best = max(checked, key=lambda h: h["val_auc"])
     assert metrics["best_step"] == best["step"] and metrics["best_val_auc"] == pytest.approx(best["val_auc"])
+    # Validation once per epoch and max_steps ending the run inside the first one: early stopping has no epoch-end
+    # check to read (it used to fail there), and the run still ends with one.
+    cfg = tiny_config(world["encoder"], max_steps=2, epochs=1)
+    out = train_text_model(topic_impressions(world["items"], n_users=40, per_user=2), world["items"], cfg, tmp_path / "short", show_progress=False)
+    checked = [h["step"] for h in json.loads((out / "train_metrics.json").read_text())["history"] if h["val_auc"] is not None]
+    assert checked == [0, 2]
 
 
 def test_square_projection_starts_as_the_identity(world: dict) -> None:

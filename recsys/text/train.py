@@ -366,7 +366,8 @@ def train_text_model(impressions: pl.DataFrame, items: pl.DataFrame, cfg: TextCo
     has_val = len(val_rows) > 0
     callbacks: list[L.Callback] = [best]
     if has_val:
-        callbacks.append(L.pytorch.callbacks.EarlyStopping(monitor="val_auc", mode="max", patience=cfg.patience))
+        # Checked after each validation only: a run that max_steps ends mid-epoch has no val_auc at that epoch's end.
+        callbacks.append(L.pytorch.callbacks.EarlyStopping(monitor="val_auc", mode="max", patience=cfg.patience, check_on_train_epoch_end=False))
     planned = math.ceil(len(samples) / (cfg.batch_size * cfg.accumulate)) * cfg.epochs
     devices, strategy = ddp_settings(cfg, device)
     with quiet_lightning():
