@@ -219,7 +219,7 @@ def train_sequence_model(train_rows: pl.DataFrame, val_rows: pl.DataFrame, item_
         trainer = L.Trainer(accelerator=lightning_accelerator(device), devices=1, precision=lightning_precision(device, cfg.precision),
                             max_epochs=cfg.epochs, callbacks=callbacks, logger=False, enable_checkpointing=False, num_sanity_val_steps=0,
                             enable_progress_bar=show_progress, enable_model_summary=False, limit_val_batches=1.0 if has_val else 0,
-                            default_root_dir=str(out_dir))
+                            deterministic="warn", default_root_dir=str(out_dir))  # the same seed, the same model (see recsys.text.train)
         start = time.perf_counter()
         if has_val:
             trainer.validate(module, val_loader, verbose=False)  # the untrained model, for the record

@@ -377,6 +377,7 @@ def train_text_model(impressions: pl.DataFrame, items: pl.DataFrame, cfg: TextCo
             accumulate_grad_batches=cfg.accumulate, gradient_clip_val=1.0, callbacks=callbacks, logger=_loggers(Path(out_dir)),
             log_every_n_steps=max(1, min(LOG_EVERY_STEPS, min(planned, cfg.max_steps or planned) // 20)),
             enable_checkpointing=False, num_sanity_val_steps=0, enable_progress_bar=show_progress, enable_model_summary=False,
+            deterministic="warn",  # the same seed, the same model: CPU bf16 steps drift apart otherwise (warn only where CUDA has no such kernel)
             limit_val_batches=1.0 if has_val else 0, val_check_interval=cfg.val_check_steps and cfg.val_check_steps * cfg.accumulate,
             check_val_every_n_epoch=None if cfg.val_check_steps else 1, use_distributed_sampler=False, default_root_dir=str(out_dir),
         )
