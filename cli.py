@@ -471,12 +471,13 @@ def demo_cmd(out: Path, force: bool, config_file: Path | None) -> None:
 @click.option("--save-baseline", is_flag=True, help="Also write benchmarks/results/baseline.json/.md.")
 @click.option("--results-dir", type=click.Path(file_okay=False, path_type=Path), help="Where results go [default: benchmarks/results].")
 @click.option("--work-dir", type=click.Path(file_okay=False, path_type=Path), help="Keep datasets, models and stage logs here [default: a temp dir].")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the synthetic data, added to every training seed (quality across draws).")
 def bench_cmd(mode: str | None, sizes: str | None, scale: bool, stages: str | None, stage_timeout: float | None, amazon: bool | None, amazon_dir: Path | None,
-              compare: Path | None, new: Path | None, save_baseline: bool, results_dir: Path | None, work_dir: Path | None) -> None:
+              compare: Path | None, new: Path | None, save_baseline: bool, results_dir: Path | None, work_dir: Path | None, seed: int) -> None:
     """Benchmark quality, speed, memory and scaling; write benchmarks/results/<date>-<commit>.json/.md (--scale: scale-<date>-<sizes>)."""
     optional = {**({"results_dir": results_dir} if results_dir else {}), **({"stage_timeout_s": stage_timeout} if stage_timeout else {})}
     if scale:
-        misplaced = _given("amazon", "amazon_dir", "compare", "new", "save_baseline")
+        misplaced = _given("amazon", "amazon_dir", "compare", "new", "save_baseline", "seed")
         if misplaced:
             raise click.UsageError(f"{', '.join(misplaced)}: not with --scale")
         from benchmarks.scale import ScaleConfig, run_scale, to_markdown as scale_markdown
@@ -498,7 +499,7 @@ def bench_cmd(mode: str | None, sizes: str | None, scale: bool, stages: str | No
         click.echo(compare_files(new, compare))
         return
     cfg = BenchConfig(mode=mode or "default", sizes=tuple(sizes.split(",")) if sizes else None, amazon=amazon, compare=compare, save_baseline=save_baseline, work_dir=work_dir,
-                      **({"amazon_dir": amazon_dir} if amazon_dir else {}), **optional)
+                      seed=seed, **({"amazon_dir": amazon_dir} if amazon_dir else {}), **optional)
     results, written = run_benchmarks(cfg)
     click.echo(to_markdown(results))
     click.echo("wrote " + ", ".join(str(p) for p in written))

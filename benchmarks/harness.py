@@ -188,9 +188,11 @@ def git_state(repo: Path = REPO) -> dict[str, Any]:
 
 
 def result_stem(meta: dict[str, Any]) -> str:
-    """``<date>-<commit>[-dirty]-<mode>``: two runs of one commit and mode on one day share a name (the later wins)."""
+    """``<date>-<commit>[-dirty]-<mode>[-seed<N>]``: two runs of one commit, mode and seed on one day share a name (the
+    later wins)."""
     date = str(meta["date"])[:10]
-    return f"{date}-{meta['commit']}{'-dirty' if meta.get('dirty') else ''}-{meta['mode']}"
+    seed = f"-seed{meta['seed']}" if meta.get("seed") else ""
+    return f"{date}-{meta['commit']}{'-dirty' if meta.get('dirty') else ''}-{meta['mode']}{seed}"
 
 
 def now_iso() -> str:

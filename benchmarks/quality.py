@@ -38,18 +38,21 @@ def synth_stage(size: str, out: str, seed: int = 0) -> dict[str, Any]:
             "candidate_rows": int(sum(s["candidates"] for s in ds.manifest["splits"].values()))}
 
 
-def train_config(text_impressions: int | None) -> Any:
-    """The pipeline's default configuration, the text fine-tune cut to one epoch over ``text_impressions``.
+def train_config(text_impressions: int | None, seed: int = 0) -> Any:
+    """The pipeline's default configuration, the text fine-tune cut to one epoch over ``text_impressions``, every
+    seed of the run (sampling, fine-tune, ranker) moved by ``seed`` (0: the defaults).
 
     The cut is on data, not steps: a run stopped by a step cap mid-epoch would end without the
     epoch's validation, and the fine-tune keeps the weights of the best validation AUC.
     """
     from recsys.config import TrainConfig, override
 
-    return override(TrainConfig.default("impressions"), **{"text.max_train_impressions": text_impressions, "text.epochs": 1})
+    cfg = TrainConfig.default("impressions")
+    seeds = {"seed": cfg.seed + seed, "text.seed": cfg.text.seed + seed, "ranker.seed": cfg.ranker.seed + seed}
+    return override(cfg, **{"text.max_train_impressions": text_impressions, "text.epochs": 1, **seeds})
 
 
-def train_stage(dataset: str, model_dir: str, text_impressions: int | None = None, until: str | None = None) -> dict[str, Any]:
+def train_stage(dataset: str, model_dir: str, text_impressions: int | None = None, until: str | None = None, seed: int = 0) -> dict[str, Any]:
     """Run :func:`recsys.pipeline.train` up to and including stage ``until`` (None = all stages).
 
     Args:
@@ -57,6 +60,7 @@ def train_stage(dataset: str, model_dir: str, text_impressions: int | None = Non
         model_dir: model directory (reused stage by stage).
         text_impressions: train impressions the text fine-tune samples for its one epoch (None = all).
         until: a name of :data:`PIPELINE_STAGES`; stages after it are left for later calls.
+        seed: added to every seed of the configuration (:func:`train_config`).
 
     Returns:
         ``seconds`` of ``until`` as the pipeline timed it, seconds of every stage that ran (0 = up
@@ -68,7 +72,7 @@ def train_stage(dataset: str, model_dir: str, text_impressions: int | None = Non
 
     if until is not None and until not in PIPELINE_STAGES:
         raise ValueError(f"unknown stage {until!r}; use one of {PIPELINE_STAGES}")
-    model, cfg = Path(model_dir), train_config(text_impressions)
+    model, cfg = Path(model_dir), train_config(text_impressions, seed)
     original = Stages.run
 
     def run_then_stop(self: Stages, name: str, *args: Any) -> str:

@@ -74,6 +74,8 @@ class BenchConfig:
         save_baseline: also write ``baseline.json/.md`` (the committed reference).
         compare: an older results JSON to divide by.
         stage_timeout_s: kill a stage after this long.
+        seed: the synthetic data's seed, also added to every training seed (0: the defaults; other seeds show
+            whether a quality difference holds beyond one draw).
     """
 
     mode: str = "default"
@@ -85,11 +87,14 @@ class BenchConfig:
     save_baseline: bool = False
     compare: Path | None = None
     stage_timeout_s: float = 1800.0
+    seed: int = 0
     plan: Plan = field(init=False)
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
             raise RecsysError(f"unknown benchmark mode {self.mode!r}; use one of {MODES}")
+        if self.save_baseline and self.seed:
+            raise RecsysError(f"--save-baseline with --seed {self.seed}: the committed baseline is seed 0")
         if self.compare is not None and not Path(self.compare).exists():
             raise RecsysError(f"--compare {self.compare}: file not found")
         plan = PLANS[self.mode]
@@ -145,15 +150,15 @@ class Recorder:
                            "baseline_value": baseline_value, "ratio": ratio, "device": device or self.device})
 
 
-def _pipeline(rec: Recorder, size: str, plan: Plan, work: Path) -> None:
+def _pipeline(rec: Recorder, size: str, plan: Plan, work: Path, seed: int) -> None:
     """Synthesize, train, redo each stage alone, evaluate and recommend at one size."""
     data, model = work / size / "data", work / size / "model"
     shutil.rmtree(work / size, ignore_errors=True)  # a kept --work-dir must not make stages look up to date
-    if rec.stage("synth", "benchmarks.quality:synth_stage", {"size": size, "out": str(data)}, size) is None:
+    if rec.stage("synth", "benchmarks.quality:synth_stage", {"size": size, "out": str(data), "seed": seed}, size) is None:
         return
     for name in PIPELINE_STAGES:
         if rec.stage(name, "benchmarks.quality:train_stage",
-                     {"dataset": str(data), "model_dir": str(model), "text_impressions": plan.text_impressions, "until": name}, size) is None:
+                     {"dataset": str(data), "model_dir": str(model), "text_impressions": plan.text_impressions, "until": name, "seed": seed}, size) is None:
             return
         # The stage's own seconds, as the pipeline timed it: without process start and imports.
         rec.stages[-1]["seconds"] = rec.stages[-1]["figures"]["seconds"]
@@ -258,7 +263,7 @@ def run_benchmarks(cfg: BenchConfig) -> tuple[dict[str, Any], list[Path]]:
         hardware = rec.stage("imports only (hardware probe)", "benchmarks.harness:hardware_info", {}) or {}
         rec.device = f"GPU {hardware['gpu']}" if hardware.get("gpu") else f"cpu x{hardware.get('torch_threads', '?')}"
         for size in plan.sizes:
-            _pipeline(rec, size, plan, work)
+            _pipeline(rec, size, plan, work, cfg.seed)
         _speed(rec, plan, work)
         if cfg.run_amazon:
             amazon = rec.stage("amazon-scientific", "benchmarks.quality:amazon_stage",
@@ -267,7 +272,7 @@ def run_benchmarks(cfg: BenchConfig) -> tuple[dict[str, Any], list[Path]]:
                 rec.quality["amazon-scientific"] = amazon["table"]
         rec.progress.close()
     results: dict[str, Any] = {
-        "meta": {**git_state(), "date": now_iso(), "mode": cfg.mode, "sizes": list(plan.sizes), "text_impressions": plan.text_impressions,
+        "meta": {**git_state(), "date": now_iso(), "mode": cfg.mode, "seed": cfg.seed, "sizes": list(plan.sizes), "text_impressions": plan.text_impressions,
                  "plan": asdict(plan), "argv": sys.argv[1:], "hardware": hardware,
                  "total_seconds": round(time.perf_counter() - started, 1),
                  # CPU seconds of all stage processes: over the usable cores, about what an idle machine would take.

@@ -87,8 +87,9 @@ def compare_md(rows: list[tuple[str, float, float, float | None]], old_label: st
 def _meta_md(meta: dict[str, Any]) -> str:
     hw = meta.get("hardware", {})
     gpu = hw.get("gpu") or "none"
+    seed = f", seed {meta['seed']}" if meta.get("seed") else ""
     return "\n".join([
-        f"- commit `{meta.get('commit')}`{' (uncommitted changes)' if meta.get('dirty') else ''}, run {meta.get('date')}, mode **{meta.get('mode')}**, "
+        f"- commit `{meta.get('commit')}`{' (uncommitted changes)' if meta.get('dirty') else ''}, run {meta.get('date')}, mode **{meta.get('mode')}**{seed}, "
         f"sizes {', '.join(meta.get('sizes', []))}, text fine-tune: one epoch over {meta.get('text_impressions')} impressions",
         f"- CPU {hw.get('cpu')} ({hw.get('usable_cpus')} usable of {hw.get('cpu_count')} cores, torch threads {hw.get('torch_threads')}, "
         f"bf16 {'yes' if hw.get('cpu_bf16') else 'no'}), {hw.get('memory_gib')} GiB RAM, GPU {gpu}",

@@ -18,7 +18,7 @@ was killed midway) and every one after it, and ``force=True`` redoes all (see :c
    ``select_retrieval`` retrieval settings chosen on dev (interaction logs) -> selection.json (``select.enabled``)
 4. ``features``       the ranker's training candidates and their features   -> features.parquet (+ retrieval_plan.json)
    ``select_ranker``  LightGBM settings chosen on the validation groups     -> selection.json (``select.enabled``)
-5. ``ranker``         lambdarank, and the same ranker without text features -> ranker/, ranker_no_text/
+5. ``ranker``         lambdarank, and the same ranker without text            -> ranker/, ranker_no_text/
 6. ``reference``      the dev split scored as `recsys monitor` scores a run  -> reference.json (recsys/monitoring/)
 
 and last ``model.json`` (see :mod:`recsys.model`). Statistics a feature reads are fitted only on rows
@@ -41,6 +41,7 @@ import polars as pl
 
 from features.collect import FeatureInputs, collect_features
 from features.registry import BEHAVIOUR, ENCODERS, PAIRS, RETRIEVAL, TEXT, ranker_features
+from features.without_text import WithoutTextRanker, without_text
 from ranker.lambdarank import Ranker, fit, load_ranker, save_ranker
 from recsys.candidates.logged import logged_candidates
 from recsys.candidates.retrieval import Retriever, aligned_vectors
@@ -63,6 +64,9 @@ log = logging.getLogger(__name__)
 
 LOGGED, RETRIEVED = "logged", "retrieved"
 RETRIEVAL_PLAN = "retrieval_plan.json"
+# What the "without text" ranker learns from (in the ranker stage's fingerprint: a model trained under an earlier
+# definition retrains its rankers): 2 = no text features, no candidates only the text sources retrieved.
+BASELINE = "without text 2"
 FROZEN, FT = ENCODERS
 
 
@@ -183,7 +187,9 @@ class Assets:
 
     @cached_property
     def rankers(self) -> dict[str, Ranker]:
-        return {"full model": load_ranker(self.model_dir / RANKER_DIR), "without text": load_ranker(self.model_dir / NO_TEXT_DIR)}
+        baseline = WithoutTextRanker(load_ranker(self.model_dir / NO_TEXT_DIR), self.config.retrieval.per_source,
+                                     candidate_source(self.dataset.kind) == RETRIEVED)
+        return {"full model": load_ranker(self.model_dir / RANKER_DIR), "without text": baseline}
 
 
 def needs_retriever(cfg: TrainConfig) -> bool:
@@ -243,14 +249,23 @@ def write_training_candidates(assets: Assets, out_dir: Path, show_progress: bool
         write_json(assets.retrieval_plans, out_dir / RETRIEVAL_PLAN)
 
 
-def fit_rankers(table: pl.DataFrame, cfg: TrainConfig, out_dir: Path, fit: Callable[..., Ranker] = fit) -> None:
+def fit_rankers(table: pl.DataFrame, cfg: TrainConfig, out_dir: Path, retrieved: bool, fit: Callable[..., Ranker] = fit) -> None:
     """Train the ranker and its "without text" baseline on `table`; early-stop on a held-out share of groups.
-    `fit` is :func:`ranker.lambdarank.fit` or its cluster twin (:class:`recsys.cluster.session.ClusterSession`)."""
+
+    The baseline learns from the table as the job would make it without item text (:mod:`features.without_text`):
+    no text features, and on `retrieved` candidates none that only the text sources retrieved. `fit` is
+    :func:`ranker.lambdarank.fit` or its cluster twin (:class:`recsys.cluster.session.ClusterSession`)."""
     fit_part, valid_part = validation_split(table, cfg.valid_by, cfg.valid_fraction, cfg.seed)
     extra = {"train_time_range": [str(table[Col.TIME].min()), str(table[Col.TIME].max())]}
     names = ranker_features(table.columns, cfg.features.families)
     save_ranker(fit(fit_part, valid_part, names, cfg.ranker), out_dir / RANKER_DIR, **extra)
+    fit_part, valid_part = (_text_free(part, cfg.retrieval.per_source, retrieved) for part in (fit_part, valid_part))
     save_ranker(fit(fit_part, valid_part, ranker_features(table.columns, cfg.features.families, text=False), cfg.ranker), out_dir / NO_TEXT_DIR, **extra)
+
+
+def _text_free(table: pl.DataFrame, per_source: int, retrieved: bool) -> pl.DataFrame:
+    seen, keep = without_text(table, per_source, retrieved)
+    return seen.filter(pl.Series(keep))
 
 
 def _learner_rows(ds: Dataset, cfg: TrainConfig) -> pl.DataFrame:
@@ -382,9 +397,10 @@ def train(ds: Dataset, out_dir: Path, cfg: TrainConfig | None = None, *, force: 
                 [out_dir / selection.SELECTION],
                 lambda: selection.write_part(out_dir, selection.RANKER, select_ranker(pl.read_parquet(out_dir / "features.parquet"), cfg)))
             cfg = selection.apply(cfg, out_dir, selection.RANKER)
-        rank_fp = stages.run("ranker", [feat_fp, result_settings(cfg.ranker), cfg.valid_fraction, cfg.valid_by, cfg.seed],
+        retrieved = candidate_source(ds.kind) == RETRIEVED
+        rank_fp = stages.run("ranker", [feat_fp, result_settings(cfg.ranker), cfg.valid_fraction, cfg.valid_by, cfg.seed, BASELINE],
                              [out_dir / RANKER_DIR / "ranker.txt", out_dir / NO_TEXT_DIR / "ranker.txt"],
-                             lambda: fit_rankers(pl.read_parquet(out_dir / "features.parquet"), cfg, out_dir, on.fit_ranker))
+                             lambda: fit_rankers(pl.read_parquet(out_dir / "features.parquet"), cfg, out_dir, retrieved, on.fit_ranker))
         stages.run("reference", [rank_fp, reference_settings(), cfg.seed], [out_dir / REFERENCE], lambda: write_reference(assets, out_dir, cfg.seed))
     cfg = selection.settled(cfg)  # what is saved: the chosen settings, selection done
     with atomic_path(out_dir / "config.toml") as tmp:

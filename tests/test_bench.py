@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any
@@ -9,7 +10,8 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 
-from benchmarks.harness import run_stage
+from benchmarks.harness import result_stem, run_stage
+from benchmarks.quality import train_config
 from benchmarks.suite import BenchConfig, Recorder, _scaling
 from benchmarks.tables import compare, flatten, load_results, to_markdown, write_results
 from cli import main
@@ -102,6 +104,17 @@ def test_not_a_results_file_is_a_clear_error(tmp_path: Path) -> None:
         load_results(tmp_path / "x.json")
     with pytest.raises(RecsysError, match="unknown benchmark mode"):
         BenchConfig(mode="huge")
+    with pytest.raises(RecsysError, match="the committed baseline is seed 0"):
+        BenchConfig(save_baseline=True, seed=1)
+
+
+def test_a_seed_moves_the_data_and_every_training_seed_and_names_its_results() -> None:
+    base, moved = train_config(100), train_config(100, seed=2)
+    assert (moved.seed, moved.text.seed, moved.ranker.seed) == (base.seed + 2, base.text.seed + 2, base.ranker.seed + 2)
+    assert dataclasses.replace(moved, seed=base.seed, text=base.text, ranker=base.ranker) == base
+    meta = {"date": "2026-12-02T08:00:00+00:00", "commit": "abc", "mode": "default"}
+    assert result_stem(meta) == result_stem({**meta, "seed": 0}) == "2026-12-02-abc-default"
+    assert result_stem({**meta, "seed": 2}) == "2026-12-02-abc-default-seed2"
 
 
 def test_scaling_ratios_follow_consecutive_sizes(tmp_path: Path) -> None:

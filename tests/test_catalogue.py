@@ -13,6 +13,7 @@ import pytest
 from conftest_shop import sequences, write_unisrec
 from conftest_text import make_tiny_encoder, tiny_config
 from features.collect import FeatureInputs, collect_features
+from features.without_text import without_text
 from recsys.api import Recommender
 from recsys.candidates.retrieval import ITEM_INDEX, ROW, RetrievalConfig, Retriever
 from recsys.candidates.retrieved import Requests, retrieved_candidates
@@ -135,8 +136,12 @@ def test_text_features_with_a_fine_tuned_tiny_encoder(shop: Dataset, tmp_path: P
     assert (model / "item_vectors.parquet").exists() and (model / "frozen_vectors.parquet").exists()
     features = json.loads((model / "ranker" / "ranker.json").read_text())["features"]
     assert {"text_last_ft", "text_max_frozen", "src_text_score"} <= set(features)
-    no_text = json.loads((model / "ranker_no_text" / "ranker.json").read_text())["features"]
-    assert not [f for f in no_text if "text" in f]
+    no_text = json.loads((model / "ranker_no_text" / "ranker.json").read_text())
+    assert not [f for f in no_text["features"] if "text" in f]
+    # Nor does it learn from the candidates only the text source retrieved (features/without_text.py).
+    table = pl.read_parquet(model / "features.parquet")
+    _, keep = without_text(table, cfg.retrieval.per_source, retrieved=True)
+    assert 0 < (~keep).sum() and no_text["train"]["rows"] < json.loads((model / "ranker" / "ranker.json").read_text())["train"]["rows"]
     table = rec.evaluate(split=Split.DEV)
     assert {"text only", "frozen text", FULL} <= set(table)
 

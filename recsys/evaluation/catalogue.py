@@ -16,7 +16,8 @@ the model and every baseline alike (one switch, the same code):
 
 Rows of the table (names shared with the replay protocol where the ranking is the same idea):
 
-* ``full model`` / ``without text``: the lambdarank model, and the same ranker without text features;
+* ``full model`` / ``without text``: the lambdarank model, and the same ranker as the job would be without item text:
+  no text features, and none of the candidates only the text sources retrieved (:mod:`features.without_text`);
 * ``text only`` / ``frozen text``: cosine of the items to the user's recent items' mean text vector, from the
   fine-tuned (when fine-tuned) / pretrained encoder;
 * ``popularity``, ``transitions``, ``cooccurrence``, ``ease``, ``als``, ``sequence``: one retrieval source alone, over the

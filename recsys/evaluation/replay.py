@@ -5,7 +5,7 @@ Every ranking scores the same rows, so the numbers compare (the baseline names a
 catalogue protocol):
 
 * ``full model``      the LightGBM ranker over every feature family of the model
-* ``without text``    the same ranker trained without text-derived features
+* ``without text``    the same ranker trained without text-derived features (:mod:`features.without_text`)
 * ``text only``       the fine-tuned text model's interest score alone
 * ``frozen text``     the same score from the pretrained encoder, not fine-tuned
 * ``popularity``      the item's clicks before the impression
