@@ -23,8 +23,7 @@ import polars as pl
 
 from features.registry import TEXT_SOURCES, source_rank
 from ranker.lambdarank import Ranker
-
-N_SOURCES = "n_sources"
+from recsys.candidates.retrieval import N_SOURCES
 
 
 def text_votes(columns: list[str], per_source: int) -> pl.Expr:
