@@ -39,17 +39,18 @@ def synth_stage(size: str, out: str, seed: int = 0) -> dict[str, Any]:
 
 
 def train_config(text_impressions: int | None, seed: int = 0) -> Any:
-    """The pipeline's default configuration, the text fine-tune cut to one epoch over ``text_impressions``, every
-    seed of the run (sampling, fine-tune, ranker) moved by ``seed`` (0: the defaults).
+    """The pipeline's default configuration with the demo's fine-tune (:data:`recsys.demo.CPU_FINE_TUNE`) over
+    ``text_impressions``, every seed of the run (sampling, fine-tune, ranker) moved by ``seed`` (0: the defaults).
 
     The cut is on data, not steps: a run stopped by a step cap mid-epoch would end without the
     epoch's validation, and the fine-tune keeps the weights of the best validation AUC.
     """
     from recsys.config import TrainConfig, override
+    from recsys.demo import CPU_FINE_TUNE
 
     cfg = TrainConfig.default("impressions")
     seeds = {"seed": cfg.seed + seed, "text.seed": cfg.text.seed + seed, "ranker.seed": cfg.ranker.seed + seed}
-    return override(cfg, **{"text.max_train_impressions": text_impressions, "text.epochs": 1, **seeds})
+    return override(cfg, **{**CPU_FINE_TUNE, "text.max_train_impressions": text_impressions, **seeds})
 
 
 def train_stage(dataset: str, model_dir: str, text_impressions: int | None = None, until: str | None = None, seed: int = 0) -> dict[str, Any]:

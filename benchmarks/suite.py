@@ -54,7 +54,7 @@ PLANS: dict[str, Plan] = {
     "quick": Plan(("tiny",), "tiny", 400, 2, 40, 200_000, 20_000, False, False),
     # Three sizes 30x and 8x apart; ~7 min on 2 idle cores without "small", well inside the 20-minute budget
     # with it (the text fine-tune is capped by impressions, so it does not grow with the data).
-    "default": Plan(("tiny", "sample", "small"), "sample", 2_500, 6, 400, 2_000_000, 200_000, True, False),
+    "default": Plan(("tiny", "sample", "small"), "sample", 4_000, 6, 400, 2_000_000, 200_000, True, False),
     "large": Plan(("sample", "small", "medium"), "small", 10_000, 10, 2_000, 10_000_000, 1_000_000, True, True),
 }
 

@@ -15,7 +15,9 @@ The world:
   ``sigmoid(b0 + w_topic*log(interest) + w_sub*[favourite sub-topic] + w_q*quality - w_age*age)``,
   ``b0`` solved so the mean CTR is ``target_ctr``. Topic match dominates, so text can be learned;
   popularity and freshness move it too, so behaviour features help.
-* Histories are a warm start drawn from interests plus the user's clicks before each impression.
+* Histories are a warm start plus the user's clicks before each impression. Warm-start clicks follow the
+  click model too: a topic drawn from the user's interests, then an item of it weighted by quality and by
+  the match with the user's favourite sub-topic (so a history shows the sub-topic taste, as real ones do).
 
 Everything is drawn from one ``numpy`` generator seeded by ``seed``: same config, same data.
 """
@@ -217,17 +219,20 @@ def generate(cfg: SynthConfig) -> Dataset:
     probs = 1 / (1 + np.exp(-(_calibrate(logits, cfg.target_ctr) + logits)))
     labels = (rng.random(probs.size) < probs).astype(np.int8)
 
-    # Clicks for histories: warm-start clicks before the log (drawn from interests), then logged clicks.
+    # Clicks for histories: warm-start clicks before the log (interests, then sub-topic and quality), then logged clicks.
     n_warm = rng.poisson(cfg.warm_history, size=cfg.n_users)
     warm_user = np.repeat(np.arange(cfg.n_users), n_warm)
     warm_topic = (rng.random(warm_user.size)[:, None] > np.cumsum(interest, axis=1)[warm_user]).sum(axis=1).clip(0, n_topics - 1)
     old = pub < 0
     warm_item = np.empty(warm_user.size, dtype=np.int64)
+    warm_favourite = favourite[warm_user, warm_topic]
     for k in range(n_topics):
-        sel, pool = np.flatnonzero(warm_topic == k), np.flatnonzero(old & (topic == k))
+        pool = np.flatnonzero(old & (topic == k))
         pool = pool if pool.size else np.flatnonzero(old) if old.any() else np.arange(cfg.n_items)
-        w = np.exp(quality[pool])
-        warm_item[sel] = pool[rng.choice(pool.size, size=sel.size, p=w / w.sum())]
+        for f in range(n_sub):  # within the topic, the click model's sub-topic and quality terms choose the item
+            sel = np.flatnonzero((warm_topic == k) & (warm_favourite == f))
+            w = np.exp(quality[pool] + cfg.subtopic_weight * (sub[pool] == f))
+            warm_item[sel] = pool[rng.choice(pool.size, size=sel.size, p=w / w.sum())]
     warm_time = -pool_s - rng.uniform(0, pool_s, size=warm_user.size)
     clicked = labels == 1
 
