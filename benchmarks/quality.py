@@ -69,7 +69,8 @@ def train_stage(dataset: str, model_dir: str, text_impressions: int | None = Non
     """
     from recsys.data import load_dataset
     from recsys.io import read_json
-    from recsys.pipeline import Stages, train
+    from recsys.pipeline import train
+    from recsys.stages import Stages
 
     if until is not None and until not in PIPELINE_STAGES:
         raise ValueError(f"unknown stage {until!r}; use one of {PIPELINE_STAGES}")

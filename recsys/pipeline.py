@@ -9,7 +9,7 @@ Everything after that is the same code for training, replay, catalogue evaluatio
 :func:`features.collect.collect_features`, then the LightGBM ranker. :func:`train` runs the stages below,
 each cached in ``stages.json`` by a fingerprint of its inputs (result settings only: resource settings such
 as threads or memory never retrain), so a re-run skips what is unchanged, redoes a stage that changed (or
-was killed midway) and every one after it, and ``force=True`` redoes all (see :class:`Stages`):
+was killed midway) and every one after it, and ``force=True`` redoes all (see :class:`recsys.stages.Stages`):
 
 1. ``encode_frozen``  catalogue vectors of the pretrained encoder          -> frozen_vectors.parquet
 2. ``text_model``     fine-tune the encoder on the earliest training rows   -> text/               (fine_tune)
@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import logging
 import shutil
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -53,11 +52,12 @@ from recsys.config import IMPRESSIONS, TrainConfig, to_toml
 from recsys.data import Col, Dataset, Split
 from recsys.errors import RecsysError
 from recsys.io import atomic_path, make_dir, read_json, write_json, write_parquet
-from recsys.model import FROZEN_VECTORS, ITEM_VECTORS, MODEL_JSON, NO_TEXT_DIR, RANKER_DIR, REFERENCE, SEQUENCE_DIR, TEXT_DIR, fingerprint, write_model_json
+from recsys.model import FROZEN_VECTORS, ITEM_VECTORS, NO_TEXT_DIR, RANKER_DIR, REFERENCE, SEQUENCE_DIR, TEXT_DIR, fingerprint, write_model_json
 from recsys.resources import result_settings
 from recsys.selection import record as selection
 from recsys.selection.ranker import select_ranker
 from recsys.selection.retrieval import select_retrieval
+from recsys.stages import Stages
 from recsys.splits import last_per_user, sample_users, split_latest, splits_before, validation_split
 
 log = logging.getLogger(__name__)
@@ -73,48 +73,6 @@ FROZEN, FT = ENCODERS
 def candidate_source(kind: str) -> str:
     """Where a log's candidates and labels come from: the one place the log kind matters."""
     return LOGGED if kind == IMPRESSIONS else RETRIEVED
-
-
-class Stages:
-    """Bookkeeping of which stage ran with which inputs, kept in ``stages.json``.
-
-    A stage's entry is written after its outputs. Before a stage runs, its entry and every later
-    stage's are removed, and ``model.json`` with them: a run killed midway leaves no claim on what it
-    half wrote and no ``model.json`` over it, and every stage after one that runs runs too, since
-    what they read may have changed in ways their input fingerprints cannot see (a stage redone
-    after a kill, on a device that is not bit-exact).
-    """
-
-    def __init__(self, out_dir: Path, force: bool) -> None:
-        self.path = out_dir / "stages.json"
-        self.rerun = force
-        self.done: dict[str, dict[str, Any]] = read_json(self.path) if self.path.exists() else {}
-        self.timings: dict[str, float] = {}
-        self.seen: set[str] = set()  # stages reached in this run; the others come later
-
-    def run(self, name: str, inputs: Any, outputs: list[Path], work: Callable[[], Any]) -> str:
-        """Run `work` unless the stage's fingerprint and outputs are unchanged; return the fingerprint."""
-        fp = fingerprint(name, inputs)
-        previous = self.done.get(name, {})
-        self.seen.add(name)
-        if not self.rerun and previous.get("fingerprint") == fp and all(p.exists() for p in outputs):
-            log.info("stage %s is up to date (%s)", name, fp)
-            self.timings[name] = 0.0
-            return fp
-        log.info("stage %s: running", name)
-        self.rerun = True
-        (self.path.parent / MODEL_JSON).unlink(missing_ok=True)
-        untrusted = [n for n in self.done if n == name or n not in self.seen]
-        for n in untrusted:
-            del self.done[n]
-        if untrusted:
-            write_json(self.done, self.path)
-        start = time.perf_counter()
-        work()
-        self.timings[name] = round(time.perf_counter() - start, 2)
-        self.done[name] = {"fingerprint": fp, "seconds": self.timings[name], "finished": time.strftime("%Y-%m-%dT%H:%M:%S")}
-        write_json(self.done, self.path)
-        return fp
 
 
 @dataclass

@@ -37,7 +37,7 @@ from conftest_text import make_tiny_encoder, small_toml
 from recsys.data import Col, load_dataset
 from recsys.io import atomic_path, write_parquet
 from recsys.model import read_model_json
-from recsys.pipeline import Stages
+from recsys.stages import Stages
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
