@@ -57,8 +57,8 @@ from recsys.resources import result_settings
 from recsys.selection import record as selection
 from recsys.selection.ranker import select_ranker
 from recsys.selection.retrieval import select_retrieval
-from recsys.stages import Stages
 from recsys.splits import last_per_user, sample_users, split_latest, splits_before, validation_split
+from recsys.stages import Stages
 
 log = logging.getLogger(__name__)
 
