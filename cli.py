@@ -209,20 +209,21 @@ def _train_config(ds: object, config_file: Path | None, **flags: object) -> obje
 @click.option("--seed", type=int, default=None)
 @_CONFIG
 def train_encoder_cmd(dataset: Path, out: Path, fields: str | None, config_file: Path | None, **options: object) -> None:
-    """Fine-tune the text encoder on DATASET's train split (best validation AUC kept); unset options come from
-    --config's [text] table, else the log kind's defaults."""
+    """Fine-tune the text encoder on DATASET's train split (impression logs: on clicks, best validation AUC kept;
+    interaction logs: on next items, best dev NDCG@10 kept); unset options come from --config's [text] table, else the
+    log kind's defaults."""
     from recsys.data import Dataset, Split
     from recsys.io import read_json
-    from recsys.text.train import METRICS_FILE, train_text_model
+    from recsys.pipeline import fine_tune
+    from recsys.text.train import METRICS_FILE, kept_weights
 
     ds = Dataset.load(dataset)
     text_options = {f"text.{k}": v for k, v in options.items()}
     cfg = _train_config(ds, config_file, **text_options, **{"text.fields": tuple(f.strip() for f in fields.split(",")) if fields else None})
-    train_text_model(ds.split(Split.TRAIN), ds.items, cfg.text, out)  # type: ignore[attr-defined]
+    fine_tune(ds, cfg, ds.split(Split.TRAIN), out, show_progress=True)
     metrics = read_json(out / METRICS_FILE)
-    first = next((h["val_auc"] for h in metrics["history"] if h["epoch"] == -1), None)
-    auc = f"validation AUC {first:.4f} -> {metrics['best_val_auc']:.4f} (epoch {metrics['best_epoch']}); " if first is not None else ""
-    click.echo(f"{out}: {auc}{metrics['train_samples']} clicks, {metrics['steps']} steps in {metrics['seconds']:.0f} s ({metrics['precision']})")
+    examples = f"{metrics['train_pairs']} next-item pairs" if "train_pairs" in metrics else f"{metrics['train_samples']} clicks"
+    click.echo(f"{out}: {kept_weights(out)}; {examples}, {metrics['steps']} steps in {metrics['seconds']:.0f} s ({metrics['precision']})")
 
 
 @main.command("encode")

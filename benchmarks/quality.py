@@ -40,7 +40,7 @@ def synth_stage(size: str, out: str, seed: int = 0) -> dict[str, Any]:
 
 def train_config(text_impressions: int | None, seed: int = 0) -> Any:
     """The pipeline's default configuration with the demo's fine-tune (:data:`recsys.demo.CPU_FINE_TUNE`) over
-    ``text_impressions``, every seed of the run (sampling, fine-tune, ranker) moved by ``seed`` (0: the defaults).
+    ``text_impressions``, every seed of the run (fine-tune, ranker) moved by ``seed`` (0: the defaults).
 
     The cut is on data, not steps: a run stopped by a step cap mid-epoch would end without the
     epoch's validation, and the fine-tune keeps the weights of the best validation AUC.

@@ -4,7 +4,7 @@ Every expensive stage is bounded by a setting, so a larger log costs a predictab
 open-ended amount:
 
 * ``encode``     every catalogue item once per encoder (no cap: each item needs a vector);
-* ``fine-tune``  ``text.max_train_impressions`` impressions x ``text.epochs`` (or ``text.max_steps``);
+* ``fine-tune``  ``text.max_train_impressions`` impressions (interaction logs: next-item pairs) x ``text.epochs`` (or ``text.max_steps``);
 * ``sequence``   the training sequences' next-item targets x epochs (at most ``sequence.epochs``, early stopping ends sooner);
 * ``features``   the ranker's training groups (rows of ``ranker_users`` users) x candidates per group;
 * ``ranker``     those rows x boosting rounds: at most ``ranker.n_estimators``, early stopping ends sooner;
@@ -33,6 +33,7 @@ from recsys.text.train import refresh_interval
 # Reference rates on the 2-core CPU (bf16), from the runs in benchmarks/results/budgets-calibrate-2026-12-02.md.
 ENCODE_ITEMS_PER_S = 400.0  # encode_items at 48 tokens (model loading included); time grows about linearly with tokens
 FINE_TUNE_SAMPLES_PER_S = 15.0  # one click + its negatives and history, 48 tokens, batch 32
+NEXT_ITEM_PAIRS_PER_S = 44.0  # interaction logs: (last item, next item) pairs, 48 tokens, batch 64 (Amazon Scientific: 25,659 at 64 tokens in 770 s)
 FEATURE_ROWS_PER_S = 80_000.0  # the ranker's candidate rows with every feature family
 LOG_PAIRS_PER_S = 400_000.0  # impression logs: (impression, candidate) pairs of the whole log, read by the point-in-time features
 FIT_EVENTS_PER_S = 80_000.0  # interaction logs: events the retrieval statistics are fitted on (ALS, transitions, co-occurrence)
@@ -70,23 +71,7 @@ def plan(ds: Dataset, c: TrainConfig) -> list[StageBudget]:
     logged = candidate_source(ds.kind) == LOGGED
     train = ds.split(Split.TRAIN)
     if c.fine_tune:
-        text = c.text
-        available = round(train.height * c.text_fraction) if logged else train.height
-        impressions = min(available, text.max_train_impressions or available)
-        samples = impressions * _clicks_per_row(train) * text.epochs
-        if text.max_steps:
-            samples = min(samples, text.max_steps * text.batch_size * text.accumulate)
-        # The history cache holds the items the sampled histories read (at most the catalogue), re-encoded
-        # every refresh_interval steps; each validation (one per epoch, one before) adds those of its impressions.
-        steps = samples / (text.batch_size * text.accumulate)
-        cached = min(n_items, impressions * text.history_len)
-        every = refresh_interval(text, cached)
-        refreshes = math.ceil(steps / every) if every else text.epochs
-        validated = min(n_items, cached + (text.max_val_impressions or n_items) * (text.history_len + float(train[Col.CANDIDATES].list.len().mean() or 0)))
-        refresh_s = (refreshes * cached + (text.epochs + 1) * validated) * token_scale / ENCODE_ITEMS_PER_S
-        out.append(StageBudget("fine-tune", f"{impressions:,} of {available:,} impressions x {text.epochs} epoch(s), ~{samples:,.0f} samples"
-                               f" + {refreshes} history-cache refreshes", "text.max_train_impressions, text.epochs, text.max_steps, text.cache_refresh_steps",
-                               samples * token_scale / FINE_TUNE_SAMPLES_PER_S + refresh_s))
+        out.append(_fine_tune(ds, c, train) if logged else _next_item_fine_tune(ds, c, train))
     if c.uses_sequence:
         users_train = train[Col.USER].n_unique()
         targets = train.height * c.text_fraction * _clicks_per_row(train) if logged else train.height - (users_train if c.earlier_targets else 0)
@@ -113,6 +98,39 @@ def plan(ds: Dataset, c: TrainConfig) -> list[StageBudget]:
     out.append(StageBudget("ranker", f"~{rows * (1 - c.valid_fraction):,.0f} rows x ~{typical:,} rounds (early stopping; at most {rounds:,}), 2 rankers",
                            "ranker_users, ranker.n_estimators", 2 * rows * typical / RANKER_ROW_ROUNDS_PER_S))
     return out
+
+
+def _fine_tune(ds: Dataset, c: TrainConfig, train: pl.DataFrame) -> StageBudget:
+    """The impression fine-tune (:mod:`recsys.text.train`): clicks with their negatives, a history cache refreshed as it goes."""
+    text, n_items, token_scale = c.text, ds.items.height, c.text.max_tokens / REFERENCE_TOKENS
+    available = round(train.height * c.text_fraction)
+    impressions = min(available, text.max_train_impressions or available)
+    samples = impressions * _clicks_per_row(train) * text.epochs
+    if text.max_steps:
+        samples = min(samples, text.max_steps * text.batch_size * text.accumulate)
+    # The history cache holds the items the sampled histories read (at most the catalogue), re-encoded
+    # every refresh_interval steps; each validation (one per epoch, one before) adds those of its impressions.
+    steps = samples / (text.batch_size * text.accumulate)
+    cached = min(n_items, impressions * text.history_len)
+    every = refresh_interval(text, cached)
+    refreshes = math.ceil(steps / every) if every else text.epochs
+    validated = min(n_items, cached + (text.max_val_impressions or n_items) * (text.history_len + float(train[Col.CANDIDATES].list.len().mean() or 0)))
+    refresh_s = (refreshes * cached + (text.epochs + 1) * validated) * token_scale / ENCODE_ITEMS_PER_S
+    return StageBudget("fine-tune", f"{impressions:,} of {available:,} impressions x {text.epochs} epoch(s), ~{samples:,.0f} samples"
+                       f" + {refreshes} history-cache refreshes", "text.max_train_impressions, text.epochs, text.max_steps, text.cache_refresh_steps",
+                       samples * token_scale / FINE_TUNE_SAMPLES_PER_S + refresh_s)
+
+
+def _next_item_fine_tune(ds: Dataset, c: TrainConfig, train: pl.DataFrame) -> StageBudget:
+    """The next-item fine-tune of an interaction log (:mod:`recsys.text.next_item`): its pairs (the training rows,
+    less each user's last train item when that is a ranker target) and one catalogue encode per validation."""
+    text, n_items = c.text, ds.items.height
+    available = train.height - (train[Col.USER].n_unique() if c.earlier_targets else 0)
+    used = min(available, text.max_train_impressions or available)
+    pairs = used * text.epochs if not text.max_steps else min(used * text.epochs, text.max_steps * text.batch_size * text.accumulate)
+    seconds = (pairs / NEXT_ITEM_PAIRS_PER_S + (text.epochs + 1) * n_items / ENCODE_ITEMS_PER_S) * text.max_tokens / REFERENCE_TOKENS
+    return StageBudget("fine-tune", f"{used:,} of {available:,} next-item pairs x {text.epochs} epoch(s) + {text.epochs + 1} catalogue validations",
+                       "text.max_train_impressions, text.epochs, text.max_steps", seconds)
 
 
 def _features(ds: Dataset, train: pl.DataFrame, groups: float, per_group: float, sampled: str, logged: bool) -> StageBudget:

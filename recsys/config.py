@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import math
 import sys
 import types
@@ -24,7 +25,6 @@ from features.build import FeatureConfig
 from features.registry import BEHAVIOUR, PAIRS, RETRIEVAL, TEXT
 from ranker.lambdarank import RankerConfig
 from recsys.candidates.retrieval import RECENT, SEQUENCE, RetrievalConfig
-from recsys.candidates.sampling import SamplingConfig
 from recsys.errors import RecsysError
 from recsys.resources import RESOURCE_KEY
 from recsys.selection.config import SelectionConfig
@@ -44,7 +44,10 @@ NONE = "none"
 MONITOR_TABLE = "monitor"  # thresholds of `recsys monitor` (recsys/monitoring/config.py): one config file serves every job
 # Settings are 32-bit where libraries read them (LightGBM, DuckDB); larger whole numbers are mistakes.
 _MAX_INT = 2**31 - 1
+# Tables of earlier versions that nothing reads any more, and why: a model saved with one still loads.
+RETIRED = {"sampling": "an interaction log's encoder fine-tunes on next items against the batch's other items"}
 
+log = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass
@@ -55,7 +58,6 @@ class TrainConfig:
         text: the text encoder and its fine-tune.
         features: point-in-time feature settings and the families the ranker reads.
         retrieval: candidate sources (interaction logs: the candidates; every log: retrieval features).
-        sampling: sampled negatives for fine-tuning on interaction logs.
         sequence: the sequence model, trained when ``retrieval.sources`` has ``sequence`` (and ``use_text``).
         ranker: LightGBM lambdarank.
         select: which retrieval and ranker settings are chosen on the dev split before training (the ones above seed it).
@@ -79,7 +81,6 @@ class TrainConfig:
     text: TextConfig = dataclasses.field(default_factory=TextConfig)
     features: FeatureConfig = dataclasses.field(default_factory=FeatureConfig)
     retrieval: RetrievalConfig = dataclasses.field(default_factory=RetrievalConfig)
-    sampling: SamplingConfig = dataclasses.field(default_factory=SamplingConfig)
     sequence: SequenceConfig = dataclasses.field(default_factory=SequenceConfig)
     ranker: RankerConfig = dataclasses.field(default_factory=RankerConfig)
     select: SelectionConfig = dataclasses.field(default_factory=SelectionConfig)
@@ -134,7 +135,7 @@ class TrainConfig:
             ranker = RankerConfig(num_leaves=31, learning_rate=0.05, min_data_in_leaf=50, n_estimators=1000, early_stopping_rounds=50,
                                   lambdarank_truncation_level=30, eval_at=(10,))
             return cls(text=text, features=FeatureConfig(families=(RETRIEVAL, PAIRS)), ranker=ranker, fine_tune=False,
-                       sampling=SamplingConfig(negatives=4, max_rows=6000), valid_by="users")
+                       valid_by="users")
         raise RecsysError(f"unknown log kind {kind!r}; use one of {KINDS}")
 
     @classmethod
@@ -149,8 +150,11 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], base: TrainConfig | None = None, source: str = "config") -> TrainConfig:
-        """`base` (default: the impression defaults) with every value given in `data` replaced; unknown keys are errors."""
-        return _merge(base or cls.default(IMPRESSIONS), data, source)
+        """`base` (default: the impression defaults) with every value given in `data` replaced; unknown keys are errors,
+        but for the :data:`RETIRED` tables of earlier versions, which are dropped with a warning (saved models keep loading)."""
+        for name in RETIRED.keys() & data.keys():
+            log.warning("%s: [%s] is no longer read (%s)", source, name, RETIRED[name])
+        return _merge(base or cls.default(IMPRESSIONS), {k: v for k, v in data.items() if k not in RETIRED}, source)
 
 
 def _plain(obj: Any) -> Any:

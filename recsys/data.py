@@ -14,8 +14,8 @@ Impressions come from two kinds of logs (``manifest["kind"]``):
 * ``"impressions"``: what was shown and what was clicked (MIND, or events with impression rows).
   ``candidates`` are the shown items, ``labels`` 1 for clicked, 0 for not.
 * ``"interactions"``: only clicks/purchases were logged. Each interaction is one row whose
-  ``candidates`` holds the one positive item with label 1; negatives are sampled later
-  (:mod:`recsys.candidates.sampling`) and candidates come from retrieval at serving time.
+  ``candidates`` holds the one positive item with label 1; candidates come from retrieval
+  (:mod:`recsys.candidates.retrieval`), and the ones the user did not take are the ranker's negatives.
 
 ``labels`` is null for unlabelled logs (MIND test). ``click_probs`` is only filled by the synthetic
 generator: the true click probability of each candidate, for the oracle ranking.

@@ -124,7 +124,7 @@ def read_model_json(model_dir: Path, *, verify: bool = True) -> dict[str, Any]:
         RecsysError: not a trained model, or a model of another format.
         ModelMismatchError: an artifact is missing or was changed after training, or the config was edited.
     """
-    from recsys.config import TrainConfig
+    from recsys.config import RETIRED, TrainConfig
     from recsys.resources import result_settings
 
     path = Path(model_dir) / MODEL_JSON
@@ -146,6 +146,7 @@ def read_model_json(model_dir: Path, *, verify: bool = True) -> dict[str, Any]:
         except RecsysError as exc:
             raise ModelMismatchError(f"{exc} (a model of another recsys version: retrain it)") from None
         settings = result_settings(cfg)
+        settings.update({name: meta["config"][name] for name in RETIRED if name in meta["config"]})  # hashed as trained: with them
         for dotted in earlier:  # hashed as trained: without the settings that did not exist yet
             *parents, name = dotted.split(".")
             _section(settings, parents).pop(name)

@@ -45,7 +45,6 @@ from ranker.lambdarank import Ranker, fit, load_ranker, save_ranker
 from recsys.candidates.logged import logged_candidates
 from recsys.candidates.retrieval import Retriever, aligned_vectors
 from recsys.candidates.retrieved import Requests, retrieved_candidates, subsample_negatives
-from recsys.candidates.sampling import sample_negatives
 from recsys.cluster.connect import ClusterConfig
 from recsys.cluster.session import ClusterSession
 from recsys.config import IMPRESSIONS, TrainConfig, to_toml
@@ -235,12 +234,18 @@ def _learner_rows(ds: Dataset, cfg: TrainConfig) -> pl.DataFrame:
     return last_per_user(train_rows)[0] if cfg.earlier_targets else train_rows
 
 
-def _text_rows(ds: Dataset, cfg: TrainConfig) -> pl.DataFrame:
-    """What the encoder fine-tunes on: :func:`_learner_rows`, with sampled negatives of the clicks of an interaction log."""
-    rows = _learner_rows(ds, cfg)
+def fine_tune(ds: Dataset, cfg: TrainConfig, rows: pl.DataFrame, text_dir: Path, show_progress: bool = False) -> None:
+    """Fine-tune the encoder on `rows` of `ds` into `text_dir`: an impression log's clicks against the shown non-clicks
+    (:mod:`recsys.text.train`), an interaction log's next items, judged by the text source's dev NDCG@10
+    (:mod:`recsys.text.next_item`). Either keeps the pretrained weights when no step beats them."""
+    from recsys.text.next_item import train_next_item_model
+    from recsys.text.train import train_text_model
+
     if candidate_source(ds.kind) == LOGGED:
-        return rows
-    return sample_negatives(rows, ds.items[Col.ITEM].to_list(), cfg.sampling).drop(Col.SAMPLED)
+        train_text_model(rows, ds.items, cfg.text, text_dir, show_progress=show_progress)
+    else:
+        train_next_item_model(rows, ds.split(Split.DEV), ds.items, cfg.text, text_dir,
+                              recent=cfg.retrieval.recent, decay=cfg.retrieval.decay, show_progress=show_progress)
 
 
 def train_sequence(ds: Dataset, cfg: TrainConfig, out_dir: Path, show_progress: bool = False) -> None:
@@ -260,11 +265,18 @@ def _learner_settings(ds: Dataset, cfg: TrainConfig) -> list[Any]:
     return [cfg.text_fraction] if candidate_source(ds.kind) == LOGGED else [cfg.earlier_targets]
 
 
+def _fine_tune_settings(ds: Dataset, cfg: TrainConfig) -> list[Any]:
+    """The settings :func:`fine_tune` reads besides ``[text]``."""
+    if candidate_source(ds.kind) == LOGGED:
+        return _learner_settings(ds, cfg)
+    return [*_learner_settings(ds, cfg), cfg.retrieval.recent, cfg.retrieval.decay]
+
+
 def _source_settings(ds: Dataset, cfg: TrainConfig) -> list[Any]:
     """The settings of how this log's candidates are made (so a setting the other source reads never reruns a stage)."""
     if candidate_source(ds.kind) == LOGGED:
         return [cfg.text_fraction]
-    return [result_settings(cfg.sampling), cfg.earlier_targets, cfg.train_negatives]
+    return [cfg.earlier_targets, cfg.train_negatives]
 
 
 def _encoder_settings(cfg: TrainConfig) -> list[Any]:
@@ -303,7 +315,7 @@ def train(ds: Dataset, out_dir: Path, cfg: TrainConfig | None = None, *, force: 
     from recsys.monitoring.reference import reference_settings, write_reference
     from recsys.text.encode import encode_items
     from recsys.text.ddp import ddp_rank_copy
-    from recsys.text.train import load_text_model, pretrained_text_model, train_text_model
+    from recsys.text.train import load_text_model, pretrained_text_model
 
     cfg = cfg or TrainConfig.for_dataset(ds.manifest)
     if BEHAVIOUR in cfg.features.families and ds.manifest.get("time_source") == "sequence_order":
@@ -311,7 +323,7 @@ def train(ds: Dataset, out_dir: Path, cfg: TrainConfig | None = None, *, force: 
                           "features would compare users' positions as times; use the retrieval and pairs families")
     out_dir = Path(out_dir)
     if cfg.fine_tune and ddp_rank_copy():  # another DDP rank of the fine-tune: only that, then the process ends
-        train_text_model(_text_rows(ds, cfg), ds.items, cfg.text, out_dir / TEXT_DIR, show_progress=False)
+        fine_tune(ds, cfg, _learner_rows(ds, cfg), out_dir / TEXT_DIR)
     make_dir(out_dir)
     stages = Stages(out_dir, force)
     _drop_unused(out_dir, cfg, stages)
@@ -324,8 +336,8 @@ def train(ds: Dataset, out_dir: Path, cfg: TrainConfig | None = None, *, force: 
             lambda: encode_items(pretrained_text_model(cfg.text), ds.items, cache_dir=cache, show_progress=show_progress).save(out_dir / FROZEN_VECTORS)))
     if cfg.fine_tune:
         text_fp = stages.run(
-            "text_model", [data_fp, ds.kind, text_cfg, _source_settings(ds, cfg)], [out_dir / TEXT_DIR / "text_config.json"],
-            lambda: train_text_model(_text_rows(ds, cfg), ds.items, cfg.text, out_dir / TEXT_DIR, show_progress=show_progress))
+            "text_model", [data_fp, ds.kind, text_cfg, _fine_tune_settings(ds, cfg)], [out_dir / TEXT_DIR / "text_config.json"],
+            lambda: fine_tune(ds, cfg, _learner_rows(ds, cfg), out_dir / TEXT_DIR, show_progress))
         upstream.append(stages.run(
             "encode", [text_fp], [out_dir / ITEM_VECTORS],
             lambda: encode_items(load_text_model(out_dir / TEXT_DIR), ds.items, cache_dir=cache, show_progress=show_progress).save(out_dir / ITEM_VECTORS)))

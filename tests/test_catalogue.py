@@ -17,13 +17,13 @@ from features.without_text import without_text
 from recsys.api import Recommender
 from recsys.candidates.retrieval import ITEM_INDEX, ROW, RetrievalConfig, Retriever
 from recsys.candidates.retrieved import Requests, retrieved_candidates
-from recsys.candidates.sampling import SamplingConfig
 from recsys.config import TrainConfig, override
 from recsys.data import Col, Dataset, Split
 from recsys.errors import RecsysError
 from recsys.evaluation.catalogue import _candidate_ranks
 from recsys.evaluation.metrics import held_out_ranks
 from recsys.loaders.amazon import ingest_amazon
+from recsys.text.train import kept_weights
 from recsys.splits import resplit_by_time, splits_before
 
 N_ITEMS = 40
@@ -129,11 +129,14 @@ def test_a_catalogue_over_the_memory_budget_trains_and_serves_with_als(shop: Dat
 
 def test_text_features_with_a_fine_tuned_tiny_encoder(shop: Dataset, tmp_path: Path) -> None:
     enc = make_tiny_encoder(tmp_path / "enc")
-    cfg = small_cfg(shop, use_text=True, fine_tune=True, text=tiny_config(enc, epochs=1, max_train_impressions=200, fields=("title",)),
-                    sampling=SamplingConfig(negatives=3, max_rows=300))
+    cfg = small_cfg(shop, use_text=True, fine_tune=True, text=tiny_config(enc, epochs=1, max_train_impressions=200, fields=("title",)))
     rec = Recommender.fit(shop, cfg, out=tmp_path / "model", show_progress=False)
     model = rec.model_dir
     assert (model / "item_vectors.parquet").exists() and (model / "frozen_vectors.parquet").exists()
+    # An interaction log's encoder learns next items (recsys/text/next_item.py), judged on dev before and after.
+    metrics = json.loads((model / "text" / "train_metrics.json").read_text())
+    assert metrics["objective"] == "next item" and metrics["train_pairs"] == 200 and [h["step"] for h in metrics["history"]][:1] == [0]
+    assert metrics["validation_rows"] == shop.split(Split.DEV).height
     features = json.loads((model / "ranker" / "ranker.json").read_text())["features"]
     assert {"text_last_ft", "text_max_frozen", "src_text_score"} <= set(features)
     no_text = json.loads((model / "ranker_no_text" / "ranker.json").read_text())
@@ -144,6 +147,7 @@ def test_text_features_with_a_fine_tuned_tiny_encoder(shop: Dataset, tmp_path: P
     assert 0 < (~keep).sum() and no_text["train"]["rows"] < json.loads((model / "ranker" / "ranker.json").read_text())["train"]["rows"]
     table = rec.evaluate(split=Split.DEV)
     assert {"text only", "frozen text", FULL} <= set(table)
+    assert kept_weights(model / "text").startswith(metrics["kept"]) and "dev NDCG@10" in kept_weights(model / "text")  # the report's line
 
 
 def test_time_split_needs_real_timestamps(shop: Dataset) -> None:

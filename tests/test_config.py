@@ -31,6 +31,16 @@ def test_kinds_have_their_own_defaults() -> None:
         TrainConfig.default("clicks")
 
 
+def test_a_retired_table_is_dropped_with_a_warning_and_a_typo_still_fails(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    base = TrainConfig.default("interactions")
+    (tmp_path / "old.toml").write_text('fine_tune = true\n[sampling]\nnegatives = 4\nmax_rows = 6000\n')  # a model saved before next-item fine-tuning
+    assert load_config(tmp_path / "old.toml", base) == dataclasses.replace(base, fine_tune=True)
+    assert "[sampling] is no longer read" in caplog.text and "old.toml" in caplog.text
+    (tmp_path / "typo.toml").write_text("[samplng]\nnegatives = 4\n")
+    with pytest.raises(RecsysError, match="unknown setting"):
+        load_config(tmp_path / "typo.toml", base)
+
+
 def test_override_changes_only_the_named_setting() -> None:
     cfg = TrainConfig.default("impressions")
     changed = override(cfg, **{"text.epochs": 3, "ranker.num_leaves": None})

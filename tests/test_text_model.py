@@ -227,7 +227,7 @@ def test_training_options_bf16_lora_freeze_projection(world: dict, tmp_path: Pat
 def test_interaction_only_log_without_negatives_is_refused(world: dict, tmp_path: Path) -> None:
     positives = topic_impressions(world["items"], n_users=4, per_user=2).with_columns(
         pl.col(Col.CANDIDATES).list.head(1), pl.lit([1], dtype=pl.List(pl.Int8())).alias(Col.LABELS))
-    with pytest.raises(RecsysError, match="sampl"):
+    with pytest.raises(RecsysError, match="fine-tunes on next items instead"):
         train_text_model(positives, world["items"], world["cfg"], tmp_path / "m", show_progress=False)
 
 

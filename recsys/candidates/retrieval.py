@@ -118,7 +118,7 @@ class RetrievalConfig:
             raise RecsysError(f"memory_budget: {exc}") from exc
 
 
-def _recency_matrix(histories: Sequence[np.ndarray], n_items: int, recent: int | None, decay: float) -> sp.csr_matrix:
+def recency_matrix(histories: Sequence[np.ndarray], n_items: int, recent: int | None, decay: float) -> sp.csr_matrix:
     """Sparse (len(histories), n_items) weights: decay**k on the k-th most recent item (all items if recent is None)."""
     lengths = np.fromiter((len(h) for h in histories), dtype=np.int64, count=len(histories))
     if not lengths.sum():
@@ -158,7 +158,7 @@ class Retriever:
         self.sources = [s for s in cfg.sources if given.get(s, True) is not None]
         self.plan: dict[str, Any] = {"items": n, "memory_budget": cfg.memory_budget}
         self._choose_collaborative(n, budget)
-        users = _recency_matrix(sequences, n, None, 1.0)
+        users = recency_matrix(sequences, n, None, 1.0)
         self.popularity = np.bincount(np.concatenate([np.zeros(0, dtype=np.int64), *sequences]), minlength=n).astype(np.float32)
         self.transitions = transitions(sequences, n)
         self.cooccurrence, facts = cooccurrence(users, budget, cfg.cooccurrence_neighbours)
@@ -269,7 +269,7 @@ class Retriever:
         """Unit user vectors of a vector source (text: the recency-weighted mean text vector; sequence: the model's)."""
         if source == SEQUENCE:
             return self.sequence.users(histories)  # type: ignore[union-attr]
-        return self._user_text(_recency_matrix(histories, len(self.item_ids), self.cfg.recent, self.cfg.decay) if recent is None else recent)
+        return self._user_text(recency_matrix(histories, len(self.item_ids), self.cfg.recent, self.cfg.decay) if recent is None else recent)
 
     def _user_text(self, recent: sp.csr_matrix) -> np.ndarray:
         """Normalised recency-weighted mean text vectors of the rows of `recent`."""
@@ -281,7 +281,7 @@ class Retriever:
         """Dense (len(histories), n_items) float32 scores of `sources` (default: all, text exact even where retrieval
         uses the index); the user's own items are -inf. Callers bound len(histories) (see ``batch_rows``)."""
         n, cfg = len(self.item_ids), self.cfg
-        recent, binary = _recency_matrix(histories, n, cfg.recent, cfg.decay), _recency_matrix(histories, n, None, 1.0)
+        recent, binary = recency_matrix(histories, n, cfg.recent, cfg.decay), recency_matrix(histories, n, None, 1.0)
         return self._dense(histories, recent, binary, self.sources if sources is None else sources, OwnItems.of(binary))
 
     def _dense(self, histories: Sequence[np.ndarray], recent: sp.csr_matrix, binary: sp.csr_matrix, sources: Sequence[str],
@@ -323,9 +323,9 @@ class Retriever:
         """Each source's view of one batch, in the form its scores take (see :mod:`recsys.candidates.topn`): the
         sources read `histories`, and the items of `seen` (default: the histories) are excluded from the ranking."""
         top, depth, n = self.cfg.per_source, self.cfg.rank_depth, len(self.item_ids)
-        recent = _recency_matrix(histories, n, self.cfg.recent, self.cfg.decay)
-        binary = _recency_matrix(histories, n, None, 1.0)
-        own = OwnItems.of(binary if seen is None else _recency_matrix(seen, n, None, 1.0))
+        recent = recency_matrix(histories, n, self.cfg.recent, self.cfg.decay)
+        binary = recency_matrix(histories, n, None, 1.0)
+        own = OwnItems.of(binary if seen is None else recency_matrix(seen, n, None, 1.0))
         informed = np.array([len(h) > 0 for h in histories], dtype=bool)
         dense = self._dense(histories, recent, binary, self._dense_sources(), own)
         views: dict[str, View] = {s: DenseScores(v, top, depth, informed) for s, v in dense.items()}

@@ -33,9 +33,8 @@ import numpy as np
 
 from recsys.candidates.inputs import user_sequences
 from recsys.candidates.itemitem import ease_bytes, fit_ease
-from recsys.candidates.retrieval import ALS, COOCCURRENCE, EASE, TEXT, TRANSITIONS, Retriever, _recency_matrix
+from recsys.candidates.retrieval import ALS, COOCCURRENCE, EASE, TEXT, TRANSITIONS, Retriever, recency_matrix
 from recsys.candidates.retrieved import Requests
-from recsys.candidates.topn import contains
 from recsys.config import TrainConfig
 from recsys.data import Col, Dataset, Split
 from recsys.errors import RecsysError
@@ -192,7 +191,7 @@ def dev_targets(ds: Dataset, vectors: Any, cfg: TrainConfig, sequence: Any = Non
         raise RecsysError("settings selection needs dev rows with a target in the catalogue (the ranker learns from them too); "
                           "re-split the log, or turn select.enabled off")
     sequences = retriever.encode_histories(user_sequences(fitted_on)[Col.HISTORY])
-    return DevTargets(retriever, req.histories, req.targets, _recency_matrix(sequences, len(retriever.item_ids), None, 1.0))
+    return DevTargets(retriever, req.histories, req.targets, recency_matrix(sequences, len(retriever.item_ids), None, 1.0))
 
 
 def select_retrieval(ds: Dataset, vectors: Any, cfg: TrainConfig, sequence: Any = None, clock: Callable[[], float] | None = None) -> dict[str, Any]:

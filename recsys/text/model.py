@@ -48,16 +48,20 @@ PROJECTION_FILE = "projection.safetensors"
 class TextConfig:
     """Settings of the text model: what it reads, how it pools, how it is trained.
 
+    An impression log fine-tunes on clicks (:mod:`recsys.text.train`), an interaction log on next items
+    (:mod:`recsys.text.next_item`); the settings marked "impression fine-tune" are read by the first only.
+
     Attributes:
         encoder: A Hugging Face BERT-family model directory; None = the packaged all-MiniLM-L6-v2.
         fields: Item columns joined into the text an encoder reads.
         max_tokens: Token budget per item text (longer texts are truncated).
         pooling: ``"mean"`` over tokens or the ``"cls"`` token.
         projection_dim: Size of an optional linear projection after pooling (None = none).
-        user_pooling: ``"attention"`` (learned additive attention) or ``"mean"`` over history vectors.
-        history_len: The most recent history items a user vector is built from.
-        negatives: Non-clicked candidates of the same impression per clicked one (softmax over K+1).
-        in_batch_negatives: Also use the other clicks of the batch as negatives. They are as popular as
+        user_pooling: ``"attention"`` (learned additive attention) or ``"mean"`` over history vectors (impression fine-tune).
+        history_len: The most recent history items a user vector is built from (impression fine-tune).
+        negatives: Non-clicked candidates of the same impression per clicked one (softmax over K+1; impression fine-tune).
+        in_batch_negatives: Also use the other clicks of the batch as negatives (impression fine-tune; the
+            next-item fine-tune has no other negatives). They are as popular as
             the click itself, so only the match with this user's interests tells them apart; on the
             sample this made the fine-tune beat the frozen encoder for every seed tried (not so without).
         batch_size: Training samples (clicks) per optimiser step, before accumulation.
@@ -72,13 +76,14 @@ class TextConfig:
         device: ``"auto"`` (CUDA if present), ``"cpu"`` or ``"cuda"``.
         seed: Seed of weights init, sampling and shuffling.
         patience: Early stopping: validations (each epoch, or every ``val_check_steps``) without a better AUC.
-        val_fraction: The latest fraction of impressions (by time) held out for validation.
-        max_train_impressions: Train on a seeded sample of this many impressions (None = all).
-        max_val_impressions: Validate on a seeded sample of this many of the held-out impressions
+        val_fraction: The latest fraction of impressions (by time) held out for validation (impression
+            fine-tune; the next-item fine-tune validates on the dev split).
+        max_train_impressions: Train on a seeded sample of this many impressions, or next-item pairs (None = all).
+        max_val_impressions: Validate on a seeded sample of this many of the held-out impressions, or dev users
             (None = all). Early stopping needs the AUC to a few thousandths, not the whole tail of a
             large log: every validation re-encodes each item its impressions touch.
         encode_batch_size: Items per batch when encoding the history cache and the catalogue.
-        cache_refresh_steps: Re-encode the history cache every N optimiser steps (0 = once per epoch;
+        cache_refresh_steps: Impression fine-tune: re-encode the history cache every N optimiser steps (0 = once per epoch;
             None = as often as its cost allows, see :func:`recsys.text.train.refresh_interval`).
             Histories are read from the cache while candidates come from the live encoder; a stale cache
             lets the two drift apart within an epoch, so short runs refresh it often.

@@ -150,7 +150,7 @@ class SequenceModel(nn.Module):
         return last * (lengths > 0).unsqueeze(1).to(last.dtype)
 
 
-def in_batch_logits(users: torch.Tensor, targets: torch.Tensor, target_ids: torch.Tensor, temperature: float, log_q: torch.Tensor | None = None,
+def in_batch_logits(users: torch.Tensor, targets: torch.Tensor, target_ids: torch.Tensor, temperature: float | torch.Tensor, log_q: torch.Tensor | None = None,
                     exclude: torch.Tensor | None = None, negatives: torch.Tensor | None = None) -> torch.Tensor:
     """(n, 1 + k) training logits of n positions: column 0 each row's own target, then the targets of the positions
     `negatives` (default: every position) as negatives.

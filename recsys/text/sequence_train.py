@@ -63,7 +63,7 @@ class Targets:
     targets: np.ndarray
 
 
-def held_out_targets(rows: pl.DataFrame, index: dict[str, int], max_users: int, seed: int) -> Targets:
+def held_out_targets(rows: pl.DataFrame, index: dict[str, int], max_users: int | None, seed: int) -> Targets:
     """The first clicked candidate of each labelled row (of a seeded sample of `max_users` users) with its history;
     rows whose target is outside the catalogue are left out."""
     rows = sample_users(rows.filter(pl.col(Col.LABELS).list.sum() > 0), max_users, seed)[0].sort(Col.USER, Col.TIME, Col.IMPRESSION)
@@ -72,6 +72,14 @@ def held_out_targets(rows: pl.DataFrame, index: dict[str, int], max_users: int, 
     histories = [np.fromiter((index[i] for i in h if i in index), dtype=np.int64) for h in rows[Col.HISTORY]]
     keep = np.flatnonzero(targets >= 0)
     return Targets([histories[i] for i in keep], targets[keep])
+
+
+def masked_ranks(scores: np.ndarray, histories: list[np.ndarray], targets: np.ndarray) -> np.ndarray:
+    """(2, rows): :func:`~recsys.evaluation.metrics.held_out_ranks` (ranks, ties) of each row's target over the
+    catalogue `scores` (changed in place), the row's history items excluded as evaluation excludes them."""
+    rows = np.repeat(np.arange(len(histories)), [len(h) for h in histories])
+    scores[rows, np.concatenate(histories) if len(rows) else rows] = -np.inf
+    return np.stack(held_out_ranks(scores, targets))
 
 
 def collate(pieces: list[np.ndarray], max_len: int) -> dict[str, torch.Tensor]:
@@ -143,9 +151,7 @@ class SequenceModule(L.LightningModule):
         users = self.model.users(self._raw[ids.to(self.device)], lengths.to(self.device))
         with torch.autocast(self.device.type, enabled=False):
             scores = (F.normalize(users.float(), dim=-1) @ self._table.T).cpu().numpy()
-        rows = np.repeat(np.arange(len(histories)), [len(h) for h in histories])
-        scores[rows, np.concatenate(histories) if len(rows) else rows] = -np.inf
-        self._ranks.append(np.stack(held_out_ranks(scores, targets)))
+        self._ranks.append(masked_ranks(scores, histories, targets))
 
     def on_validation_epoch_end(self) -> None:
         ranks, ties = np.concatenate(self._ranks, axis=1)

@@ -222,16 +222,22 @@ class TextModule(L.LightningModule):
 
     # --- optimiser ------------------------------------------------------------------------------------
     def configure_optimizers(self) -> Any:
-        enc = [p for p in self.item_encoder.bert.parameters() if p.requires_grad]
-        head = list(self.user_encoder.parameters())
-        if self.item_encoder.projection is not None:
-            head += list(self.item_encoder.projection.parameters())
-        groups = [{"params": enc, "lr": self.cfg.lr}, {"params": head, "lr": self.cfg.head_lr}]
-        groups.append({"params": [self.log_scale], "lr": SCALE_LR, "weight_decay": 0.0})
-        optimizer = torch.optim.AdamW([g for g in groups if g["params"]], weight_decay=0.01)
-        total = int(self.trainer.estimated_stepping_batches)
-        schedule = get_linear_schedule_with_warmup(optimizer, num_warmup_steps=max(1, total // 10), num_training_steps=max(total, 1))
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+        return fine_tune_optimizer(self, list(self.user_encoder.parameters()))
+
+
+def fine_tune_optimizer(module: L.LightningModule, head: list[torch.nn.Parameter]) -> dict[str, Any]:
+    """AdamW with a linear warm-up and decay over the run for a fine-tune `module` (``item_encoder``, ``log_scale``,
+    ``cfg``): the encoder's trainable weights at ``cfg.lr``, `head` and the projection at ``cfg.head_lr``, the
+    temperature at :data:`SCALE_LR`."""
+    encoder, cfg = module.item_encoder, module.cfg
+    enc = [p for p in encoder.bert.parameters() if p.requires_grad]
+    head = head + (list(encoder.projection.parameters()) if encoder.projection is not None else [])
+    groups = [{"params": enc, "lr": cfg.lr}, {"params": head, "lr": cfg.head_lr}]
+    groups.append({"params": [module.log_scale], "lr": SCALE_LR, "weight_decay": 0.0})
+    optimizer = torch.optim.AdamW([g for g in groups if g["params"]], weight_decay=0.01)
+    total = int(module.trainer.estimated_stepping_batches)
+    schedule = get_linear_schedule_with_warmup(optimizer, num_warmup_steps=max(1, total // 10), num_training_steps=max(total, 1))
+    return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
 
 
 def softmax_loss(logits: torch.Tensor, target: torch.Tensor, exclude: torch.Tensor | None, scale: torch.Tensor) -> torch.Tensor:
@@ -307,7 +313,7 @@ def _prepare(impressions: pl.DataFrame, cfg: TextConfig, tokens: ItemTokens) -> 
     if len(samples) == 0:
         raise RecsysError(
             "no training impression has both a known clicked and a known non-clicked candidate; "
-            "for an interaction-only log add sampled negatives first (recsys.candidates.sampling), or check that item ids match items.parquet")
+            "an interaction-only log fine-tunes on next items instead (recsys.text.next_item); or check that item ids match items.parquet")
     def unique(arrays: list[np.ndarray]) -> np.ndarray:
         return np.unique(np.concatenate(arrays)) if arrays else np.zeros(0, dtype=np.int64)
 
@@ -325,6 +331,18 @@ def _loggers(out_dir: Path) -> list[Logger]:
     if importlib.util.find_spec("tensorboard") or importlib.util.find_spec("tensorboardX"):
         loggers.append(TensorBoardLogger(save_dir=out_dir, name=LOG_DIR, version="", default_hp_metric=False))
     return loggers
+
+
+def trainable_text_model(cfg: TextConfig) -> TextModel:
+    """The text model of `cfg` ready to fine-tune: its lowest ``freeze_layers`` frozen, LoRA adapters when ``lora_rank``."""
+    model = build_text_model(cfg)
+    freeze_lower_layers(model.item_encoder.bert, cfg.freeze_layers)
+    if cfg.lora_rank:
+        from peft import LoraConfig, get_peft_model
+
+        lora = LoraConfig(r=cfg.lora_rank, lora_alpha=2 * cfg.lora_rank, lora_dropout=0.1, target_modules=["query", "value"])
+        model.item_encoder.bert = get_peft_model(model.item_encoder.bert, lora)
+    return model
 
 
 def train_text_model(impressions: pl.DataFrame, items: pl.DataFrame, cfg: TextConfig, out_dir: Path, *, show_progress: bool = True) -> Path:
@@ -350,13 +368,7 @@ def train_text_model(impressions: pl.DataFrame, items: pl.DataFrame, cfg: TextCo
     validate_items(items)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     device = resolve_device(cfg.device)
-    model = build_text_model(cfg)
-    freeze_lower_layers(model.item_encoder.bert, cfg.freeze_layers)
-    if cfg.lora_rank:
-        from peft import LoraConfig, get_peft_model
-
-        lora = LoraConfig(r=cfg.lora_rank, lora_alpha=2 * cfg.lora_rank, lora_dropout=0.1, target_modules=["query", "value"])
-        model.item_encoder.bert = get_peft_model(model.item_encoder.bert, lora)
+    model = trainable_text_model(cfg)
     tokens = ItemTokens.from_items(items, model.tokenizer, cfg.fields, cfg.max_tokens)
     samples, val_rows, train_rows, val_used = _prepare(impressions, cfg, tokens)
     module = TextModule(model, tokens, train_rows, val_used)
@@ -418,17 +430,20 @@ def train_text_model(impressions: pl.DataFrame, items: pl.DataFrame, cfg: TextCo
 
 
 def kept_weights(out_dir: Path) -> str | None:
-    """In words, for a report: which weights the fine-tune in ``out_dir`` kept and the validation AUCs that chose them."""
+    """In words, for a report: which weights the fine-tune in ``out_dir`` kept and the validation figures that chose
+    them (AUC for the impression fine-tune, dev NDCG@10 for the next-item one, :mod:`recsys.text.next_item`)."""
     path = Path(out_dir) / METRICS_FILE
     if not path.is_file():
         return None
     m = read_json(path)
-    start = next((h["val_auc"] for h in m.get("history", []) if h["step"] == 0 and h["val_auc"] is not None), None)
-    if m.get("best_val_auc") is None or start is None:
+    metric = m.get("metric", "val_auc")
+    name = "validation AUC" if metric == "val_auc" else "dev " + metric.removeprefix("val_").upper()
+    start = next((h[metric] for h in m.get("history", []) if h["step"] == 0 and h[metric] is not None), None)
+    if m.get(f"best_{metric}") is None or start is None:
         return f"{m.get('kept', FINE_TUNED)} (no validation)"
     if m.get("kept") == PRETRAINED:
-        return f"{PRETRAINED}: no fine-tuning step beat validation AUC {start:.4f} of the pretrained weights"
-    return f"{FINE_TUNED}: validation AUC {m['best_val_auc']:.4f} at step {m['best_step']} against {start:.4f} pretrained"
+        return f"{PRETRAINED}: no fine-tuning step beat {name} {start:.4f} of the pretrained weights"
+    return f"{FINE_TUNED}: {name} {m[f'best_{metric}']:.4f} at step {m['best_step']} against {start:.4f} pretrained"
 
 
 def pretrained_text_model(cfg: TextConfig | None = None) -> TextModel:
