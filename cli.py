@@ -215,7 +215,7 @@ def train_encoder_cmd(dataset: Path, out: Path, fields: str | None, config_file:
     from recsys.data import Dataset, Split
     from recsys.io import read_json
     from recsys.pipeline import fine_tune
-    from recsys.text.train import METRICS_FILE, kept_weights
+    from recsys.text.fine_tune import METRICS_FILE, kept_weights
 
     ds = Dataset.load(dataset)
     text_options = {f"text.{k}": v for k, v in options.items()}

@@ -98,7 +98,7 @@ def _report(report_dir: Path, meta: dict[str, Any], model_dir: Path, ds: Dataset
             table: dict[str, dict[str, float]], extra: dict[str, Any], seconds: float) -> None:
     from ranker.lambdarank import load_ranker
     from recsys.evaluation.curves import CURVES_PNG, plot_curves, read_curves
-    from recsys.text.train import kept_weights
+    from recsys.text.fine_tune import kept_weights
 
     described = REPLAY_NOTE if protocol == REPLAY else MASKINGS[protocol]
     notes = {"model": f"{model_dir} (model_id {meta['model_id']}, {meta['kind']} log, {meta['candidates']} candidates)",

@@ -23,7 +23,7 @@ from recsys.errors import RecsysError
 from recsys.evaluation.catalogue import _candidate_ranks
 from recsys.evaluation.metrics import held_out_ranks
 from recsys.loaders.amazon import ingest_amazon
-from recsys.text.train import kept_weights
+from recsys.text.fine_tune import kept_weights
 from recsys.splits import resplit_by_time, splits_before
 
 N_ITEMS = 40

@@ -18,7 +18,8 @@ from recsys.errors import RecsysError
 from recsys.text.data import ItemTokens
 from recsys.text.encode import encode_items
 from recsys.text.next_item import MONITOR, PairCollate, next_item_pairs, train_next_item_model
-from recsys.text.train import FINE_TUNED, PRETRAINED, kept_weights, load_text_model, pretrained_text_model
+from recsys.text.fine_tune import FINE_TUNED, PRETRAINED, kept_weights
+from recsys.text.train import load_text_model, pretrained_text_model
 
 N_TOPICS = len(TOPICS)
 

@@ -19,7 +19,7 @@ import torch
 from conftest_text import make_tiny_encoder, topic_impressions, topic_items
 from recsys.data import Dataset, build_manifest, save_dataset
 from recsys.text.ddp import gather_clicks
-from recsys.text.train import METRICS_FILE
+from recsys.text.fine_tune import METRICS_FILE
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -20,7 +20,8 @@ from recsys.evaluation.metrics import AUC, impression_metrics
 from recsys.text.features import TEXT_FEATURES, text_features, user_vectors
 from recsys.text.model import TextConfig, build_text_model
 from recsys.text.data import ItemTokens
-from recsys.text.train import FINE_TUNED, MIN_REFRESH_STEPS, PRETRAINED, kept_weights, TextModule, _prepare, load_text_model, refresh_interval, train_text_model
+from recsys.text.fine_tune import FINE_TUNED, PRETRAINED, kept_weights
+from recsys.text.train import MIN_REFRESH_STEPS, TextModule, _prepare, load_text_model, refresh_interval, train_text_model
 
 
 @pytest.fixture(scope="module")
@@ -77,7 +78,7 @@ def test_a_fine_tune_that_does_not_help_keeps_the_pretrained_weights(world: dict
 
 
 def test_softmax_temperature_is_calibrated_and_learned(world: dict, tmp_path: Path) -> None:
-    from recsys.text.train import MAX_SCALE, SCORE_SCALE
+    from recsys.text.fine_tune import MAX_SCALE, SCORE_SCALE
 
     metrics = json.loads((world["out"] / "train_metrics.json").read_text())
     calibrated, learned = metrics["calibrated_scale"], metrics["score_scale"]

@@ -15,7 +15,7 @@ worse than the pretrained ones (R@10 .1018 against .1067). This fine-tune trains
   (the recency-weighted mean of the last ``recent`` items, :func:`recsys.candidates.retrieval.recency_matrix`) and
   the history items excluded. Once before any step (the pretrained encoder), then after each epoch (or every
   ``val_check_steps``). The best weights are kept, the pretrained ones when no step beats them, and
-  ``train_metrics.json`` says which (:func:`recsys.text.train.kept_weights`).
+  ``train_metrics.json`` says which (:func:`recsys.text.fine_tune.kept_weights`).
 
 Settings are the ``[text]`` table's (:class:`~recsys.text.model.TextConfig`): ``max_train_impressions`` caps the
 pairs, ``max_val_impressions`` the validation users; ``negatives`` and ``history_len`` are the impression
@@ -50,7 +50,7 @@ from recsys.text.encode import embed_rows
 from recsys.text.model import TextConfig, TextModel, save_text_model
 from recsys.text.sequence import in_batch_logits, log_q
 from recsys.text.sequence_train import VAL_CHUNK, Targets, held_out_targets, masked_ranks
-from recsys.text.train import FINE_TUNED, MAX_SCALE, METRICS_FILE, PRETRAINED, SCORE_SCALE, fine_tune_optimizer, trainable_text_model
+from recsys.text.fine_tune import FINE_TUNED, MAX_SCALE, METRICS_FILE, PRETRAINED, SCORE_SCALE, fine_tune_optimizer, trainable_text_model
 
 log = logging.getLogger(__name__)
 

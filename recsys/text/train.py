@@ -25,7 +25,6 @@ import polars as pl
 import torch
 import torch.nn.functional as F
 from lightning.pytorch.loggers import CSVLogger, Logger, TensorBoardLogger
-from transformers import get_linear_schedule_with_warmup
 
 from recsys.data import Col, validate_impressions, validate_items
 from recsys.text.device import inference_context, lightning_accelerator, lightning_precision, pin_memory, quiet_lightning, resolve_device
@@ -33,23 +32,15 @@ from recsys.text.encode import embed_rows
 from recsys.errors import RecsysError
 from recsys.evaluation.curves import LOG_DIR
 from recsys.evaluation.metrics import auc
-from recsys.io import read_json, write_json
+from recsys.io import write_json
 from recsys.splits import split_latest
 from recsys.text.ddp import ddp_settings, gather_clicks
 from recsys.text.data import ClickSamples, ImpressionRows, ItemTokens, TextDataModule, candidate_rows, to_indices
-from recsys.text.model import TextConfig, TextModel, build_text_model, freeze_lower_layers, load_text_model, save_text_model
+from recsys.text.fine_tune import FINE_TUNED, MAX_SCALE, METRICS_FILE, PRETRAINED, SCORE_SCALE, fine_tune_optimizer, trainable_text_model
+from recsys.text.model import TextConfig, TextModel, build_text_model, load_text_model, save_text_model
 
 log = logging.getLogger(__name__)
 
-# Scores are cosines in [-1, 1]; a softmax over them needs a temperature (sentence-transformers uses 20).
-SCORE_SCALE = 20.0
-# The temperature must settle within a short run (tens of steps), so it learns much faster than the weights.
-SCALE_LR = 0.05
-# A cap on the learned temperature, as CLIP has: beyond it one pair's score decides the whole softmax.
-MAX_SCALE = 100.0
-METRICS_FILE = "train_metrics.json"
-# Which weights a fine-tune saves: its best validation point, which is the pretrained one if no step beat it.
-FINE_TUNED, PRETRAINED = "fine-tuned", "pretrained"
 # Log the training loss every N optimiser steps at most (fewer for a short run, so it still has ~20 points).
 LOG_EVERY_STEPS = 10
 # Refresh the history cache at least this often when its cost allows: a short run drifts fast.
@@ -225,21 +216,6 @@ class TextModule(L.LightningModule):
         return fine_tune_optimizer(self, list(self.user_encoder.parameters()))
 
 
-def fine_tune_optimizer(module: L.LightningModule, head: list[torch.nn.Parameter]) -> dict[str, Any]:
-    """AdamW with a linear warm-up and decay over the run for a fine-tune `module` (``item_encoder``, ``log_scale``,
-    ``cfg``): the encoder's trainable weights at ``cfg.lr``, `head` and the projection at ``cfg.head_lr``, the
-    temperature at :data:`SCALE_LR`."""
-    encoder, cfg = module.item_encoder, module.cfg
-    enc = [p for p in encoder.bert.parameters() if p.requires_grad]
-    head = head + (list(encoder.projection.parameters()) if encoder.projection is not None else [])
-    groups = [{"params": enc, "lr": cfg.lr}, {"params": head, "lr": cfg.head_lr}]
-    groups.append({"params": [module.log_scale], "lr": SCALE_LR, "weight_decay": 0.0})
-    optimizer = torch.optim.AdamW([g for g in groups if g["params"]], weight_decay=0.01)
-    total = int(module.trainer.estimated_stepping_batches)
-    schedule = get_linear_schedule_with_warmup(optimizer, num_warmup_steps=max(1, total // 10), num_training_steps=max(total, 1))
-    return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
-
-
 def softmax_loss(logits: torch.Tensor, target: torch.Tensor, exclude: torch.Tensor | None, scale: torch.Tensor) -> torch.Tensor:
     """Cross-entropy of ``scale * logits`` with the ``exclude`` entries left out of the softmax.
 
@@ -333,18 +309,6 @@ def _loggers(out_dir: Path) -> list[Logger]:
     return loggers
 
 
-def trainable_text_model(cfg: TextConfig) -> TextModel:
-    """The text model of `cfg` ready to fine-tune: its lowest ``freeze_layers`` frozen, LoRA adapters when ``lora_rank``."""
-    model = build_text_model(cfg)
-    freeze_lower_layers(model.item_encoder.bert, cfg.freeze_layers)
-    if cfg.lora_rank:
-        from peft import LoraConfig, get_peft_model
-
-        lora = LoraConfig(r=cfg.lora_rank, lora_alpha=2 * cfg.lora_rank, lora_dropout=0.1, target_modules=["query", "value"])
-        model.item_encoder.bert = get_peft_model(model.item_encoder.bert, lora)
-    return model
-
-
 def train_text_model(impressions: pl.DataFrame, items: pl.DataFrame, cfg: TextConfig, out_dir: Path, *, show_progress: bool = True) -> Path:
     """Fine-tune the text model and save the weights of the best validation AUC.
 
@@ -427,23 +391,6 @@ def train_text_model(impressions: pl.DataFrame, items: pl.DataFrame, cfg: TextCo
             "processes": trainer.world_size,
         }, Path(out_dir) / METRICS_FILE)
     return Path(out_dir)
-
-
-def kept_weights(out_dir: Path) -> str | None:
-    """In words, for a report: which weights the fine-tune in ``out_dir`` kept and the validation figures that chose
-    them (AUC for the impression fine-tune, dev NDCG@10 for the next-item one, :mod:`recsys.text.next_item`)."""
-    path = Path(out_dir) / METRICS_FILE
-    if not path.is_file():
-        return None
-    m = read_json(path)
-    metric = m.get("metric", "val_auc")
-    name = "validation AUC" if metric == "val_auc" else "dev " + metric.removeprefix("val_").upper()
-    start = next((h[metric] for h in m.get("history", []) if h["step"] == 0 and h[metric] is not None), None)
-    if m.get(f"best_{metric}") is None or start is None:
-        return f"{m.get('kept', FINE_TUNED)} (no validation)"
-    if m.get("kept") == PRETRAINED:
-        return f"{PRETRAINED}: no fine-tuning step beat {name} {start:.4f} of the pretrained weights"
-    return f"{FINE_TUNED}: {name} {m[f'best_{metric}']:.4f} at step {m['best_step']} against {start:.4f} pretrained"
 
 
 def pretrained_text_model(cfg: TextConfig | None = None) -> TextModel:
