@@ -9,6 +9,7 @@ when no step beats them, and both write ``train_metrics.json``, which :func:`kep
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,11 @@ MAX_SCALE = 100.0
 METRICS_FILE = "train_metrics.json"
 # Which weights a fine-tune saves: its best validation point, which is the pretrained one if no step beat it.
 FINE_TUNED, PRETRAINED = "fine-tuned", "pretrained"
+
+
+def capped_scale(log_scale: torch.Tensor) -> torch.Tensor:
+    """The softmax temperature a learned ``log_scale`` stands for: its exp, capped at :data:`MAX_SCALE`."""
+    return log_scale.float().clamp(max=math.log(MAX_SCALE)).exp()
 
 
 def trainable_text_model(cfg: TextConfig) -> TextModel:

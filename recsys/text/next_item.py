@@ -50,7 +50,7 @@ from recsys.text.encode import embed_rows
 from recsys.text.model import TextConfig, TextModel, save_text_model
 from recsys.text.sequence import in_batch_logits, log_q
 from recsys.text.sequence_train import VAL_CHUNK, Targets, held_out_targets, masked_ranks
-from recsys.text.fine_tune import FINE_TUNED, MAX_SCALE, METRICS_FILE, PRETRAINED, SCORE_SCALE, fine_tune_optimizer, trainable_text_model
+from recsys.text.fine_tune import FINE_TUNED, METRICS_FILE, PRETRAINED, SCORE_SCALE, capped_scale, fine_tune_optimizer, trainable_text_model
 
 log = logging.getLogger(__name__)
 
@@ -103,8 +103,7 @@ class NextItemModule(L.LightningModule):
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         vectors = self.item_encoder(batch["input_ids"], batch["attention_mask"])  # each item of the batch once
-        scale = self.log_scale.float().clamp(max=math.log(MAX_SCALE)).exp()
-        logits = in_batch_logits(vectors[batch["last"]], vectors[batch["next"]], batch["next_ids"], 1.0 / scale,
+        logits = in_batch_logits(vectors[batch["last"]], vectors[batch["next"]], batch["next_ids"], 1.0 / capped_scale(self.log_scale),
                                  self.log_q[batch["next_ids"]], batch["in_history"])
         loss = F.cross_entropy(logits, torch.zeros(len(logits), dtype=torch.long, device=logits.device))
         self.log("train_loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=len(logits))
@@ -199,7 +198,7 @@ def train_next_item_model(rows: pl.DataFrame, val_rows: pl.DataFrame, items: pl.
     write_json({"objective": "next item", "metric": MONITOR, "best_step": module.best_step if has_val else None,
                 f"best_{MONITOR}": module.best if has_val else None, "history": module.history, "kept": kept,
                 "train_pairs": len(pairs.targets), "validation_rows": len(val.targets), "steps": trainer.global_step,
-                "score_scale": round(float(module.log_scale.detach().exp()), 3), "seconds": round(elapsed, 2),
+                "score_scale": round(float(capped_scale(module.log_scale.detach())), 3), "seconds": round(elapsed, 2),
                 "precision": trainer.precision, "device": str(device)}, Path(out_dir) / METRICS_FILE)
     log.info("text model: dev NDCG@10 %.4f at step %d (%s kept), %d steps in %.0f s", module.best, module.best_step, kept, trainer.global_step, elapsed)
     return Path(out_dir)

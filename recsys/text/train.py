@@ -36,7 +36,7 @@ from recsys.io import write_json
 from recsys.splits import split_latest
 from recsys.text.ddp import ddp_settings, gather_clicks
 from recsys.text.data import ClickSamples, ImpressionRows, ItemTokens, TextDataModule, candidate_rows, to_indices
-from recsys.text.fine_tune import FINE_TUNED, MAX_SCALE, METRICS_FILE, PRETRAINED, SCORE_SCALE, fine_tune_optimizer, trainable_text_model
+from recsys.text.fine_tune import FINE_TUNED, MAX_SCALE, METRICS_FILE, PRETRAINED, SCORE_SCALE, capped_scale, fine_tune_optimizer, trainable_text_model
 from recsys.text.model import TextConfig, TextModel, build_text_model, load_text_model, save_text_model
 
 log = logging.getLogger(__name__)
@@ -88,7 +88,7 @@ class TextModule(L.LightningModule):
     @property
     def score_scale(self) -> torch.Tensor:
         """The softmax temperature in use: ``exp(log_scale)``, capped at :data:`MAX_SCALE`."""
-        return self.log_scale.float().clamp(max=math.log(MAX_SCALE)).exp()
+        return capped_scale(self.log_scale)
 
     # --- the history cache ------------------------------------------------------------------
     def _refresh_cache(self, validation: bool = False) -> None:
