@@ -151,9 +151,7 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any], base: TrainConfig | None = None, source: str = "config") -> TrainConfig:
         """`base` (default: the impression defaults) with every value given in `data` replaced; unknown keys are errors,
-        but for the :data:`RETIRED` tables of earlier versions, which are dropped with a warning (saved models keep loading)."""
-        for name in RETIRED.keys() & data.keys():
-            log.warning("%s: [%s] is no longer read (%s)", source, name, RETIRED[name])
+        but for the :data:`RETIRED` tables of earlier versions, which are dropped (a saved model keeps loading)."""
         return _merge(base or cls.default(IMPRESSIONS), {k: v for k, v in data.items() if k not in RETIRED}, source)
 
 
@@ -267,8 +265,12 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
 
 
 def load_config(path: str | Path, base: TrainConfig) -> TrainConfig:
-    """`base` (the log kind's defaults) with every setting of the file at `path` replaced (its ``[monitor]`` table is the monitor's)."""
-    return TrainConfig.from_dict(_without_monitor(read_config_file(path)), base, source=str(path))
+    """`base` (the log kind's defaults) with every setting of the file at `path` replaced (its ``[monitor]`` table is the monitor's);
+    a :data:`RETIRED` table in it gets one warning, since the file's author may expect it to act."""
+    data = read_config_file(path)
+    for name in sorted(RETIRED.keys() & data.keys()):
+        log.warning("%s: [%s] is no longer read (%s)", path, name, RETIRED[name])
+    return TrainConfig.from_dict(_without_monitor(data), base, source=str(path))
 
 
 def _without_monitor(data: dict[str, Any]) -> dict[str, Any]:
