@@ -37,3 +37,11 @@ def _fail(ctx: click.Context, exc: Exception) -> NoReturn:
     message = str(exc) if isinstance(exc, RecsysError) else " ".join(exc.format_message().split())  # type: ignore[attr-defined]
     click.echo(f"error: {message}", err=True)
     sys.exit(1)
+
+
+def given_flags(*names: str) -> list[str]:
+    """The options among ``names`` (parameter names) that the command line set, as flags: a command names those
+    that do not apply to the mode asked for in a usage error, rather than ignoring them."""
+    ctx = click.get_current_context()
+    params = {p.name: p for p in ctx.command.params}
+    return [params[n].opts[0] for n in names if ctx.get_parameter_source(n) != click.core.ParameterSource.DEFAULT]
