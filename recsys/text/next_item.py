@@ -47,14 +47,12 @@ from recsys.io import write_json
 from recsys.text.data import ItemTokens
 from recsys.text.device import lightning_accelerator, lightning_precision, pin_memory, quiet_lightning, resolve_device
 from recsys.text.encode import embed_rows
+from recsys.text.fine_tune import FINE_TUNED, METRICS_FILE, PRETRAINED, SCORE_SCALE, capped_scale, fine_tune_optimizer, trainable_text_model
 from recsys.text.model import TextConfig, TextModel, save_text_model
 from recsys.text.sequence import in_batch_logits, log_q
-from recsys.text.sequence_train import VAL_CHUNK, Targets, held_out_targets, masked_ranks
-from recsys.text.fine_tune import FINE_TUNED, METRICS_FILE, PRETRAINED, SCORE_SCALE, capped_scale, fine_tune_optimizer, trainable_text_model
+from recsys.text.sequence_train import MONITOR, VAL_CHUNK, BestState, Targets, held_out_targets, masked_ranks
 
 log = logging.getLogger(__name__)
-
-MONITOR = "val_ndcg@10"
 
 
 def next_item_pairs(rows: pl.DataFrame, index: dict[str, int], cap: int | None, seed: int) -> Targets:
@@ -95,7 +93,6 @@ class NextItemModule(L.LightningModule):
         self.register_buffer("log_q", torch.from_numpy(log_q(target_counts)), persistent=False)
         self.log_scale = torch.nn.Parameter(torch.tensor(math.log(SCORE_SCALE)))
         self.history: list[dict[str, Any]] = []
-        self.best, self.best_step, self.best_state = float("-inf"), -1, None
         self._ranks: list[np.ndarray] = []
 
     def on_fit_start(self) -> None:
@@ -126,9 +123,6 @@ class NextItemModule(L.LightningModule):
         self.log(MONITOR, ndcg, prog_bar=True)
         self.history.append({"epoch": self.current_epoch if self.global_step else -1, "step": self.global_step,
                              MONITOR: ndcg, "val_recall@10": recall_at_k(ranks, 10, ties)})
-        if ndcg > self.best:
-            self.best, self.best_step = ndcg, self.global_step
-            self.best_state = {k: v.detach().to("cpu", copy=True) for k, v in self.state_dict().items()}
 
     def configure_optimizers(self) -> Any:
         return fine_tune_optimizer(self, [])
@@ -162,7 +156,8 @@ def train_next_item_model(rows: pl.DataFrame, val_rows: pl.DataFrame, items: pl.
     has_val = len(val.targets) > 0
     module = NextItemModule(model, tokens, np.bincount(pairs.targets, minlength=len(tokens)), val, recent, decay)
     log.info("text model: %d next-item pairs, %d validation rows", len(pairs.targets), len(val.targets))
-    callbacks: list[L.Callback] = []
+    best = BestState()
+    callbacks: list[L.Callback] = [best]
     if has_val:
         callbacks.append(L.pytorch.callbacks.EarlyStopping(monitor=MONITOR, mode="max", patience=cfg.patience, check_on_train_epoch_end=False))
     generator = torch.Generator().manual_seed(cfg.seed)
@@ -188,17 +183,17 @@ def train_next_item_model(rows: pl.DataFrame, val_rows: pl.DataFrame, items: pl.
         if has_val and module.history[-1]["step"] != trainer.global_step:
             trainer.validate(module, val_loader, verbose=False)  # validating every N steps leaves the last ones unchecked
         elapsed = time.perf_counter() - start
-    if module.best_state is not None:
-        module.load_state_dict(module.best_state)
-    kept = PRETRAINED if module.best_step == 0 else FINE_TUNED
+    if best.state is not None:
+        module.load_state_dict(best.state)
+    kept = PRETRAINED if best.step == 0 else FINE_TUNED
     if kept == PRETRAINED:
-        log.warning("text model: no fine-tuning step beat the pretrained encoder on dev (NDCG@10 %.4f): keeping it", module.best)
+        log.warning("text model: no fine-tuning step beat the pretrained encoder on dev (NDCG@10 %.4f): keeping it", best.best)
     module.cpu()
     save_text_model(model, Path(out_dir))
-    write_json({"objective": "next item", "metric": MONITOR, "best_step": module.best_step if has_val else None,
-                f"best_{MONITOR}": module.best if has_val else None, "history": module.history, "kept": kept,
+    write_json({"objective": "next item", "metric": MONITOR, "best_step": best.step if has_val else None,
+                f"best_{MONITOR}": best.best if has_val else None, "history": module.history, "kept": kept,
                 "train_pairs": len(pairs.targets), "validation_rows": len(val.targets), "steps": trainer.global_step,
                 "score_scale": round(float(capped_scale(module.log_scale.detach())), 3), "seconds": round(elapsed, 2),
                 "precision": trainer.precision, "device": str(device)}, Path(out_dir) / METRICS_FILE)
-    log.info("text model: dev NDCG@10 %.4f at step %d (%s kept), %d steps in %.0f s", module.best, module.best_step, kept, trainer.global_step, elapsed)
+    log.info("text model: dev NDCG@10 %.4f at step %d (%s kept), %d steps in %.0f s", best.best, best.step, kept, trainer.global_step, elapsed)
     return Path(out_dir)

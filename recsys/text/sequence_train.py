@@ -166,17 +166,18 @@ class SequenceModule(L.LightningModule):
 
 
 class BestState(L.Callback):
-    """A CPU copy of the model's weights at its best dev NDCG@10 (no checkpoint file)."""
+    """A CPU copy of the module's weights at its best dev NDCG@10 (no checkpoint file), with the epoch (its
+    ``history``'s, -1 before training) and the optimiser step it was reached at (0: the untrained weights)."""
 
     def __init__(self) -> None:
-        self.best, self.epoch = float("-inf"), -1
+        self.best, self.epoch, self.step = float("-inf"), -1, -1
         self.state: dict[str, torch.Tensor] | None = None
 
     def on_validation_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
         value = float(trainer.callback_metrics.get(MONITOR, float("nan")))
         if value > self.best:
-            self.best, self.epoch = value, module.history[-1]["epoch"]
-            self.state = {k: v.detach().to("cpu", copy=True) for k, v in module.model.state_dict().items()}
+            self.best, self.epoch, self.step = value, module.history[-1]["epoch"], trainer.global_step
+            self.state = {k: v.detach().to("cpu", copy=True) for k, v in module.state_dict().items()}
 
 
 def train_sequence_model(train_rows: pl.DataFrame, val_rows: pl.DataFrame, item_ids: list[str], text: np.ndarray, cfg: SequenceConfig,
@@ -232,7 +233,7 @@ def train_sequence_model(train_rows: pl.DataFrame, val_rows: pl.DataFrame, item_
         trainer.fit(module, train_loader, val_loader if has_val else None)
         elapsed = time.perf_counter() - start
     if best.state is not None:
-        model.load_state_dict(best.state)
+        module.load_state_dict(best.state)
     model.cpu()
     save_sequence_model(model, known, Path(out_dir))
     write_json({"best_epoch": best.epoch if best.state is not None else None, f"best_{MONITOR}": best.best if best.state is not None else None,
