@@ -145,9 +145,12 @@ def test_text_features_with_a_fine_tuned_tiny_encoder(shop: Dataset, tmp_path: P
     table = pl.read_parquet(model / "features.parquet")
     _, keep = without_text(table, cfg.retrieval.per_source, retrieved=True)
     assert 0 < (~keep).sum() and no_text["train"]["rows"] < json.loads((model / "ranker" / "ranker.json").read_text())["train"]["rows"]
-    table = rec.evaluate(split=Split.DEV)
+    table = rec.evaluate(split=Split.DEV, report_dir=tmp_path / "report")
     assert {"text only", "frozen text", FULL} <= set(table)
     assert kept_weights(model / "text").startswith(metrics["kept"]) and "dev NDCG@10" in kept_weights(model / "text")  # the report's line
+    # The report plots the fine-tune's loss and dev NDCG@10 (recsys/evaluation/curves.py).
+    report = (tmp_path / "report" / "report.md").read_text()
+    assert "text encoder kept" in report and "training_curves.png" in report and (tmp_path / "report" / "training_curves.png").stat().st_size > 0
 
 
 def test_time_split_needs_real_timestamps(shop: Dataset) -> None:

@@ -11,10 +11,12 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 import pytest
+from matplotlib.image import imread
 
 from conftest_text import TOPICS, make_tiny_encoder, tiny_config, topic_items
 from recsys.data import IMPRESSIONS_SCHEMA, Col, Split
 from recsys.errors import RecsysError
+from recsys.evaluation.curves import STEP, TRAIN_LOSS, VAL_NDCG, plot_curves, read_curves
 from recsys.text.data import ItemTokens
 from recsys.text.encode import encode_items
 from recsys.text.next_item import MONITOR, PairCollate, next_item_pairs, train_next_item_model
@@ -75,9 +77,15 @@ def topic_cosines(model_dir: Path | None, world: dict) -> np.ndarray:
     return np.array([[sims[np.ix_(topics == a, topics == b)].mean() for b in range(N_TOPICS)] for a in range(N_TOPICS)])
 
 
-def test_it_learns_what_follows_and_keeps_the_fine_tuned_weights(world: dict) -> None:
+@pytest.fixture(scope="module")
+def follows(world: dict) -> Path:
+    """A fine-tune whose dev users follow the planted rule too."""
     dev = last_rows(chains(world["items"], users=80, length=6, rule=partner, seed=1, prefix="d"))
-    out = train_next_item_model(world["train"], dev, world["items"], world["cfg"], world["root"] / "follows", recent=1, decay=0.6, show_progress=False)
+    return train_next_item_model(world["train"], dev, world["items"], world["cfg"], world["root"] / "follows", recent=1, decay=0.6, show_progress=False)
+
+
+def test_it_learns_what_follows_and_keeps_the_fine_tuned_weights(world: dict, follows: Path) -> None:
+    out = follows
     metrics = json.loads((out / "train_metrics.json").read_text())
     start = metrics["history"][0]
     assert start["step"] == 0 and metrics["kept"] == FINE_TUNED and metrics["best_step"] > 0
@@ -90,6 +98,21 @@ def test_it_learns_what_follows_and_keeps_the_fine_tuned_weights(world: dict) ->
 
     # A topic's items now sit near its partner's, which the words of the titles do not tell the pretrained encoder.
     assert (lead(after) > 0).all() and (lead(after) > lead(before) + 0.05).all(), (lead(before), lead(after))
+
+
+def test_its_training_curve_has_the_loss_and_each_dev_ndcg_at_its_step(follows: Path, tmp_path: Path) -> None:
+    metrics = json.loads((follows / "train_metrics.json").read_text())
+    curves = read_curves(follows)
+    assert curves is not None and curves.columns == [STEP, TRAIN_LOSS, VAL_NDCG]
+    loss = curves.filter(pl.col(TRAIN_LOSS).is_not_null())
+    assert loss.height >= 10 and loss[STEP].max() < metrics["steps"] and (loss[TRAIN_LOSS] > 0).all()
+    # Every validation at the step train_metrics.json records for it, the pretrained encoder's at step 0.
+    val = curves.filter(pl.col(VAL_NDCG).is_not_null())
+    assert val[STEP].to_list() == [h["step"] for h in metrics["history"]] and val[STEP][0] == 0
+    np.testing.assert_allclose(val[VAL_NDCG].to_numpy(), [h[MONITOR] for h in metrics["history"]], rtol=1e-6)
+    image = imread(plot_curves(curves, tmp_path / "curves.png"))
+    orange = np.array([0xFF, 0x7F, 0x0E]) / 255
+    assert (np.abs(image[..., :3] - orange).max(axis=-1) < 0.06).any()  # the dev NDCG@10 line is drawn
 
 
 def test_it_keeps_the_pretrained_encoder_when_dev_disagrees(world: dict) -> None:

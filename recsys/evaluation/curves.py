@@ -5,8 +5,10 @@ when installed) into one fixed directory of the model, replaced on a re-run::
 
     <text model dir>/logs/metrics.csv   step, epoch, train_loss_step, train_loss_epoch, val_auc, ...
 
-:func:`read_curves` turns it into one row per optimiser step (``step``, ``train_loss``, ``val_auc``)
-and :func:`plot_curves` draws training loss and validation AUC against the step.
+The next-item fine-tune of an interaction log (:mod:`recsys.text.next_item`) writes the same log with
+``val_ndcg@10`` (the text source's dev NDCG@10 over the catalogue) in place of ``val_auc``.
+:func:`read_curves` turns either into one row per optimiser step (``step``, ``train_loss`` and the
+validation metric) and :func:`plot_curves` draws training loss and the validation metric against the step.
 """
 
 from __future__ import annotations
@@ -25,7 +27,10 @@ logger = logging.getLogger(__name__)
 
 LOG_DIR, METRICS_CSV = "logs", "metrics.csv"
 CURVES_PNG = "training_curves.png"
-STEP, TRAIN_LOSS, VAL_AUC = "step", "train_loss", "val_auc"
+STEP, TRAIN_LOSS, VAL_AUC, VAL_NDCG = "step", "train_loss", "val_auc", "val_ndcg@10"
+# Each fine-tune's validation metric: its axis label and panel title.
+VALIDATIONS = {VAL_AUC: ("validation AUC", "Validation AUC (mean per impression)"),
+               VAL_NDCG: ("dev NDCG@10", "Dev NDCG@10 of the text source over the catalogue")}
 # Lightning names a metric logged both per step and per epoch "<name>_step" / "<name>_epoch".
 _LOSS_COLUMNS = ("train_loss_step", "train_loss")
 
@@ -38,15 +43,16 @@ def metrics_csv(text_dir: Path) -> Path:
 
 
 def read_curves(text_dir: Path) -> pl.DataFrame | None:
-    """The training loss and validation AUC of a fine-tune, one row per logged optimiser step.
+    """The training loss and validation metric of a fine-tune, one row per logged optimiser step.
 
     Args:
         text_dir: A text model directory written by :func:`recsys.text.train.train_text_model`.
 
     Returns:
-        Columns ``step`` (Int64, strictly increasing), ``train_loss`` and ``val_auc`` (Float64, null
-        at steps where that metric was not logged); None when the model has no log (a frozen encoder,
-        or one trained before logging existed) or the log holds neither metric.
+        Columns ``step`` (Int64, strictly increasing), ``train_loss`` and the validation metric
+        (``val_ndcg@10`` where the log has it, else ``val_auc``; Float64, null at steps where that metric
+        was not logged); None when the model has no log (a frozen encoder, or one trained before logging
+        existed) or the log holds neither metric.
 
     Raises:
         RecsysError: the log has no ``step`` column (not a Lightning CSV log).
@@ -58,24 +64,25 @@ def read_curves(text_dir: Path) -> pl.DataFrame | None:
     if STEP not in raw.columns:
         raise RecsysError(f"{path} has no {STEP!r} column; it is not a Lightning CSV log (delete it, or train again)")
     loss = next((c for c in _LOSS_COLUMNS if c in raw.columns), None)
+    val = VAL_NDCG if VAL_NDCG in raw.columns else VAL_AUC
     frame = raw.select(
         pl.col(STEP).cast(pl.Int64),
         (pl.col(loss) if loss else pl.lit(None)).cast(pl.Float64).alias(TRAIN_LOSS),
-        (pl.col(VAL_AUC) if VAL_AUC in raw.columns else pl.lit(None)).cast(pl.Float64).alias(VAL_AUC),
+        (pl.col(val) if val in raw.columns else pl.lit(None)).cast(pl.Float64).alias(val),
     )
     # Lightning writes one row per logging call (a step's loss and a validation at that step are two
     # rows; epoch means are rows of their own): keep one row per step, drop rows with neither metric.
     frame = (
-        frame.filter(pl.col(TRAIN_LOSS).is_not_null() | pl.col(VAL_AUC).is_not_null())
+        frame.filter(pl.col(TRAIN_LOSS).is_not_null() | pl.col(val).is_not_null())
         .group_by(STEP)
-        .agg(pl.col(TRAIN_LOSS).drop_nulls().last(), pl.col(VAL_AUC).drop_nulls().last())
+        .agg(pl.col(TRAIN_LOSS).drop_nulls().last(), pl.col(val).drop_nulls().last())
         .sort(STEP)
     )
     return frame if frame.height else None
 
 
 def plot_curves(curves: pl.DataFrame, path: Path) -> Path:
-    """Two panels over the optimiser step: training loss on top, validation AUC below (best marked).
+    """Two panels over the optimiser step: training loss on top, the validation metric below (best marked).
 
     Args:
         curves: The frame of :func:`read_curves`.
@@ -85,9 +92,10 @@ def plot_curves(curves: pl.DataFrame, path: Path) -> Path:
         ``path``.
 
     Raises:
-        ValueError: ``curves`` is empty or lacks a ``step``/``train_loss``/``val_auc`` column.
+        ValueError: ``curves`` is empty or lacks a ``step``/``train_loss``/validation column.
     """
-    missing = {STEP, TRAIN_LOSS, VAL_AUC} - set(curves.columns)
+    metric = next((c for c in VALIDATIONS if c in curves.columns), VAL_AUC)
+    missing = {STEP, TRAIN_LOSS, metric} - set(curves.columns)
     if missing or curves.height == 0:
         raise ValueError(f"no training curves to plot (rows: {curves.height}, missing columns: {sorted(missing)}); use read_curves()")
     path = Path(path)
@@ -101,18 +109,18 @@ def plot_curves(curves: pl.DataFrame, path: Path) -> Path:
     top.set_title("Training loss")
     top.grid(alpha=0.3)
 
-    val = curves.filter(pl.col(VAL_AUC).is_not_null() & pl.col(VAL_AUC).is_not_nan())
+    val = curves.filter(pl.col(metric).is_not_null() & pl.col(metric).is_not_nan())
     if val.height:
-        bottom.plot(val[STEP].to_list(), val[VAL_AUC].to_list(), color="tab:orange", marker="o")
-        best = val.row(int(val[VAL_AUC].arg_max() or 0), named=True)
-        bottom.scatter([best[STEP]], [best[VAL_AUC]], s=120, facecolors="none", edgecolors="tab:red", zorder=3,
-                       label=f"best {best[VAL_AUC]:.4f} at step {best[STEP]}")
+        bottom.plot(val[STEP].to_list(), val[metric].to_list(), color="tab:orange", marker="o")
+        best = val.row(int(val[metric].arg_max() or 0), named=True)
+        bottom.scatter([best[STEP]], [best[metric]], s=120, facecolors="none", edgecolors="tab:red", zorder=3,
+                       label=f"best {best[metric]:.4f} at step {best[STEP]}")
         bottom.legend(fontsize=8, loc="lower right")
     else:
         bottom.text(0.5, 0.5, "no validation in this run", ha="center", va="center", transform=bottom.transAxes)
     bottom.set_xlabel("optimiser step")
-    bottom.set_ylabel("validation AUC")
-    bottom.set_title("Validation AUC (mean per impression)")
+    bottom.set_ylabel(VALIDATIONS[metric][0])
+    bottom.set_title(VALIDATIONS[metric][1])
     bottom.grid(alpha=0.3)
     fig.suptitle("Text encoder fine-tune")
 

@@ -9,14 +9,17 @@ when no step beats them, and both write ``train_metrics.json``, which :func:`kep
 
 from __future__ import annotations
 
+import importlib.util
 import math
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 import torch
+from lightning.pytorch.loggers import CSVLogger, Logger, TensorBoardLogger
 from transformers import get_linear_schedule_with_warmup
 
+from recsys.evaluation.curves import LOG_DIR
 from recsys.io import read_json
 from recsys.text.model import TextConfig, TextModel, build_text_model, freeze_lower_layers
 
@@ -78,3 +81,24 @@ def kept_weights(out_dir: Path) -> str | None:
     if m.get("kept") == PRETRAINED:
         return f"{PRETRAINED}: no fine-tuning step beat {name} {start:.4f} of the pretrained weights"
     return f"{FINE_TUNED}: {name} {m[f'best_{metric}']:.4f} at step {m['best_step']} against {start:.4f} pretrained"
+
+
+LOG_EVERY_STEPS = 10  # the training loss is logged at least this often (more often on short runs: about 20 points)
+
+
+def log_every(samples: int, cfg: TextConfig) -> int:
+    """Lightning's ``log_every_n_steps`` for a fine-tune over `samples` examples: about 20 points on a short run."""
+    planned = math.ceil(samples / (cfg.batch_size * cfg.accumulate)) * cfg.epochs
+    return max(1, min(LOG_EVERY_STEPS, min(planned, cfg.max_steps or planned) // 20))
+
+
+def fine_tune_loggers(out_dir: Path) -> list[Logger]:
+    """CSV (always) and TensorBoard (when installed) loggers, both in ``out_dir/logs/`` (the report's training curve).
+
+    A fixed, empty version name: a re-run replaces the log instead of adding ``version_N/``. Lightning's
+    loggers write on the global rank zero only, so DDP needs nothing more.
+    """
+    loggers: list[Logger] = [CSVLogger(save_dir=out_dir, name=LOG_DIR, version="")]
+    if importlib.util.find_spec("tensorboard") or importlib.util.find_spec("tensorboardX"):
+        loggers.append(TensorBoardLogger(save_dir=out_dir, name=LOG_DIR, version="", default_hp_metric=False))
+    return loggers

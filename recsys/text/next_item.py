@@ -29,6 +29,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -42,12 +43,14 @@ from torch.utils.data import DataLoader
 
 from recsys.candidates.retrieval import recency_matrix
 from recsys.errors import RecsysError
+from recsys.evaluation.curves import LOG_DIR
 from recsys.evaluation.metrics import ndcg_at_k, recall_at_k
 from recsys.io import write_json
 from recsys.text.data import ItemTokens
 from recsys.text.device import lightning_accelerator, lightning_precision, pin_memory, quiet_lightning, resolve_device
 from recsys.text.encode import embed_rows
-from recsys.text.fine_tune import FINE_TUNED, METRICS_FILE, PRETRAINED, SCORE_SCALE, capped_scale, fine_tune_optimizer, trainable_text_model
+from recsys.text.fine_tune import (FINE_TUNED, METRICS_FILE, PRETRAINED, SCORE_SCALE, capped_scale, fine_tune_loggers, fine_tune_optimizer,
+                                   log_every, trainable_text_model)
 from recsys.text.model import TextConfig, TextModel, save_text_model
 from recsys.text.sequence import in_batch_logits, log_q
 from recsys.text.sequence_train import MONITOR, VAL_CHUNK, BestState, Targets, held_out_targets, masked_ranks
@@ -121,6 +124,7 @@ class NextItemModule(L.LightningModule):
         ranks, ties = np.concatenate(self._ranks, axis=1)
         ndcg = ndcg_at_k(ranks, 10, ties)
         self.log(MONITOR, ndcg, prog_bar=True)
+        self.log("step", float(self.global_step))  # the loggers' x: the optimiser steps taken (see recsys.text.train)
         self.history.append({"epoch": self.current_epoch if self.global_step else -1, "step": self.global_step,
                              MONITOR: ndcg, "val_recall@10": recall_at_k(ranks, 10, ties)})
 
@@ -170,12 +174,14 @@ def train_next_item_model(rows: pl.DataFrame, val_rows: pl.DataFrame, items: pl.
         trainer = L.Trainer(
             accelerator=lightning_accelerator(device), devices=1,
             precision=lightning_precision(device, cfg.precision), max_epochs=cfg.epochs, max_steps=cfg.max_steps or -1,
-            accumulate_grad_batches=cfg.accumulate, gradient_clip_val=1.0, callbacks=callbacks, logger=False,
+            accumulate_grad_batches=cfg.accumulate, gradient_clip_val=1.0, callbacks=callbacks, logger=fine_tune_loggers(Path(out_dir)),
+            log_every_n_steps=log_every(len(pairs.targets), cfg),
             enable_checkpointing=False, num_sanity_val_steps=0, enable_progress_bar=show_progress, enable_model_summary=False,
             deterministic="warn", limit_val_batches=1.0 if has_val else 0, default_root_dir=str(out_dir),
             val_check_interval=cfg.val_check_steps and cfg.val_check_steps * cfg.accumulate,
             check_val_every_n_epoch=None if cfg.val_check_steps else 1,
         )
+        shutil.rmtree(Path(out_dir) / LOG_DIR, ignore_errors=True)  # the previous run's log
         start = time.perf_counter()
         if has_val:
             trainer.validate(module, val_loader, verbose=False)  # the pretrained encoder: the score to beat

@@ -30,6 +30,7 @@ from torch.utils.data import DataLoader
 from recsys.candidates.inputs import user_sequences
 from recsys.data import Col
 from recsys.errors import RecsysError
+from recsys.evaluation.curves import VAL_NDCG
 from recsys.evaluation.metrics import held_out_ranks, ndcg_at_k, recall_at_k
 from recsys.io import write_json
 from recsys.splits import sample_users
@@ -39,7 +40,7 @@ from recsys.text.sequence import (METRICS_FILE, SequenceConfig, SequenceModel, i
 
 log = logging.getLogger(__name__)
 
-MONITOR = "val_ndcg@10"
+MONITOR = VAL_NDCG  # what early stopping watches, and the training curve plots
 VAL_CHUNK = 1024  # dev rows scored against the whole catalogue at once
 
 

@@ -10,7 +10,6 @@ reads and plots them.
 
 from __future__ import annotations
 
-import importlib.util
 import itertools
 import logging
 import math
@@ -24,7 +23,6 @@ import numpy as np
 import polars as pl
 import torch
 import torch.nn.functional as F
-from lightning.pytorch.loggers import CSVLogger, Logger, TensorBoardLogger
 
 from recsys.data import Col, validate_impressions, validate_items
 from recsys.text.device import inference_context, lightning_accelerator, lightning_precision, pin_memory, quiet_lightning, resolve_device
@@ -36,13 +34,12 @@ from recsys.io import write_json
 from recsys.splits import split_latest
 from recsys.text.ddp import ddp_settings, gather_clicks
 from recsys.text.data import ClickSamples, ImpressionRows, ItemTokens, TextDataModule, candidate_rows, to_indices
-from recsys.text.fine_tune import FINE_TUNED, MAX_SCALE, METRICS_FILE, PRETRAINED, SCORE_SCALE, capped_scale, fine_tune_optimizer, trainable_text_model
+from recsys.text.fine_tune import (FINE_TUNED, MAX_SCALE, METRICS_FILE, PRETRAINED, SCORE_SCALE, capped_scale, fine_tune_loggers, fine_tune_optimizer,
+                                   log_every, trainable_text_model)
 from recsys.text.model import TextConfig, TextModel, build_text_model, load_text_model, save_text_model
 
 log = logging.getLogger(__name__)
 
-# Log the training loss every N optimiser steps at most (fewer for a short run, so it still has ~20 points).
-LOG_EVERY_STEPS = 10
 # Refresh the history cache at least this often when its cost allows: a short run drifts fast.
 MIN_REFRESH_STEPS = 10
 
@@ -297,18 +294,6 @@ def _prepare(impressions: pl.DataFrame, cfg: TextConfig, tokens: ItemTokens) -> 
     return samples, val_rows, unique(parts[0][0]), val_used
 
 
-def _loggers(out_dir: Path) -> list[Logger]:
-    """CSV (always) and TensorBoard (when installed) loggers, both in ``out_dir/logs/``.
-
-    A fixed, empty version name: a re-run replaces the log instead of adding ``version_N/``. Lightning's
-    loggers write on the global rank zero only, so DDP needs nothing more.
-    """
-    loggers: list[Logger] = [CSVLogger(save_dir=out_dir, name=LOG_DIR, version="")]
-    if importlib.util.find_spec("tensorboard") or importlib.util.find_spec("tensorboardX"):
-        loggers.append(TensorBoardLogger(save_dir=out_dir, name=LOG_DIR, version="", default_hp_metric=False))
-    return loggers
-
-
 def train_text_model(impressions: pl.DataFrame, items: pl.DataFrame, cfg: TextConfig, out_dir: Path, *, show_progress: bool = True) -> Path:
     """Fine-tune the text model and save the weights of the best validation AUC.
 
@@ -344,14 +329,13 @@ def train_text_model(impressions: pl.DataFrame, items: pl.DataFrame, cfg: TextCo
     if has_val:
         # Checked after each validation only: a run that max_steps ends mid-epoch has no val_auc at that epoch's end.
         callbacks.append(L.pytorch.callbacks.EarlyStopping(monitor="val_auc", mode="max", patience=cfg.patience, check_on_train_epoch_end=False))
-    planned = math.ceil(len(samples) / (cfg.batch_size * cfg.accumulate)) * cfg.epochs
     devices, strategy = ddp_settings(cfg, device)
     with quiet_lightning():
         trainer = L.Trainer(
             accelerator=lightning_accelerator(device), devices=devices, num_nodes=cfg.num_nodes, strategy=strategy,
             precision=lightning_precision(device, cfg.precision), max_epochs=cfg.epochs, max_steps=cfg.max_steps or -1,
-            accumulate_grad_batches=cfg.accumulate, gradient_clip_val=1.0, callbacks=callbacks, logger=_loggers(Path(out_dir)),
-            log_every_n_steps=max(1, min(LOG_EVERY_STEPS, min(planned, cfg.max_steps or planned) // 20)),
+            accumulate_grad_batches=cfg.accumulate, gradient_clip_val=1.0, callbacks=callbacks, logger=fine_tune_loggers(Path(out_dir)),
+            log_every_n_steps=log_every(len(samples), cfg),
             enable_checkpointing=False, num_sanity_val_steps=0, enable_progress_bar=show_progress, enable_model_summary=False,
             deterministic="warn",  # the same seed, the same model: CPU bf16 steps drift apart otherwise (warn only where CUDA has no such kernel)
             limit_val_batches=1.0 if has_val else 0, val_check_interval=cfg.val_check_steps and cfg.val_check_steps * cfg.accumulate,
