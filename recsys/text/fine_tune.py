@@ -1,10 +1,11 @@
-"""What both encoder fine-tunes share: the trainable model, the optimiser, the temperature's bounds, and which
-weights a run kept.
+"""What both encoder fine-tunes share: the trainable model, the optimiser, the temperature's bounds, which
+weights a run kept, and the log the report's training curve is drawn from.
 
 The impression fine-tune (:mod:`recsys.text.train`) scores clicks against the shown non-clicks; the interaction
 fine-tune (:mod:`recsys.text.next_item`) scores next items against the batch's other items. Both learn a softmax
 temperature (CLIP-style) next to the encoder, both keep the weights of their best validation, the pretrained ones
-when no step beats them, and both write ``train_metrics.json``, which :func:`kept_weights` puts in words.
+when no step beats them, and both write ``train_metrics.json``, which :func:`kept_weights` puts in words, and
+``logs/metrics.csv`` (:func:`fine_tune_loggers`), which :mod:`recsys.evaluation.curves` plots.
 """
 
 from __future__ import annotations
