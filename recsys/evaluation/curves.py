@@ -29,12 +29,17 @@ LOG_DIR, METRICS_CSV = "logs", "metrics.csv"
 CURVES_PNG = "training_curves.png"
 STEP, TRAIN_LOSS, VAL_AUC, VAL_NDCG = "step", "train_loss", "val_auc", "val_ndcg@10"
 # Each fine-tune's validation metric: its axis label and panel title.
-VALIDATIONS = {VAL_AUC: ("validation AUC", "Validation AUC (mean per impression)"),
-               VAL_NDCG: ("dev NDCG@10", "Dev NDCG@10 of the text source over the catalogue")}
+VALIDATIONS = {VAL_NDCG: ("dev NDCG@10", "Dev NDCG@10 of the text source over the catalogue"),
+               VAL_AUC: ("validation AUC", "Validation AUC (mean per impression)")}
 # Lightning names a metric logged both per step and per epoch "<name>_step" / "<name>_epoch".
 _LOSS_COLUMNS = ("train_loss_step", "train_loss")
 
 __all__ = ["read_curves", "plot_curves", "metrics_csv", "LOG_DIR", "METRICS_CSV", "CURVES_PNG"]
+
+
+def _validation(columns: list[str]) -> str:
+    """The validation metric among `columns` (``val_ndcg@10`` before ``val_auc``; ``val_auc`` when neither is)."""
+    return next((c for c in VALIDATIONS if c in columns), VAL_AUC)
 
 
 def metrics_csv(text_dir: Path) -> Path:
@@ -64,7 +69,7 @@ def read_curves(text_dir: Path) -> pl.DataFrame | None:
     if STEP not in raw.columns:
         raise RecsysError(f"{path} has no {STEP!r} column; it is not a Lightning CSV log (delete it, or train again)")
     loss = next((c for c in _LOSS_COLUMNS if c in raw.columns), None)
-    val = VAL_NDCG if VAL_NDCG in raw.columns else VAL_AUC
+    val = _validation(raw.columns)
     frame = raw.select(
         pl.col(STEP).cast(pl.Int64),
         (pl.col(loss) if loss else pl.lit(None)).cast(pl.Float64).alias(TRAIN_LOSS),
@@ -94,7 +99,7 @@ def plot_curves(curves: pl.DataFrame, path: Path) -> Path:
     Raises:
         ValueError: ``curves`` is empty or lacks a ``step``/``train_loss``/validation column.
     """
-    metric = next((c for c in VALIDATIONS if c in curves.columns), VAL_AUC)
+    metric = _validation(curves.columns)
     missing = {STEP, TRAIN_LOSS, metric} - set(curves.columns)
     if missing or curves.height == 0:
         raise ValueError(f"no training curves to plot (rows: {curves.height}, missing columns: {sorted(missing)}); use read_curves()")

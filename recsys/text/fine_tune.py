@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import importlib.util
 import math
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +34,7 @@ MAX_SCALE = 100.0
 METRICS_FILE = "train_metrics.json"
 # Which weights a fine-tune saves: its best validation point, which is the pretrained one if no step beat it.
 FINE_TUNED, PRETRAINED = "fine-tuned", "pretrained"
+LOG_EVERY_STEPS = 10  # the training loss is logged at least this often (more often on short runs: about 20 points)
 
 
 def capped_scale(log_scale: torch.Tensor) -> torch.Tensor:
@@ -84,9 +86,6 @@ def kept_weights(out_dir: Path) -> str | None:
     return f"{FINE_TUNED}: {name} {m[f'best_{metric}']:.4f} at step {m['best_step']} against {start:.4f} pretrained"
 
 
-LOG_EVERY_STEPS = 10  # the training loss is logged at least this often (more often on short runs: about 20 points)
-
-
 def log_every(samples: int, cfg: TextConfig) -> int:
     """Lightning's ``log_every_n_steps`` for a fine-tune over `samples` examples: about 20 points on a short run."""
     planned = math.ceil(samples / (cfg.batch_size * cfg.accumulate)) * cfg.epochs
@@ -103,3 +102,10 @@ def fine_tune_loggers(out_dir: Path) -> list[Logger]:
     if importlib.util.find_spec("tensorboard") or importlib.util.find_spec("tensorboardX"):
         loggers.append(TensorBoardLogger(save_dir=out_dir, name=LOG_DIR, version="", default_hp_metric=False))
     return loggers
+
+
+def clear_log(trainer: L.Trainer, out_dir: Path) -> None:
+    """Remove the previous run's log before this run writes its own (TensorBoard would show both runs at once);
+    on the global rank zero only, the one the loggers write on."""
+    if trainer.is_global_zero:
+        shutil.rmtree(Path(out_dir) / LOG_DIR, ignore_errors=True)

@@ -29,7 +29,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
-import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -43,13 +42,12 @@ from torch.utils.data import DataLoader
 
 from recsys.candidates.retrieval import recency_matrix
 from recsys.errors import RecsysError
-from recsys.evaluation.curves import LOG_DIR
 from recsys.evaluation.metrics import ndcg_at_k, recall_at_k
 from recsys.io import write_json
 from recsys.text.data import ItemTokens
 from recsys.text.device import lightning_accelerator, lightning_precision, pin_memory, quiet_lightning, resolve_device
 from recsys.text.encode import embed_rows
-from recsys.text.fine_tune import (FINE_TUNED, METRICS_FILE, PRETRAINED, SCORE_SCALE, capped_scale, fine_tune_loggers, fine_tune_optimizer,
+from recsys.text.fine_tune import (FINE_TUNED, METRICS_FILE, PRETRAINED, SCORE_SCALE, capped_scale, clear_log, fine_tune_loggers, fine_tune_optimizer,
                                    log_every, trainable_text_model)
 from recsys.text.model import TextConfig, TextModel, save_text_model
 from recsys.text.sequence import in_batch_logits, log_q
@@ -181,7 +179,7 @@ def train_next_item_model(rows: pl.DataFrame, val_rows: pl.DataFrame, items: pl.
             val_check_interval=cfg.val_check_steps and cfg.val_check_steps * cfg.accumulate,
             check_val_every_n_epoch=None if cfg.val_check_steps else 1,
         )
-        shutil.rmtree(Path(out_dir) / LOG_DIR, ignore_errors=True)  # the previous run's log
+        clear_log(trainer, out_dir)
         start = time.perf_counter()
         if has_val:
             trainer.validate(module, val_loader, verbose=False)  # the pretrained encoder: the score to beat

@@ -13,7 +13,6 @@ from __future__ import annotations
 import itertools
 import logging
 import math
-import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -28,13 +27,12 @@ from recsys.data import Col, validate_impressions, validate_items
 from recsys.text.device import inference_context, lightning_accelerator, lightning_precision, pin_memory, quiet_lightning, resolve_device
 from recsys.text.encode import embed_rows
 from recsys.errors import RecsysError
-from recsys.evaluation.curves import LOG_DIR
 from recsys.evaluation.metrics import auc
 from recsys.io import write_json
 from recsys.splits import split_latest
 from recsys.text.ddp import ddp_settings, gather_clicks
 from recsys.text.data import ClickSamples, ImpressionRows, ItemTokens, TextDataModule, candidate_rows, to_indices
-from recsys.text.fine_tune import (FINE_TUNED, MAX_SCALE, METRICS_FILE, PRETRAINED, SCORE_SCALE, capped_scale, fine_tune_loggers, fine_tune_optimizer,
+from recsys.text.fine_tune import (FINE_TUNED, MAX_SCALE, METRICS_FILE, PRETRAINED, SCORE_SCALE, capped_scale, clear_log, fine_tune_loggers, fine_tune_optimizer,
                                    log_every, trainable_text_model)
 from recsys.text.model import TextConfig, TextModel, build_text_model, load_text_model, save_text_model
 
@@ -341,8 +339,7 @@ def train_text_model(impressions: pl.DataFrame, items: pl.DataFrame, cfg: TextCo
             limit_val_batches=1.0 if has_val else 0, val_check_interval=cfg.val_check_steps and cfg.val_check_steps * cfg.accumulate,
             check_val_every_n_epoch=None if cfg.val_check_steps else 1, use_distributed_sampler=False, default_root_dir=str(out_dir),
         )
-        if trainer.is_global_zero:  # the previous run's log (TensorBoard would show both runs at once)
-            shutil.rmtree(Path(out_dir) / LOG_DIR, ignore_errors=True)
+        clear_log(trainer, out_dir)
         data = TextDataModule(samples, val_rows, tokens, cfg.batch_size, cfg.seed, pin_memory(device))
 
         start = time.perf_counter()
